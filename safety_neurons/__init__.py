@@ -1,0 +1,33 @@
+"""safety-neurons: find the safety neurons of Llama / Qwen chat models, compare them across languages,
+and close the cross-lingual safety gap with a closed-form sparse weight edit."""
+
+from .activations import ActivationRows, ActivationStats, Collection, collect_activations, hook_name
+from .baselines import NeuronScaling, RefusalDirection
+from .chat import TokenBatch, chat_strings, tokenize_chat
+from .edit import EditError, LayerEdit, WeightEdit, fit_edit
+from .models import (
+    DEFAULT_MODEL,
+    PACKAGED_MODELS,
+    ModelLoadError,
+    bridge_from_hf,
+    export_hf,
+    hf_state_dict,
+    load_model,
+)
+from .neurons import SafetyNeurons, rank_by_attribution, rank_neurons
+from .prompts import (
+    LANGS,
+    MCQuestion,
+    Prompt,
+    PromptSet,
+    PromptSetError,
+    load_custom,
+    load_multijail,
+    load_prompts,
+    load_strongreject,
+    load_utility,
+)
+
+from .solver import Solution, solve_edit
+
+__version__ = "0.1.0"

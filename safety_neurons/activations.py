@@ -1,0 +1,274 @@
+"""Streaming collection of MLP activations through TransformerLens hook points.
+
+One pass over the prompts gives two things, both batch by batch:
+
+* `ActivationStats`: count, mean and variance per (language, label) group for every requested layer,
+  accumulated in float64 with Chan's parallel form of Welford's update (memory independent of the
+  number of prompts);
+* `ActivationRows`: the per-prompt rows at a few (site, layer) points, float64, keyed by prompt id,
+  which is what the closed-form solve needs.
+
+Only the hooks asked for are registered; nothing like a full `run_with_cache` is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .chat import tokenize_chat
+from .prompts import Prompt
+
+SITES: dict[str, str] = {
+    "mlp_in": "ln2.hook_out",  # MLP input x (post-attention RMSNorm output), d_model
+    "gate": "mlp.hook_pre",  # x @ W_gate, d_mlp
+    "up": "mlp.hook_pre_linear",  # x @ W_in, d_mlp
+    "act": "mlp.hook_post",  # silu(gate) * up, d_mlp: the "neurons"
+    "resid": "hook_resid_post",  # residual stream after the block, d_model
+}
+Site = Literal["mlp_in", "gate", "up", "act", "resid"]
+Position = Literal["last", "mean"]
+
+
+def hook_name(site: str, layer: int) -> str:
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    return f"blocks.{layer}.{SITES[site]}"
+
+
+def site_width(model, site: str) -> int:
+    return model.cfg.d_mlp if site in ("gate", "up", "act") else model.cfg.d_model
+
+
+def reduce_positions(
+    acts: Float[Tensor, "batch pos d"], mask: Int[Tensor, "batch pos"], position: Position
+) -> Float[Tensor, "batch d"]:
+    """The last prompt token (left padding puts it at -1) or the mean over real tokens."""
+    if position == "last":
+        return acts[:, -1, :]
+    if position == "mean":
+        m = mask.to(acts.dtype).unsqueeze(-1)
+        return (acts * m).sum(1) / m.sum(1).clamp(min=1)
+    raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
+
+
+def _check_layers(model, layers: Iterable[int]) -> list[int]:
+    layers = sorted(set(int(layer) for layer in layers))
+    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+    return layers
+
+
+@dataclass
+class ActivationStats:
+    """Per-group running mean and variance of one site at every requested layer (float64)."""
+
+    site: str
+    position: str
+    layers: list[int]
+    groups: list[tuple[str, str]]  # (lang, label)
+    count: Int[Tensor, " group"]
+    mean: Float[Tensor, "group layer d"]
+    m2: Float[Tensor, "group layer d"]  # sum of squared deviations
+
+    @classmethod
+    def empty(cls, site: str, position: str, layers: list[int], width: int) -> "ActivationStats":
+        z = torch.zeros(0, len(layers), width, dtype=torch.float64)
+        return cls(site, position, layers, [], torch.zeros(0, dtype=torch.long), z, z.clone())
+
+    def _group_index(self, group: tuple[str, str]) -> int:
+        if group not in self.groups:
+            self.groups.append(group)
+            pad = torch.zeros(1, *self.mean.shape[1:], dtype=torch.float64)
+            self.mean = torch.cat([self.mean, pad])
+            self.m2 = torch.cat([self.m2, pad.clone()])
+            self.count = torch.cat([self.count, torch.zeros(1, dtype=torch.long)])
+        return self.groups.index(group)
+
+    def update(self, group: tuple[str, str], rows: Float[Tensor, "n layer d"]) -> None:
+        """Merge a block of rows into a group's statistics (Chan et al.'s pairwise update)."""
+        g = self._group_index(group)
+        rows = rows.to(torch.float64)
+        n_b = rows.shape[0]
+        if n_b == 0:
+            return
+        mean_b = rows.mean(0)
+        m2_b = ((rows - mean_b) ** 2).sum(0)
+        n_a = int(self.count[g])
+        n = n_a + n_b
+        delta = mean_b - self.mean[g]
+        self.mean[g] += delta * (n_b / n)
+        self.m2[g] += m2_b + delta**2 * (n_a * n_b / n)
+        self.count[g] = n
+
+    def index(self, lang: str, label: str) -> int:
+        if (lang, label) not in self.groups:
+            have = ", ".join(f"{a}/{b}" for a, b in self.groups)
+            raise KeyError(f"no statistics for language {lang!r} label {label!r}; collected: {have}")
+        return self.groups.index((lang, label))
+
+    def group_mean(self, lang: str, label: str) -> Float[Tensor, "layer d"]:
+        return self.mean[self.index(lang, label)]
+
+    def group_var(self, lang: str, label: str) -> Float[Tensor, "layer d"]:
+        """Unbiased (n - 1) variance."""
+        g = self.index(lang, label)
+        return self.m2[g] / max(int(self.count[g]) - 1, 1)
+
+    def group_count(self, lang: str, label: str) -> int:
+        return int(self.count[self.index(lang, label)])
+
+    @property
+    def langs(self) -> list[str]:
+        return list(dict.fromkeys(lang for lang, _ in self.groups))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{a}/{b}:{int(n)}" for (a, b), n in zip(self.groups, self.count))
+        return (
+            f"ActivationStats(site={self.site!r}, position={self.position!r}, layers={len(self.layers)}, "
+            f"width={self.mean.shape[-1]}, groups=[{counts}])"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({"count": self.count, "mean": self.mean, "m2": self.m2}, path / "stats.safetensors")
+        cfg = {"site": self.site, "position": self.position, "layers": self.layers, "groups": self.groups}
+        (path / "stats.json").write_text(json.dumps(cfg, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ActivationStats":
+        path = Path(path)
+        cfg = json.loads((path / "stats.json").read_text())
+        t = load_file(path / "stats.safetensors")
+        groups = [tuple(g) for g in cfg["groups"]]
+        return cls(cfg["site"], cfg["position"], cfg["layers"], groups, t["count"], t["mean"], t["m2"])
+
+
+@dataclass
+class ActivationRows:
+    """Per-prompt rows (float64) at a few (site, layer) points, aligned with `prompts`."""
+
+    position: str
+    prompts: list[Prompt]
+    rows: dict[tuple[str, int], Float[Tensor, "n d"]] = field(default_factory=dict)
+
+    def matrix(
+        self, site: str, layer: int, *, lang: str | None = None, ids: Sequence[str] | None = None
+    ) -> Float[Tensor, "n d"]:
+        """All rows, or one language's rows (in `ids` order when given: parallel sets line up)."""
+        if (site, layer) not in self.rows:
+            raise KeyError(f"no rows collected at site {site!r} layer {layer}; have {sorted(self.rows)}")
+        x = self.rows[(site, layer)]
+        if lang is None:
+            if ids is not None:
+                raise ValueError("ids need a lang: prompt ids repeat across languages")
+            return x
+        where = {p.id: i for i, p in enumerate(self.prompts) if p.lang == lang}
+        if not where:
+            raise KeyError(f"no rows for language {lang!r}")
+        ids = list(where) if ids is None else list(ids)
+        missing = [i for i in ids if i not in where]
+        if missing:
+            raise KeyError(f"{lang}: prompt ids not collected: {missing[:5]}{'…' if len(missing) > 5 else ''}")
+        return x[[where[i] for i in ids]]
+
+    def ids(self, lang: str) -> list[str]:
+        return [p.id for p in self.prompts if p.lang == lang]
+
+
+@dataclass
+class Collection:
+    stats: ActivationStats | None
+    rows: ActivationRows
+
+
+def _rows_key(prompts: Sequence[Prompt]) -> None:
+    keys = [(p.lang, p.id) for p in prompts]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate (lang, id) pairs in the prompts")
+
+
+@torch.no_grad()
+def collect_activations(
+    model,
+    prompts: Sequence[Prompt],
+    *,
+    stats_site: str | None = "act",
+    stats_layers: Iterable[int] | Literal["all"] = "all",
+    rows: Iterable[tuple[str, int]] = (),
+    position: Position = "last",
+    batch_size: int = 16,
+    system: str | None = None,
+    progress: bool = True,
+) -> Collection:
+    """Run the prompts once and stream statistics and the requested per-prompt rows.
+
+    Args:
+        model: a `TransformerBridge` (see `load_model`).
+        prompts: `Prompt` records; statistics are grouped by (lang, label).
+        stats_site: the site whose statistics are accumulated at every layer of `stats_layers`
+            (None to skip statistics).
+        rows: (site, layer) points whose per-prompt rows are kept.
+        position: "last" prompt token or "mean" over the prompt's real tokens.
+    """
+    if len(prompts) == 0:
+        raise ValueError("no prompts given: the prompt list is empty")
+    _rows_key(prompts)
+    if position not in ("last", "mean"):
+        raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
+    stats_layers = range(model.cfg.n_layers) if stats_layers == "all" else stats_layers
+    stats_layers = _check_layers(model, stats_layers) if stats_site else []
+    rows = list(dict.fromkeys((s, int(layer)) for s, layer in rows))
+    for s, layer in rows:
+        hook_name(s, layer)
+    _check_layers(model, [layer for _, layer in rows])
+    if not stats_layers and not rows:
+        raise ValueError("nothing to collect: give stats_site/stats_layers or rows")
+
+    stats = None
+    if stats_site:
+        stats = ActivationStats.empty(stats_site, position, stats_layers, site_width(model, stats_site))
+    kept: dict[tuple[str, int], list[Tensor]] = {key: [] for key in rows}
+    points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows), key=lambda k: k[1])
+    stop = max(layer for _, layer in points) + 1
+
+    current: dict[tuple[str, int], Tensor] = {}
+    mask_box: list[Tensor] = []
+
+    def make_hook(key):
+        def hook(acts, hook):
+            current[key] = reduce_positions(acts, mask_box[0], position).to(torch.float64).cpu()
+
+        return hook
+
+    fwd_hooks = [(hook_name(s, layer), make_hook((s, layer))) for s, layer in points]
+    device = model.cfg.device
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="collecting activations", disable=not progress, unit="batch"):
+        chunk = prompts[start : start + batch_size]
+        batch = tokenize_chat(model.tokenizer, [p.text for p in chunk], system=system).to(device)
+        mask_box[:] = [batch.attention_mask]
+        current.clear()
+        with model.hooks(fwd_hooks=fwd_hooks):
+            model(batch.input_ids, stop_at_layer=stop if stop < model.cfg.n_layers else None, **batch.model_kwargs())
+        if stats is not None:
+            block = torch.stack([current[(stats_site, layer)] for layer in stats_layers], dim=1)
+            for group in dict.fromkeys((p.lang, p.label) for p in chunk):
+                sel = [i for i, p in enumerate(chunk) if (p.lang, p.label) == group]
+                stats.update(group, block[sel])
+        for key in rows:
+            kept[key].append(current[key])
+    out_rows = ActivationRows(position, list(prompts), {k: torch.cat(v) for k, v in kept.items()})
+    return Collection(stats, out_rows)

