@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import tokenize_chat
+from .chat import length_sorted_batches
 from .prompts import Prompt
 
 SITES: dict[str, str] = {
@@ -35,6 +35,7 @@ SITES: dict[str, str] = {
     "act": "mlp.hook_post",  # silu(gate) * up, d_mlp: the "neurons"
     "resid": "hook_resid_post",  # residual stream after the block, d_model
 }
+_ORDER = {site: i for i, site in enumerate(SITES)}  # execution order inside a block
 Site = Literal["mlp_in", "gate", "up", "act", "resid"]
 Position = Literal["last", "mean"]
 
@@ -188,6 +189,10 @@ class ActivationRows:
         return [p.id for p in self.prompts if p.lang == lang]
 
 
+class _StopForward(Exception):
+    """Raised from the last needed hook to end a forward pass early."""
+
+
 @dataclass
 class Collection:
     stats: ActivationStats | None
@@ -240,9 +245,7 @@ def collect_activations(
     stats = None
     if stats_site:
         stats = ActivationStats.empty(stats_site, position, stats_layers, site_width(model, stats_site))
-    kept: dict[tuple[str, int], list[Tensor]] = {key: [] for key in rows}
-    points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows), key=lambda k: k[1])
-    stop = max(layer for _, layer in points) + 1
+    points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows), key=lambda k: (k[1], _ORDER[k[0]]))
 
     current: dict[tuple[str, int], Tensor] = {}
     mask_box: list[Tensor] = []
@@ -253,22 +256,34 @@ def collect_activations(
 
         return hook
 
+    def stop_here(acts, hook):
+        raise _StopForward  # everything needed is recorded: skip the later layers and the unembedding
+
     fwd_hooks = [(hook_name(s, layer), make_hook((s, layer))) for s, layer in points]
+    fwd_hooks.append((fwd_hooks[-1][0], stop_here))
     device = model.cfg.device
-    batches = range(0, len(prompts), batch_size)
-    for start in tqdm(batches, desc="collecting activations", disable=not progress, unit="batch"):
-        chunk = prompts[start : start + batch_size]
-        batch = tokenize_chat(model.tokenizer, [p.text for p in chunk], system=system).to(device)
-        mask_box[:] = [batch.attention_mask]
-        current.clear()
-        with model.hooks(fwd_hooks=fwd_hooks):
-            model(batch.input_ids, stop_at_layer=stop if stop < model.cfg.n_layers else None, **batch.model_kwargs())
-        if stats is not None:
-            block = torch.stack([current[(stats_site, layer)] for layer in stats_layers], dim=1)
-            for group in dict.fromkeys((p.lang, p.label) for p in chunk):
-                sel = [i for i, p in enumerate(chunk) if (p.lang, p.label) == group]
-                stats.update(group, block[sel])
-        for key in rows:
-            kept[key].append(current[key])
-    out_rows = ActivationRows(position, list(prompts), {k: torch.cat(v) for k, v in kept.items()})
+    texts = [p.text for p in prompts]
+    kept_rows: dict[tuple[str, int], Tensor] = {}
+    n_batches = -(-len(prompts) // batch_size)
+    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system)
+    with model.hooks(fwd_hooks=fwd_hooks):
+        for idx, batch in tqdm(batches, total=n_batches, desc="collecting activations", disable=not progress, unit="batch"):
+            batch = batch.to(device)
+            mask_box[:] = [batch.attention_mask]
+            current.clear()
+            try:
+                model(batch.input_ids, **batch.model_kwargs())
+            except _StopForward:
+                pass
+            chunk = [prompts[i] for i in idx]
+            if stats is not None:
+                block = torch.stack([current[(stats_site, layer)] for layer in stats_layers], dim=1)
+                for group in dict.fromkeys((p.lang, p.label) for p in chunk):
+                    sel = [i for i, p in enumerate(chunk) if (p.lang, p.label) == group]
+                    stats.update(group, block[sel])
+            for key in rows:
+                if key not in kept_rows:
+                    kept_rows[key] = torch.empty(len(prompts), current[key].shape[-1], dtype=torch.float64)
+                kept_rows[key][idx] = current[key]
+    out_rows = ActivationRows(position, list(prompts), kept_rows)
     return Collection(stats, out_rows)

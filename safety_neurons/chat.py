@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +61,23 @@ def _encode(tokenizer, rendered: str) -> list[int]:
 def tokenize_chat(tokenizer, texts: Sequence[str], *, system: str | None = None) -> TokenBatch:
     """Chat-format and left-pad a batch of user messages."""
     return pad_left([_encode(tokenizer, s) for s in chat_strings(tokenizer, texts, system=system)], tokenizer)
+
+
+def length_sorted_batches(
+    tokenizer, texts: Sequence[str], batch_size: int, *, system: str | None = None
+) -> Iterator[tuple[list[int], TokenBatch]]:
+    """Chat-formatted batches of similar length (far less padding), with each row's index in `texts`.
+
+    Translations differ several-fold in token count (Bengali or Thai against English), so batching in
+    the given order would spend most of the compute on padding.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    encoded = [_encode(tokenizer, s) for s in chat_strings(tokenizer, texts, system=system)]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, pad_left([encoded[i] for i in idx], tokenizer)
 
 
 def pad_left(sequences: Sequence[Sequence[int]], tokenizer) -> TokenBatch:

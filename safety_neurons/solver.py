@@ -194,6 +194,7 @@ def null_space_basis(
     exact null space is accurate to ``eps·σ_max`` rather than ``sqrt(eps)``.
     """
     S = _as_f64("X_safe", X_safe)
+    _check_finite("X_safe", S)
     if null_threshold is not None and null_energy is not None:
         raise ValueError("give at most one of null_threshold and null_energy, not both")
     if null_threshold is not None:
@@ -368,7 +369,7 @@ def solve_edit(
     else:
         if S is None:
             raise ValueError("method='nullspace' needs X_safe (the keys whose outputs must be preserved)")
-        rank = _check_rank(rank, min(d, m), "min(d, m)")
+        rank = _check_rank(rank, min(d, m), "min(d, m)", f" (d = {d}, m = {m})")
         U0 = null_space_basis(S, null_threshold=null_threshold, null_energy=null_energy)
         d0 = U0.shape[1]
         if d0 == 0:
