@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .activations import collect_activations
+from .activations import ActivationRows, collect_activations
 from .neurons import SafetyNeurons
 from .prompts import Prompt, check_langs
 from .solver import solve_edit
@@ -37,6 +37,7 @@ EditSite = Literal["gate", "up", "w_out"]
 _WEIGHT = {"gate": "W_gate", "up": "W_in", "w_out": "W_out"}
 _ROW_SITE = {"gate": "mlp_in", "up": "mlp_in", "w_out": "act"}
 PRESERVE = ("harmless", "pivot_harmful")
+TARGETS = ("neurons", "residual", "refusal")
 
 
 class EditError(ValueError):
@@ -300,6 +301,9 @@ def fit_edit(
     null_energy: float | None = None,
     position: Literal["last", "mean"] = "last",
     preserve: Sequence[str] = ("harmless",),
+    target: str = "neurons",
+    sequential: bool = True,
+    rows: ActivationRows | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> WeightEdit:
@@ -317,6 +321,14 @@ def fit_edit(
             ridge is relative to tr(Q)/d.
         preserve: rows whose outputs the edit should leave alone: "harmless" prompts (the paper's
             utility anchor) and/or "pivot_harmful" (the English harmful prompts, to keep English safe).
+        target: what the LRL rows should match. "neurons" (the paper): the pivot's pre-activations
+            (gate/up) or activations (w_out) at S. With site="w_out" two wider targets write into the
+            residual stream through rows S of W_out: "residual", the whole gap between the pivot's and
+            the LRL's residual stream after the layer, and "refusal", that gap's component along the
+            layer's refusal direction (pivot harmful − harmless mean residual).
+        sequential: fit each later layer on inputs recomputed with the earlier edits applied (one
+            collection pass per layer); False solves every layer on the unedited model's rows.
+        rows: precomputed `ActivationRows` (from `collect_activations`) to use where they suffice.
     """
     layers = sorted({int(layers)} if isinstance(layers, int) else {int(x) for x in layers})
     if not layers:
@@ -331,39 +343,68 @@ def fit_edit(
         raise EditError(f"the pivot language {pivot!r} cannot also be a language to fix")
     neuron_langs = [pivot] if neuron_langs is None else check_langs(neuron_langs)
     low, piv, keep = _split_prompts(prompts, langs, pivot, preserve)
-    row_site = _ROW_SITE.get(site)
-    if row_site is None:
+    if site not in _ROW_SITE:
         raise EditError(f"unknown edit site {site!r}; choose one of {', '.join(_ROW_SITE)}")
+    if target not in TARGETS:
+        raise EditError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if target != "neurons" and site != "w_out":
+        raise EditError(f"target={target!r} writes to the residual stream: it needs site='w_out'")
+    ref_safe = [p for p in prompts if p.lang == pivot and p.label == "harmless"]
+    if target == "refusal" and not ref_safe:
+        raise EditError(f"target='refusal' needs {pivot} harmless prompts to define the refusal direction")
     # one collection set: every row needed, each prompt once
-    needed = list({(p.lang, p.id): p for p in low + piv + keep}.values())
+    needed = list({(p.lang, p.id): p for p in low + piv + keep + ref_safe}.values())
+
+    def row_keys(layer):
+        return [(_ROW_SITE[site], layer)] + ([("resid", layer)] if target != "neurons" else [])
 
     done: list[LayerEdit] = []
     applied: list[WeightEdit] = []
     try:
-        for layer in layers:
+        for n, layer in enumerate(layers):
             idx = _neurons_for(neurons, layer, model.cfg.d_mlp, neuron_langs)
-            rows = collect_activations(
-                model, needed, stats_site=None, rows=[(row_site, layer)], position=position,
-                batch_size=batch_size, progress=progress,
-            ).rows  # fmt: skip
-            where = {(p.lang, p.id): i for i, p in enumerate(rows.prompts)}
-            allx = rows.matrix(row_site, layer)
-            X_low = allx[[where[(p.lang, p.id)] for p in low]]
-            X_piv = allx[[where[(p.lang, p.id)] for p in piv]]
-            X_keep = allx[[where[(p.lang, p.id)] for p in keep]] if keep else None
-            w = _weight(model, layer, site).detach().to(torch.float64).cpu()
-            if site == "w_out":
-                keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
-                sol = solve_edit(keys, X_piv[:, idx] - keys, keep_keys, rank=rank, gamma=gamma, ridge=ridge,
-                                 method=method, null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
-                edit = LayerEdit(layer, site, idx, sol.delta @ w[idx], sol.delta, sol.to_dict())
+            fresh = sequential and n > 0
+            have = rows is not None and all(k in rows.rows for k in row_keys(layer))
+            if fresh or not have:
+                current = collect_activations(
+                    model, needed, stats_site=None, rows=row_keys(layer), position=position,
+                    batch_size=batch_size, progress=progress,
+                ).rows  # fmt: skip
             else:
+                current = rows
+            where = {(p.lang, p.id): i for i, p in enumerate(current.prompts)}
+
+            def take(group, key, current=current, where=where):
+                missing = [p.id for p in group if (p.lang, p.id) not in where]
+                if missing:
+                    raise EditError(f"the given rows lack prompts {missing[:3]}…; collect them or pass rows=None")
+                return current.matrix(*key)[[where[(p.lang, p.id)] for p in group]]
+
+            key = (_ROW_SITE[site], layer)
+            X_low, X_piv = take(low, key), take(piv, key)
+            X_keep = take(keep, key) if keep else None
+            w = _weight(model, layer, site).detach().to(torch.float64).cpu()
+            solve = dict(rank=rank, gamma=gamma, ridge=ridge, method=method,
+                         null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
+            if site == "w_out":  # the keys are the safety neurons' activations
+                keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
+            if target == "neurons" and site == "w_out":
+                sol = solve_edit(keys, X_piv[:, idx] - keys, keep_keys, **solve)
+                edit = LayerEdit(layer, site, idx, sol.delta @ w[idx], sol.delta, sol.to_dict())
+            elif target == "neurons":
                 w_s = w[:, idx]
-                sol = solve_edit(X_low, (X_piv - X_low) @ w_s, X_keep, rank=rank, gamma=gamma, ridge=ridge,
-                                 method=method, null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
+                sol = solve_edit(X_low, (X_piv - X_low) @ w_s, X_keep, **solve)
+                edit = LayerEdit(layer, site, idx, sol.delta, None, sol.to_dict())
+            else:
+                gap = take(piv, ("resid", layer)) - take(low, ("resid", layer))
+                if target == "refusal":
+                    r = take(piv, ("resid", layer)).mean(0) - take(ref_safe, ("resid", layer)).mean(0)
+                    r = r / r.norm()
+                    gap = (gap @ r)[:, None] * r[None, :]
+                sol = solve_edit(keys, gap, keep_keys, **solve)
                 edit = LayerEdit(layer, site, idx, sol.delta, None, sol.to_dict())
             done.append(edit)
-            if layer != layers[-1]:  # later layers see this one's effect
+            if layer != layers[-1] and sequential:  # later layers see this one's effect
                 applied.append(WeightEdit([edit]).apply(model))
     finally:
         for e in reversed(applied):
@@ -373,7 +414,8 @@ def fit_edit(
         "site": site, "layers": layers, "rank": rank, "gamma": gamma, "ridge": ridge, "ridge_mode": "relative",
         "method": method, "null_threshold": null_threshold, "null_energy": null_energy, "position": position,
         "preserve": list(preserve), "pivot": pivot, "langs": langs, "neuron_langs": neuron_langs,
-        "neurons": neurons if isinstance(neurons, str) else type(neurons).__name__,
+        "neurons": neurons if isinstance(neurons, str) else type(neurons).__name__, "target": target,
+        "sequential": sequential,
     }  # fmt: skip
     fitted_on = {
         "harmful_ids": sorted({p.id for p in low}),

@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over a few hundred words, with a chat template."""
     words = [f"w{i}" for i in range(200)] + ["user", "assistant", "system", "How", "do", "I", "make", "a",
-             "bomb", "cake", "?", "sorry", "Sure", "can't", "help", "."]  # fmt: skip
+             "bomb", "cake", "?", "sorry", "Sure", "can't", "help", ".", "A", "B", "C", "D"]  # fmt: skip
     special = ["<pad>", "<bos>", "<eos>", "<unk>", "<|im_start|>", "<|im_end|>"]
     vocab = {w: i for i, w in enumerate(special + words)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -62,6 +62,24 @@ def tiny_hf_model(arch: str, vocab_size: int, seed: int = 0):
             if p.ndim >= 2:
                 p.normal_(0, 0.15)
     return model.eval()
+
+
+def rig_first_token(model, tokenizer, word: str, strength: float = 50.0) -> None:
+    """Make a tiny model's next token almost always `word`: a constant residual dimension that no layer
+    writes to, read out by the unembedding row of `word` only."""
+    target = tokenizer.convert_tokens_to_ids(word)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 100.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0] = 0.0
+            layer.mlp.down_proj.weight[0] = 0.0
+        head = model.lm_head.weight
+        if model.config.tie_word_embeddings:
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(head.detach().clone())
+            head = model.lm_head.weight
+        head[:, 0] = 0.0
+        head[target, 0] = strength
 
 
 @pytest.fixture(params=["llama", "qwen2"])

@@ -1,0 +1,120 @@
+"""`safety-neurons`: a thin command line over the public functions.
+
+    safety-neurons run              the whole pipeline on the packaged Qwen model (see `pipeline.run`)
+    safety-neurons neurons          rank safety neurons in 8 languages, fit/apply/revert/export one edit
+    safety-neurons data             the bundled prompt set's counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help="packaged alias, .gguf file, HF folder or hub id")
+    p.add_argument("--dtype", default="float32", help="float32 (default on CPU) or bfloat16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+def _neurons(args) -> int:
+    import torch
+
+    import safety_neurons as sn
+
+    start = time.perf_counter()
+    model = sn.load_model(args.model, dtype=args.dtype, device=args.device)
+    anchor = sn.load_prompts().filter(split="anchor", limit=args.limit)
+    layer = args.layer if args.layer is not None else model.cfg.n_layers * 11 // 12
+    print(f"{len(anchor)} anchor prompts ({args.limit} harmful + {args.limit} harmless per language)")
+    collection = sn.collect_activations(
+        model, list(anchor), rows=[("mlp_in", layer)], batch_size=args.batch_size
+    )  # fmt: skip
+    ranking = sn.rank_neurons(collection.stats)
+    print(f"\n{ranking}\n\nsafety neurons per layer (z > 2 or d > 1, positive shifts):")
+    print(ranking.table())
+    jac = ranking.jaccard()
+    en = ranking.langs.index("en")
+    print("\nJaccard overlap with English, all layers: " + "  ".join(
+        f"{lang} {jac[en, i]:.2f}" for i, lang in enumerate(ranking.langs) if lang != "en"))  # fmt: skip
+    jl = ranking.jaccard(layer)
+    print(f"Jaccard overlap with English, layer {layer}: " + "  ".join(
+        f"{lang} {jl[en, i]:.2f}" for i, lang in enumerate(ranking.langs) if lang != "en"))  # fmt: skip
+
+    edit = sn.fit_edit(model, list(anchor), layers=layer, neurons=ranking, site="gate", rows=collection.rows,
+                       rank=args.rank, progress=False)  # fmt: skip
+    print(f"\n{edit.summary()}")
+    before = {k: v.clone() for k, v in sn.hf_state_dict(model).items() if f".{layer}.mlp.gate_proj" in k}
+    edit.apply(model)
+    changed = any(not torch.equal(v, sn.hf_state_dict(model)[k]) for k, v in before.items())
+    edit.revert(model)
+    exact = all(torch.equal(v, sn.hf_state_dict(model)[k]) for k, v in before.items())
+    print(f"applied (weights changed: {changed}); reverted (bit-exact: {exact})")
+    out = Path(args.out)
+    edit.save(out / "edit")
+    ranking.save(out / "neurons")
+    if not args.no_export:
+        edit.export(model, out / "edited-model")
+        print(f"exported the edited model to {out / 'edited-model'}")
+    print(f"saved the edit and the ranking under {out}  ({time.perf_counter() - start:.0f} s in all)")
+    return 0
+
+
+def _data(args) -> int:
+    import safety_neurons as sn
+
+    prompts = sn.load_prompts()
+    prompts.validate()
+    print(prompts.summary())
+    print(f"utility: {len(sn.load_utility())} multiple-choice questions (80 per language)")
+    return 0
+
+
+def _run(args) -> int:
+    from .pipeline import RunConfig, run
+
+    config = RunConfig.from_args(args)
+    run(config)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="safety-neurons", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="collect → rank → select → solve → apply → evaluate → report")
+    _common(p)
+    from .pipeline import RunConfig
+
+    RunConfig.add_arguments(p)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("neurons", help="rank safety neurons per language; fit, apply, revert, export one edit")
+    _common(p)
+    p.add_argument("--limit", type=int, default=20, help="harmful and harmless anchor prompts per language")
+    p.add_argument("--layer", type=int, default=None, help="layer of the demo gate edit (default: 11/12 deep)")
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--out", default="results/neurons")
+    p.add_argument("--no-export", action="store_true", help="skip writing the edited HF model")
+    p.set_defaults(func=_neurons)
+
+    p = sub.add_parser("data", help="validate and summarise the bundled prompt set")
+    p.set_defaults(func=_data)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"safety-neurons: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
