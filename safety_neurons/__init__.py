@@ -5,6 +5,8 @@ from .activations import ActivationRows, ActivationStats, Collection, collect_ac
 from .baselines import NeuronScaling, RefusalDirection
 from .chat import TokenBatch, chat_strings, tokenize_chat
 from .edit import EditError, LayerEdit, WeightEdit, fit_edit
+from .evaluation import Evaluation, evaluate, generate, kl_divergence, mc_accuracy, refusal_scores
+from .judges import GuardJudge, Judge, PhraseJudge, Verdict
 from .models import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,
@@ -28,6 +30,7 @@ from .prompts import (
     load_utility,
 )
 
+from .pipeline import RunConfig, run
 from .solver import Solution, solve_edit
 
 __version__ = "0.1.0"
