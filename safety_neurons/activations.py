@@ -197,6 +197,9 @@ class _StopForward(Exception):
 class Collection:
     stats: ActivationStats | None
     rows: ActivationRows
+    gram: dict[tuple[str, int], Float[Tensor, "d d"]] = field(default_factory=dict)
+    """Σ xᵀx over every real token of every prompt, per requested (site, layer) (float64)."""
+    n_tokens: int = 0
 
 
 def _rows_key(prompts: Sequence[Prompt]) -> None:
@@ -213,6 +216,7 @@ def collect_activations(
     stats_site: str | None = "act",
     stats_layers: Iterable[int] | Literal["all"] = "all",
     rows: Iterable[tuple[str, int]] = (),
+    gram: Iterable[tuple[str, int]] = (),
     position: Position = "last",
     batch_size: int = 16,
     system: str | None = None,
@@ -226,6 +230,8 @@ def collect_activations(
         stats_site: the site whose statistics are accumulated at every layer of `stats_layers`
             (None to skip statistics).
         rows: (site, layer) points whose per-prompt rows are kept.
+        gram: (site, layer) points whose Gram matrix Σ xᵀx over *all* real prompt tokens is
+            accumulated (what an edit needs to stay silent at every position, not only the last).
         position: "last" prompt token or "mean" over the prompt's real tokens.
     """
     if len(prompts) == 0:
@@ -239,13 +245,20 @@ def collect_activations(
     for s, layer in rows:
         hook_name(s, layer)
     _check_layers(model, [layer for _, layer in rows])
-    if not stats_layers and not rows:
-        raise ValueError("nothing to collect: give stats_site/stats_layers or rows")
+    gram = list(dict.fromkeys((s, int(layer)) for s, layer in gram))
+    for s, layer in gram:
+        hook_name(s, layer)
+    _check_layers(model, [layer for _, layer in gram])
+    if not stats_layers and not rows and not gram:
+        raise ValueError("nothing to collect: give stats_site/stats_layers, rows or gram")
 
     stats = None
     if stats_site:
         stats = ActivationStats.empty(stats_site, position, stats_layers, site_width(model, stats_site))
-    points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows), key=lambda k: (k[1], _ORDER[k[0]]))
+    points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
+                    key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
+    grams: dict[tuple[str, int], Tensor] = {}
+    n_tokens = 0
 
     current: dict[tuple[str, int], Tensor] = {}
     mask_box: list[Tensor] = []
@@ -253,6 +266,9 @@ def collect_activations(
     def make_hook(key):
         def hook(acts, hook):
             current[key] = reduce_positions(acts, mask_box[0], position).to(torch.float64).cpu()
+            if key in gram:
+                real = acts[mask_box[0].bool()].to(torch.float64).cpu()
+                grams[key] = grams[key] + real.T @ real if key in grams else real.T @ real
 
         return hook
 
@@ -276,6 +292,7 @@ def collect_activations(
             except _StopForward:
                 pass
             chunk = [prompts[i] for i in idx]
+            n_tokens += int(batch.attention_mask.sum())
             if stats is not None:
                 block = torch.stack([current[(stats_site, layer)] for layer in stats_layers], dim=1)
                 for group in dict.fromkeys((p.lang, p.label) for p in chunk):
@@ -286,4 +303,4 @@ def collect_activations(
                     kept_rows[key] = torch.empty(len(prompts), current[key].shape[-1], dtype=torch.float64)
                 kept_rows[key][idx] = current[key]
     out_rows = ActivationRows(position, list(prompts), kept_rows)
-    return Collection(stats, out_rows)
+    return Collection(stats, out_rows, grams, n_tokens if gram else 0)

@@ -237,6 +237,23 @@ class WeightEdit:
 
 
 # --- fitting -----------------------------------------------------------------------------------------
+def _factor(gram: Tensor, idx: Tensor | None = None) -> Tensor:
+    """Rows F with FᵀF = gram (restricted to idx): a compact stand-in for many preserved rows."""
+    if idx is not None:
+        gram = gram[idx][:, idx]
+    jitter = 1e-10 * gram.diagonal().mean().clamp(min=1e-30)
+    return torch.linalg.cholesky(gram + jitter * torch.eye(len(gram), dtype=gram.dtype)).T
+
+
+def _all_positions_factor(model, keep, key, position, batch_size, progress) -> Tensor:
+    """Every token of the preserved prompts, weighted so each prompt counts as one row in all."""
+    if not keep:
+        raise EditError("preserve_positions='all' needs preserved prompts (preserve=...)")
+    c = collect_activations(model, keep, stats_site=None, gram=[key], position=position,
+                            batch_size=batch_size, progress=progress)  # fmt: skip
+    return _factor(c.gram[key] * (len(keep) / c.n_tokens))
+
+
 def _neurons_for(neurons, layer: int, d_mlp: int, neuron_langs: Sequence[str] | None) -> Tensor:
     if isinstance(neurons, str):
         if neurons != "all":
@@ -302,6 +319,7 @@ def fit_edit(
     position: Literal["last", "mean"] = "last",
     preserve: Sequence[str] = ("harmless",),
     target: str = "neurons",
+    preserve_positions: Literal["last", "all"] = "last",
     sequential: bool = True,
     rows: ActivationRows | None = None,
     batch_size: int = 16,
@@ -326,6 +344,9 @@ def fit_edit(
             residual stream through rows S of W_out: "residual", the whole gap between the pivot's and
             the LRL's residual stream after the layer, and "refusal", that gap's component along the
             layer's refusal direction (pivot harmful − harmless mean residual).
+        preserve_positions: "last" keeps the preserved prompts' rows at the fitted position; "all" also
+            keeps every token of them unchanged (their Gram matrix, each prompt weighted as one row),
+            since a weight edit acts at every position and during generation.
         sequential: fit each later layer on inputs recomputed with the earlier edits applied (one
             collection pass per layer); False solves every layer on the unedited model's rows.
         rows: precomputed `ActivationRows` (from `collect_activations`) to use where they suffice.
@@ -345,6 +366,8 @@ def fit_edit(
     low, piv, keep = _split_prompts(prompts, langs, pivot, preserve)
     if site not in _ROW_SITE:
         raise EditError(f"unknown edit site {site!r}; choose one of {', '.join(_ROW_SITE)}")
+    if preserve_positions not in ("last", "all"):
+        raise EditError(f"preserve_positions must be 'last' or 'all', got {preserve_positions!r}")
     if target not in TARGETS:
         raise EditError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if target != "neurons" and site != "w_out":
@@ -386,8 +409,13 @@ def fit_edit(
             w = _weight(model, layer, site).detach().to(torch.float64).cpu()
             solve = dict(rank=rank, gamma=gamma, ridge=ridge, method=method,
                          null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
+            if preserve_positions == "all":  # stay silent at every token of the preserved prompts
+                extra = _all_positions_factor(model, keep, key, position, batch_size, progress)
+                X_keep = torch.cat([X_keep, extra]) if site != "w_out" else X_keep
             if site == "w_out":  # the keys are the safety neurons' activations
                 keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
+                if preserve_positions == "all":
+                    keep_keys = torch.cat([keep_keys, _factor(extra.T @ extra, idx)])
             if target == "neurons" and site == "w_out":
                 sol = solve_edit(keys, X_piv[:, idx] - keys, keep_keys, **solve)
                 edit = LayerEdit(layer, site, idx, sol.delta @ w[idx], sol.delta, sol.to_dict())
@@ -415,7 +443,7 @@ def fit_edit(
         "method": method, "null_threshold": null_threshold, "null_energy": null_energy, "position": position,
         "preserve": list(preserve), "pivot": pivot, "langs": langs, "neuron_langs": neuron_langs,
         "neurons": neurons if isinstance(neurons, str) else type(neurons).__name__, "target": target,
-        "sequential": sequential,
+        "sequential": sequential, "preserve_positions": preserve_positions,
     }  # fmt: skip
     fitted_on = {
         "harmful_ids": sorted({p.id for p in low}),

@@ -36,22 +36,23 @@ class RunConfig:
     # data (per language)
     anchor: int = 30  # harmful and harmless anchor prompts to rank neurons and fit the edit
     val: int = 8  # harmful validation prompts to choose the layers (half as many harmless)
-    test: int = 20  # harmful test prompts for ASR (the full split has 60)
-    test_harmless: int = 10  # harmless test prompts for over-refusal and KL
-    mc: int = 20  # multiple-choice questions (of 80)
+    test: int = 15  # harmful test prompts for ASR (the full split has 60)
+    test_harmless: int = 8  # harmless test prompts for over-refusal and KL
+    mc: int = 15  # multiple-choice questions (of 80)
     max_new_tokens: int = 24
     # the edit
     site: str = "w_out"
-    target: str = "refusal"
+    target: str = "residual"
     neurons: str = "all"  # "all" MLP neurons, or "en" / "langs": the safety neurons of English / of every language
-    candidates: list[list[int]] = field(default_factory=lambda: [[16], [19], [22]])
+    candidates: list[list[int]] = field(default_factory=lambda: [[19], [21]])
     layers: list[int] | None = None  # fixed layers: skips the selection on the validation split
     rank: int = 32
     gamma: float = 1.0
-    ridge: float = 1e-2
+    ridge: float = 0.1
     method: str = "soft"
     preserve: list[str] = field(default_factory=lambda: ["harmless", "pivot_harmful"])
-    kl_cap: float = 0.1  # selection: highest validation refusal with harmless refusal up ≤ 5 points and KL ≤ cap
+    kl_cap: float = 1.0  # selection: lowest proxy ASR with harmless refusal up ≤ 5 points, English refusal
+    # not down more than 5 points, and KL ≤ kl_cap (nats, first answer token of harmless prompts)
 
     def __post_init__(self):
         if self.quick:

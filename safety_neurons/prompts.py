@@ -389,7 +389,8 @@ def load_multijail(path: str | Path | None = None, *, langs: Iterable[str] | Non
     table = _read_table(path)
     if not table or "en" not in table[0]:
         raise PromptSetError(f"{path}: expected MultiJail columns (id, en, zh, vi, th, bn, …)")
-    available = [lang for lang in LANGS if lang in table[0]]
+    # its "id" column is the row number, not Indonesian (MultiJail has no Indonesian)
+    available = [lang for lang in LANGS if lang in table[0] and lang != "id"]
     langs = check_langs(langs) if langs is not None else available
     absent = [lang for lang in langs if lang not in available]
     if absent:

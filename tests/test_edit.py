@@ -186,3 +186,24 @@ def test_neuron_scaling_and_refusal_direction(tiny, prompts):
     with torch.no_grad(), bridge.hooks(fwd_hooks=[("blocks.2.hook_resid_pre", lambda x, hook: seen.setdefault("y", x.clone()))]):
         bridge(batch.input_ids, **batch.model_kwargs())
     assert torch.allclose(seen["x"] - seen["y"], (rd.norm * rd.direction).expand_as(seen["x"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("site", ["gate", "w_out"])
+def test_preserving_all_positions_keeps_every_token_of_harmless_prompts_closer(tiny, prompts, site):
+    bridge, _, _ = tiny
+    safe = [p for p in prompts if p.label == "harmless"]
+    batch = sn.tokenize_chat(bridge.tokenizer, [p.text for p in safe])
+    mask = batch.attention_mask.bool()
+
+    def drift(edit):
+        with torch.no_grad():
+            base = bridge(batch.input_ids, **batch.model_kwargs())
+            with edit.applied(bridge):
+                moved = bridge(batch.input_ids, **batch.model_kwargs())
+        return (moved - base)[mask].norm().item()
+
+    kw = dict(layers=1, neurons={1: S}, site=site, rank=3, gamma=10.0, progress=False)
+    last = sn.fit_edit(bridge, prompts, preserve_positions="last", **kw)
+    every = sn.fit_edit(bridge, prompts, preserve_positions="all", **kw)
+    assert every.settings["preserve_positions"] == "all"
+    assert drift(every) < drift(last)
