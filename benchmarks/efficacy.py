@@ -66,6 +66,7 @@ def main() -> None:
         f"w_out fold: safety-neuron activation map L{BEST['layers'][0]} (all languages' sets)": fit(
             layers=BEST["layers"], site="w_out", target="neurons", neurons=ranking, neuron_langs=list(sn.LANGS),
             preserve=BEST["preserve"]),  # fmt: skip
+        "ours, γ=10 (utility weighted 10×)": fit(**{**best, "gamma": 10.0}),
         "ours, hard null-space constraint": fit(**best, method="nullspace"),
         "α-scaling of English safety neurons (α=1.5, all layers)": sn.NeuronScaling.from_ranking(ranking, alpha=1.5),
         f"refusal direction added at L{BEST['layers'][0]} (coeff 1)": sn.RefusalDirection.fit(

@@ -245,13 +245,12 @@ def _factor(gram: Tensor, idx: Tensor | None = None) -> Tensor:
     return torch.linalg.cholesky(gram + jitter * torch.eye(len(gram), dtype=gram.dtype)).T
 
 
-def _all_positions_factor(model, keep, key, position, batch_size, progress) -> Tensor:
-    """Every token of the preserved prompts, weighted so each prompt counts as one row in all."""
+def _all_positions_gram(model, keep, key, batch_size, progress) -> Tensor:
+    """Σ xᵀx over every token of the preserved prompts, weighted so each prompt counts as one row."""
     if not keep:
         raise EditError("preserve_positions='all' needs preserved prompts (preserve=...)")
-    c = collect_activations(model, keep, stats_site=None, gram=[key], position=position,
-                            batch_size=batch_size, progress=progress)  # fmt: skip
-    return _factor(c.gram[key] * (len(keep) / c.n_tokens))
+    c = collect_activations(model, keep, stats_site=None, gram=[key], batch_size=batch_size, progress=progress)
+    return c.gram[key] * (len(keep) / c.n_tokens)
 
 
 def _neurons_for(neurons, layer: int, d_mlp: int, neuron_langs: Sequence[str] | None) -> Tensor:
@@ -409,13 +408,13 @@ def fit_edit(
             w = _weight(model, layer, site).detach().to(torch.float64).cpu()
             solve = dict(rank=rank, gamma=gamma, ridge=ridge, method=method,
                          null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
-            if preserve_positions == "all":  # stay silent at every token of the preserved prompts
-                extra = _all_positions_factor(model, keep, key, position, batch_size, progress)
-                X_keep = torch.cat([X_keep, extra]) if site != "w_out" else X_keep
+            gram = _all_positions_gram(model, keep, key, batch_size, progress) if preserve_positions == "all" else None
             if site == "w_out":  # the keys are the safety neurons' activations
                 keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
-                if preserve_positions == "all":
-                    keep_keys = torch.cat([keep_keys, _factor(extra.T @ extra, idx)])
+                if gram is not None:  # stay silent at every token of the preserved prompts
+                    keep_keys = torch.cat([keep_keys, _factor(gram, idx)])
+            elif gram is not None:
+                X_keep = torch.cat([X_keep, _factor(gram)])
             if target == "neurons" and site == "w_out":
                 sol = solve_edit(keys, X_piv[:, idx] - keys, keep_keys, **solve)
                 edit = LayerEdit(layer, site, idx, sol.delta @ w[idx], sol.delta, sol.to_dict())
