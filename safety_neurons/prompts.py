@@ -104,6 +104,23 @@ def script_problem(text: str, lang: str) -> str | None:
     return None
 
 
+def _balanced_head(prompts: list[Prompt], limit: int) -> list[Prompt]:
+    if limit < 0:
+        raise ValueError(f"limit must be ≥ 0, got {limit}")
+    groups: dict[tuple[str, str], list[Prompt]] = defaultdict(list)
+    for p in prompts:
+        groups[(p.lang, p.label)].append(p)
+    keep: set[int] = set()
+    for rows in groups.values():
+        seen: Counter = Counter()
+        ranked = []
+        for i, p in enumerate(rows):
+            ranked.append((seen[p.category], i, p))
+            seen[p.category] += 1
+        keep |= {id(p) for _, _, p in sorted(ranked, key=lambda r: (r[0], r[1]))[:limit]}
+    return [p for p in prompts if id(p) in keep]
+
+
 def _words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.casefold()))
 
@@ -171,8 +188,10 @@ class PromptSet(Sequence[Prompt]):
         ids: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> "PromptSet":
-        """Prompts matching every given field (a value or a list of values). `limit` keeps the first
-        `limit` ids of each (lang, label) group, in order, so limited subsets stay parallel."""
+        """Prompts matching every given field (a value or a list of values). `limit` keeps `limit`
+        prompts of each (lang, label) group, taken round-robin across categories (the first of each
+        category, then the second, …) so a small subset still covers every category; the choice
+        depends only on ids and categories, so limited subsets stay parallel across languages."""
 
         def as_set(v):
             return None if v is None else ({v} if isinstance(v, str) else set(v))
@@ -191,13 +210,7 @@ class PromptSet(Sequence[Prompt]):
             if all(v is None or getattr(p, k) in v for k, v in want.items()) and (idset is None or p.id in idset)
         ]
         if limit is not None:
-            seen: dict[tuple[str, str], int] = defaultdict(int)
-            kept = []
-            for p in out:
-                if seen[(p.lang, p.label)] < limit:
-                    seen[(p.lang, p.label)] += 1
-                    kept.append(p)
-            out = kept
+            out = _balanced_head(out, limit)
         return PromptSet(out, self.name)
 
     def parallel(self, lang: str, *, pivot: str = "en") -> list[tuple[Prompt, Prompt]]:
