@@ -101,7 +101,7 @@ def repeat(fn: Callable[[], object], repeats: int, *, warmup: int = 1, sync=None
 
 
 # --- memory (Linux /proc) ------------------------------------------------------------------------
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -111,12 +111,12 @@ def _status_kb(field: str) -> int:
 
 def rss_mb() -> float:
     """Current resident set size of this process (MiB)."""
-    return _status_kb("VmRSS") / 1024
+    return status_kb("VmRSS") / 1024
 
 
 def peak_rss_mb() -> float:
     """High-water mark of the resident set size since start or the last `reset_peak_rss` (MiB)."""
-    return _status_kb("VmHWM") / 1024
+    return status_kb("VmHWM") / 1024
 
 
 def reset_peak_rss() -> bool:
@@ -139,10 +139,10 @@ def emit(result: dict) -> None:
     print(CHILD_MARK + json.dumps(result), flush=True)
 
 
-def run_child(script: Path, args: Sequence[str], *, timeout: float | None = None) -> dict:
-    """Run `python script args...` in a fresh interpreter and return the dict it `emit`ted."""
+def run_child(script: Path, args: Sequence[str], *, timeout: float | None = None, env: dict | None = None) -> dict:
+    """Run `python script args...` in a fresh interpreter (extra `env` variables) and return what it `emit`ted."""
     cmd = [sys.executable, str(script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(CHILD_MARK):
             return json.loads(line[len(CHILD_MARK) :])
