@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--paper-layer", type=int, default=22)
     p.add_argument("--out", default="benchmarks/results/efficacy.json")
+    p.add_argument("--only", nargs="+", default=["none", "paper", "ours", "fold", "gamma10", "nullspace", "alpha",
+                                                 "refdir", "noanchor"], help="conditions to run (keys)")
     args = p.parse_args()
 
     start = time.perf_counter()
@@ -58,21 +60,28 @@ def main() -> None:
         return sn.fit_edit(model, anchor, rows=coll.rows, sequential=False, progress=False, **kw)
 
     best = dict(BEST)
-    conditions = {
-        "no edit": None,
-        f"paper: gate L{args.paper_layer}, English safety neurons, r=32": fit(
-            layers=args.paper_layer, site="gate", target="neurons", neurons=ranking, neuron_langs=["en"]),
-        f"ours: w_out L{'+'.join(map(str, BEST['layers']))}, residual target, all neurons": fit(**best),
-        f"w_out fold: safety-neuron activation map L{BEST['layers'][0]} (all languages' sets)": fit(
-            layers=BEST["layers"], site="w_out", target="neurons", neurons=ranking, neuron_langs=list(sn.LANGS),
-            preserve=BEST["preserve"]),  # fmt: skip
-        "ours, γ=10 (utility weighted 10×)": fit(**{**best, "gamma": 10.0}),
-        "ours, hard null-space constraint": fit(**best, method="nullspace"),
-        "α-scaling of English safety neurons (α=1.5, all layers)": sn.NeuronScaling.from_ranking(ranking, alpha=1.5),
-        f"refusal direction added at L{BEST['layers'][0]} (coeff 1)": sn.RefusalDirection.fit(
-            model, anchor, layer=BEST["layers"][0], progress=False),
-        "ours without the utility anchor (harmless rows)": fit(**{**best, "preserve": ["pivot_harmful"]}),
-    }
+    L = BEST["layers"][0]
+    conditions = {  # key: (label, factory); factories run only for the chosen keys
+        "none": ("no edit", lambda: None),
+        "paper": (f"paper: gate L{args.paper_layer}, English safety neurons, r=32", lambda: fit(
+            layers=args.paper_layer, site="gate", target="neurons", neurons=ranking, neuron_langs=["en"])),
+        "ours": (f"ours: w_out L{L}, residual target, all neurons", lambda: fit(**best)),
+        "fold": (f"w_out fold: safety-neuron activation map L{L} (all languages' sets)", lambda: fit(
+            layers=[L], site="w_out", target="neurons", neurons=ranking, neuron_langs=list(sn.LANGS),
+            preserve=BEST["preserve"])),
+        "gamma10": ("ours, γ=10 (utility weighted 10×)", lambda: fit(**{**best, "gamma": 10.0})),
+        "nullspace": ("ours, hard null-space constraint", lambda: fit(**best, method="nullspace")),
+        "alpha": ("α-scaling of English safety neurons (α=1.5, all layers)",
+                  lambda: sn.NeuronScaling.from_ranking(ranking, alpha=1.5)),
+        "refdir": (f"refusal direction added at L{L} (coeff 1)",
+                   lambda: sn.RefusalDirection.fit(model, anchor, layer=L, progress=False)),
+        "noanchor": ("ours without the utility anchor (harmless rows)",
+                     lambda: fit(**{**best, "preserve": ["pivot_harmful"]})),
+    }  # fmt: skip
+    unknown = set(args.only) - set(conditions)
+    if unknown:
+        raise SystemExit(f"unknown condition(s) {sorted(unknown)}; choose from {list(conditions)}")
+    conditions = {label: make() for key, (label, make) in conditions.items() if key in args.only}
     print(f"set-up (collect, rank, fit): {time.perf_counter() - start:.0f} s")
     judge = sn.PhraseJudge()
     rows = []

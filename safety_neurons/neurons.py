@@ -165,7 +165,9 @@ def rank_neurons(
     positive_only: bool = True,
 ) -> SafetyNeurons:
     """Rank every neuron of every layer for each language from harmful vs harmless statistics."""
-    langs = check_langs(stats.langs if langs is None else langs)
+    from .prompts import LANGS
+
+    langs = check_langs([x for x in LANGS if x in stats.langs] if langs is None else langs)
     deltas, zs, ds = [], [], []
     for lang in langs:
         n_h, n_s = stats.group_count(lang, "harmful"), stats.group_count(lang, "harmless")
