@@ -85,14 +85,12 @@ def main() -> None:
     print(f"set-up (collect, rank, fit): {time.perf_counter() - start:.0f} s")
     judge = sn.PhraseJudge()
     rows = []
-    base_acc = None
     for name, intervention in conditions.items():
         t = time.perf_counter()
         ctx = intervention.applied(model) if intervention is not None else torch.no_grad()
         with ctx:
             ev = sn.evaluate(model, test_h + test_s, judge=judge, max_new_tokens=args.max_new_tokens, desc=name[:30])
             acc = mc_accuracy(model, questions)
-        base_acc = base_acc or acc
         kl = 0.0 if intervention is None else kl_divergence(model, intervention, test_s, k=1)["first"].mean().item()
         non = [x for x in sn.LANGS if x != "en"]
         row = {

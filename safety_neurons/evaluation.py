@@ -85,6 +85,12 @@ def refusal_scores(model, prompts: Sequence[Prompt], *, batch_size: int = 16, pr
 
 
 # --- KL on harmless prompts ------------------------------------------------------------------------------
+def kl_from_logits(base: Float[Tensor, "... vocab"], edited: Float[Tensor, "... vocab"]) -> Float[Tensor, "..."]:
+    """KL(base ‖ edited) of the next-token distributions given by two sets of logits."""
+    base, edited = base.float().log_softmax(-1), edited.float().log_softmax(-1)
+    return (base.exp() * (base - edited)).sum(-1).clamp(min=0)
+
+
 @torch.no_grad()
 def kl_divergence(
     model,
@@ -115,10 +121,10 @@ def kl_divergence(
         mask = torch.cat([batch.attention_mask.cpu(), torch.ones(len(idx), seqs.shape[1] - width, dtype=torch.long)], 1)
         full = TokenBatch(seqs.cpu(), mask).to(model.cfg.device)
         n = seqs.shape[1] - width + 1
-        base = model(full.input_ids, logits_to_keep=n, **full.model_kwargs()).float().log_softmax(-1)
+        base = model(full.input_ids, logits_to_keep=n, **full.model_kwargs())
         with _applied(intervention, model):
-            edited = model(full.input_ids, logits_to_keep=n, **full.model_kwargs()).float().log_softmax(-1)
-        kl = (base.exp() * (base - edited)).sum(-1).clamp(min=0).cpu()  # (batch, n)
+            edited = model(full.input_ids, logits_to_keep=n, **full.model_kwargs())
+        kl = kl_from_logits(base, edited).cpu()  # (batch, n)
         first[idx] = kl[:, 0]
         over_k[idx] = kl.mean(1)
     return {"first": first, "mean_k": over_k}

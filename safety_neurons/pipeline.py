@@ -16,7 +16,8 @@ import torch
 
 from .activations import collect_activations
 from .edit import WeightEdit, fit_edit
-from .evaluation import Evaluation, evaluate, kl_divergence, mc_accuracy, refusal_scores
+from .evaluation import Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy
+from .refusal import refusal_score, refusal_token_ids
 from .judges import PhraseJudge
 from .models import DEFAULT_MODEL, load_model
 from .neurons import SafetyNeurons, rank_neurons
@@ -104,14 +105,18 @@ def _row_sites(config: RunConfig) -> list[str]:
 def select_layers(model, config: RunConfig, anchor, ranking, rows, val_harmful, val_harmless) -> list[dict]:
     """Score each candidate layer set on the validation split with the refusal proxy."""
     records = []
-    base_h = refusal_scores(model, val_harmful, batch_size=config.batch_size)
-    base_s = refusal_scores(model, val_harmless, batch_size=config.batch_size)
+    token_ids = refusal_token_ids(model.tokenizer)
+    texts_h, texts_s = [p.text for p in val_harmful], [p.text for p in val_harmless]
+    base_h = refusal_score(last_token_logits(model, texts_h, batch_size=config.batch_size), token_ids)
+    logits_s = last_token_logits(model, texts_s, batch_size=config.batch_size)
+    base_s = refusal_score(logits_s, token_ids)
     for layers in config.candidates:
         edit = _fit(model, config, anchor, ranking, rows, layers)
         with edit.applied(model):
-            sh = refusal_scores(model, val_harmful, batch_size=config.batch_size)
-            ss = refusal_scores(model, val_harmless, batch_size=config.batch_size)
-        kl = kl_divergence(model, edit, val_harmless, k=1, batch_size=config.batch_size)["first"].mean().item()
+            sh = refusal_score(last_token_logits(model, texts_h, batch_size=config.batch_size), token_ids)
+            edited_s = last_token_logits(model, texts_s, batch_size=config.batch_size)
+        ss = refusal_score(edited_s, token_ids)
+        kl = kl_from_logits(logits_s, edited_s).mean().item()  # first answer token, same logits as the proxy
         non_en = torch.tensor([p.lang != "en" for p in val_harmful])
         en = ~non_en
         records.append({
@@ -263,12 +268,10 @@ def _write_report(out, model, config, ranking, edit, before, after, kl, acc_b, a
         return None
     layer = edit.edits[-1].layer
     idx = edit.edits[-1].neurons
-    harmful = [p for p in test_h]
-    ids = [p.id for p in harmful if p.lang == "en"]
-    keep = [p for p in harmful if p.id in set(ids)]
+    ids = [p.id for p in test_h if p.lang == "en"]  # the same ids in every language (parallel subset)
 
     def rows_now():
-        r = collect_activations(model, keep, stats_site=None, rows=[("act", layer), ("resid", layer)],
+        r = collect_activations(model, test_h, stats_site=None, rows=[("act", layer), ("resid", layer)],
                                 batch_size=config.batch_size, progress=False).rows  # fmt: skip
         return {lang: r.matrix("act", layer, lang=lang, ids=ids) for lang in LANGS}, {
             lang: r.matrix("resid", layer, lang=lang, ids=ids) for lang in LANGS}
