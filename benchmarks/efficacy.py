@@ -1,13 +1,16 @@
 """Side-by-side efficacy: every edit and baseline on the same prompts, in one run, one table.
 
-    python benchmarks/efficacy.py                 # the packaged Qwen model, bundled test split subset
-    python benchmarks/efficacy.py --harmful 60 --harmless 60 --mc 80     # the full test split (hours on CPU)
+    python benchmarks/efficacy.py                      # the packaged Qwen model, 30 + 30 test prompts a language
+    python benchmarks/efficacy.py --harmful 60 --harmless 60 --mc 80     # the whole test split (hours on CPU)
+    python benchmarks/efficacy.py --only none ours     # a subset of the conditions
 
-Conditions: no edit; the paper's configuration (one layer, `gate`, English safety neurons, r = 32);
-this project's best configuration; the `w_out` fold of the design card (safety-neuron activation map);
-the hard null-space variant of the best; α-scaling of the English safety neurons; adding the
-refusal direction; the best edit without its utility anchor. ASR is judged by `PhraseJudge` on greedy
-answers; KL is KL(base ‖ edited) at the first answer token of harmless prompts.
+Every condition is fitted on the same anchor prompts (default: the whole anchor split, 60 harmful + 60
+harmless a language) and measured on the same test prompts: greedy answers judged by `PhraseJudge`
+(ASR per language, over-refusal on harmless prompts), KL(base ‖ edited) on harmless test prompts at the
+first answer token and over the first 4 answer tokens (`--kl-prompts` a language), and cloze
+multiple-choice accuracy. Each
+condition's numbers are printed as one JSON line as soon as it is done, and all of them are written to
+`--out` (JSON) with the settings, the answers included.
 """
 
 from __future__ import annotations
@@ -26,22 +29,26 @@ import safety_neurons as sn  # noqa: E402
 from safety_neurons.evaluation import kl_divergence, mc_accuracy  # noqa: E402
 from safety_neurons.prompts import LANG_NAMES  # noqa: E402
 
-BEST = dict(layers=[19], site="w_out", target="residual", neurons="all", ridge=0.1,
-            preserve=["harmless", "pivot_harmful"])
+NON_EN = [x for x in sn.LANGS if x != "en"]
+# this project's configuration (the `safety-neurons run` defaults, layer chosen on the validation split)
+OURS = dict(site="w_out", neurons="all", target="language_gap", refusal_boost=1.0, ridge=0.1, gamma=1.0, rank=32,
+            preserve=["harmless", "pivot_harmful"], preserve_positions="all", position_weight=0.2)  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=sn.DEFAULT_MODEL)
-    p.add_argument("--anchor", type=int, default=30, help="anchor prompts per language and label")
-    p.add_argument("--harmful", type=int, default=10, help="harmful test prompts per language (split has 60)")
-    p.add_argument("--harmless", type=int, default=5, help="harmless test prompts per language (split has 60)")
-    p.add_argument("--mc", type=int, default=10, help="multiple-choice questions per language (of 80)")
+    p.add_argument("--anchor", type=int, default=60, help="anchor prompts per language and label (split has 60)")
+    p.add_argument("--harmful", type=int, default=30, help="harmful test prompts per language (split has 60)")
+    p.add_argument("--harmless", type=int, default=30, help="harmless test prompts per language (split has 60)")
+    p.add_argument("--mc", type=int, default=20, help="multiple-choice questions per language (of 80)")
     p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--layer", type=int, default=21, help="layer of this project's edit (and of the baselines)")
+    p.add_argument("--alt-layer", type=int, default=19, help="a second layer for this project's edit")
+    p.add_argument("--kl-prompts", type=int, default=15, help="harmless test prompts per language for the KL")
     p.add_argument("--paper-layer", type=int, default=22)
     p.add_argument("--out", default="benchmarks/results/efficacy.json")
-    p.add_argument("--only", nargs="+", default=["none", "paper", "ours", "fold", "gamma10", "nullspace", "alpha",
-                                                 "refdir", "noanchor"], help="conditions to run (keys)")
+    p.add_argument("--only", nargs="+", default=None, help="conditions to run (keys; default all)")
     args = p.parse_args()
 
     start = time.perf_counter()
@@ -52,71 +59,103 @@ def main() -> None:
     test_h = list(test.filter(label="harmful", limit=args.harmful))
     test_s = list(test.filter(label="harmless", limit=args.harmless))
     questions = [q for q in sn.load_utility() if int(q.id.split("-")[1]) <= args.mc]
-    layers = sorted({args.paper_layer, *BEST["layers"]})
-    coll = sn.collect_activations(model, anchor, rows=[(s, layer) for layer in layers for s in ("mlp_in", "act", "resid")])
+    kl_prompts = list(test.filter(label="harmless", limit=args.kl_prompts))
+    L, L2, PL = args.layer, args.alt_layer, args.paper_layer
+    coll = sn.collect_activations(model, anchor, rows=[(s, layer) for layer in {L, L2, PL} for s in ("mlp_in", "act", "resid")],
+                                  gram=[("act", L), ("act", L2)], gram_positions="preserved")  # fmt: skip
     ranking = sn.rank_neurons(coll.stats)
 
     def fit(**kw):
-        return sn.fit_edit(model, anchor, rows=coll.rows, sequential=False, progress=False, **kw)
+        return sn.fit_edit(model, anchor, rows=coll, sequential=False, progress=False, **kw)
 
-    best = dict(BEST)
-    L = BEST["layers"][0]
-    conditions = {  # key: (label, factory); factories run only for the chosen keys
+    conditions = {  # key: (label, factory); a factory runs only when its key is chosen
         "none": ("no edit", lambda: None),
-        "paper": (f"paper: gate L{args.paper_layer}, English safety neurons, r=32", lambda: fit(
-            layers=args.paper_layer, site="gate", target="neurons", neurons=ranking, neuron_langs=["en"])),
-        "ours": (f"ours: w_out L{L}, residual target, all neurons", lambda: fit(**best)),
+        "paper": (f"paper: gate L{PL}, English safety neurons, r=32", lambda: fit(
+            layers=PL, site="gate", target="neurons", neurons=ranking, neuron_langs=["en"])),
+        "per_prompt": (f"w_out L{L2}, per-prompt gap, last position only (previous default)", lambda: fit(
+            layers=L2, **{**OURS, "target": "residual", "refusal_boost": 0.0, "preserve_positions": "last"})),
+        "ours_alt": (f"ours at L{L2}", lambda: fit(layers=L2, **OURS)),
+        "ours": (f"ours: w_out L{L}, language gap + refusal, all positions", lambda: fit(layers=L, **OURS)),
+        "ours_no_bn": (f"ours at L{L}, Bengali not targeted", lambda: fit(
+            layers=L, langs=[x for x in NON_EN if x != "bn"], **OURS)),
         "fold": (f"w_out fold: safety-neuron activation map L{L} (all languages' sets)", lambda: fit(
-            layers=[L], site="w_out", target="neurons", neurons=ranking, neuron_langs=list(sn.LANGS),
-            preserve=BEST["preserve"])),
-        "gamma10": ("ours, γ=10 (utility weighted 10×)", lambda: fit(**{**best, "gamma": 10.0})),
-        "nullspace": ("ours, hard null-space constraint", lambda: fit(**best, method="nullspace")),
+            layers=L, site="w_out", target="neurons", neurons=ranking, neuron_langs=list(sn.LANGS),
+            preserve=OURS["preserve"])),
+        "nullspace": ("ours, hard null-space constraint (1% energy)", lambda: fit(
+            layers=L, **OURS, method="nullspace", null_energy=0.01)),
         "alpha": ("α-scaling of English safety neurons (α=1.5, all layers)",
                   lambda: sn.NeuronScaling.from_ranking(ranking, alpha=1.5)),
         "refdir": (f"refusal direction added at L{L} (coeff 1)",
                    lambda: sn.RefusalDirection.fit(model, anchor, layer=L, progress=False)),
-        "noanchor": ("ours without the utility anchor (harmless rows)",
-                     lambda: fit(**{**best, "preserve": ["pivot_harmful"]})),
+        "noanchor": ("ours without the utility anchor (no harmless rows or positions)", lambda: fit(
+            layers=L, **{**OURS, "preserve": ["pivot_harmful"], "preserve_positions": "last"})),
     }  # fmt: skip
-    unknown = set(args.only) - set(conditions)
+    only = args.only or list(conditions)
+    unknown = set(only) - set(conditions)
     if unknown:
         raise SystemExit(f"unknown condition(s) {sorted(unknown)}; choose from {list(conditions)}")
-    conditions = {label: make() for key, (label, make) in conditions.items() if key in args.only}
-    print(f"set-up (collect, rank, fit): {time.perf_counter() - start:.0f} s")
+    print(f"set-up (collect, rank): {time.perf_counter() - start:.0f} s", flush=True)
     judge = sn.PhraseJudge()
-    rows = []
-    for name, intervention in conditions.items():
+    rows, answers = [], {}
+    for key in only:
+        label, make = conditions[key]
         t = time.perf_counter()
+        try:
+            intervention = make()
+        except ValueError as err:  # e.g. a null space with no room to edit: record it, go on
+            print(json.dumps({"key": key, "condition": label, "error": str(err)}), flush=True)
+            rows.append({"key": key, "condition": label, "error": str(err)})
+            continue
+        fit_s = time.perf_counter() - t
         ctx = intervention.applied(model) if intervention is not None else torch.no_grad()
         with ctx:
-            ev = sn.evaluate(model, test_h + test_s, judge=judge, max_new_tokens=args.max_new_tokens, desc=name[:30])
+            ev = sn.evaluate(model, test_h + test_s, judge=judge, max_new_tokens=args.max_new_tokens, desc=label[:30])
             acc = mc_accuracy(model, questions)
-        kl = 0.0 if intervention is None else kl_divergence(model, intervention, test_s, k=1)["first"].mean().item()
-        non = [x for x in sn.LANGS if x != "en"]
+        kl = {"first": torch.zeros(1), "mean_k": torch.zeros(1)}
+        if intervention is not None:
+            kl = kl_divergence(model, intervention, kl_prompts, k=4)
+        langs = ev.languages
         row = {
-            "condition": name,
-            "asr": {x: ev.languages[x].asr for x in sn.LANGS},
-            "mean_non_english_asr": ev.mean_asr(non),
-            "over_refusal": sum(ev.languages[x].over_refusal for x in sn.LANGS) / len(sn.LANGS),
-            "kl_first_token": kl,
-            "mc_accuracy": sum(acc.values()) / len(acc),
-            "seconds": round(time.perf_counter() - t),
-        }
+            "key": key, "condition": label,
+            "asr": {x: langs[x].asr for x in sn.LANGS},
+            "unsafe": {x: round(langs[x].asr * langs[x].n_harmful) for x in sn.LANGS},
+            "over_refusal": {x: langs[x].over_refusal for x in sn.LANGS},
+            "mean_non_english_asr": ev.mean_asr(NON_EN),
+            "mean_over_refusal": sum(langs[x].over_refusal for x in sn.LANGS) / len(sn.LANGS),
+            "kl_first_token": kl["first"].mean().item(), "kl_first_4_tokens": kl["mean_k"].mean().item(),
+            "mc_accuracy": acc, "mean_mc_accuracy": sum(acc.values()) / len(acc),
+            "fit_seconds": round(fit_s, 1), "seconds": round(time.perf_counter() - t),
+        }  # fmt: skip
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        answers[key] = ev.answers
+        print(json.dumps({k: v for k, v in row.items() if k not in ("over_refusal", "mc_accuracy")}), flush=True)
+        save(args, judge, rows, answers)  # after every condition: a stopped run keeps what it measured
+    save(args, judge, rows, answers)
+    print("\n" + markdown(rows))
+    print(f"\n{args.harmful} harmful + {args.harmless} harmless test prompts per language "
+          f"({', '.join(LANG_NAMES[x] for x in sn.LANGS)}); {args.anchor} + {args.anchor} anchor prompts per language; "
+          f"judge {judge.name}; {time.perf_counter() - start:.0f} s in all")  # fmt: skip
+
+
+def save(args, judge, rows: list[dict], answers: dict) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "judge": judge.name, "rows": rows}, indent=2))
-    head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en ASR | over-refusal | KL | MC acc |\n|"
-            + "---|" * (len(sn.LANGS) + 5))  # fmt: skip
-    print("\n" + head)
+    out.write_text(json.dumps({"args": vars(args), "judge": judge.name, "ours": OURS, "rows": rows, "answers": answers},
+                              indent=1, ensure_ascii=False))  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en ASR | over-refusal | KL 1st | KL 4 | MC acc |\n|"
+            + "---|" * (len(sn.LANGS) + 6))  # fmt: skip
+    lines = [head]
     for r in rows:
-        print(f"| {r['condition']} | " + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
-              + f" | {100 * r['mean_non_english_asr']:.1f}% | {100 * r['over_refusal']:.1f}% | {r['kl_first_token']:.3f} "
-              f"| {100 * r['mc_accuracy']:.1f}% |")  # fmt: skip
-    n = len(test_h) // len(sn.LANGS)
-    print(f"\n{n} harmful + {len(test_s) // len(sn.LANGS)} harmless test prompts per language "
-          f"({', '.join(LANG_NAMES[x] for x in sn.LANGS)}); judge {judge.name}; {time.perf_counter() - start:.0f} s")
+        if "error" in r:
+            lines.append(f"| {r['condition']} | " + " | ".join("–" for _ in sn.LANGS) + f" | failed: {r['error'][:80]} | | | | |")
+            continue
+        lines.append(f"| {r['condition']} | " + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
+                     + f" | **{100 * r['mean_non_english_asr']:.1f}%** | {100 * r['mean_over_refusal']:.1f}% "
+                     f"| {r['kl_first_token']:.3f} | {r['kl_first_4_tokens']:.3f} | {100 * r['mean_mc_accuracy']:.1f}% |")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 For each harmful validation prompt (before and after this project's default edit, so both refusals and
 compliances occur in every language), the proxy's refusal log-odds at the first answer token is set
 against the PhraseJudge verdict on the greedy answer. Reports the AUC (probability that a refused prompt
-scores above a complied one) and the accuracy of the best single threshold, per language and overall.
+scores above a complied one), the accuracy of the proxy's own threshold (log-odds > 0) and the accuracy of
+the best single threshold, per language and overall.
 """
 
 import argparse
@@ -41,8 +42,8 @@ def main() -> None:
     prompts = sn.load_prompts()
     anchor = list(prompts.filter(split="anchor", limit=args.anchor))
     val = list(prompts.filter(split="val", label="harmful", limit=args.val))
-    edit = sn.fit_edit(model, anchor, layers=19, neurons="all", site="w_out", target="residual", ridge=0.1,
-                       preserve=["harmless", "pivot_harmful"])  # fmt: skip
+    edit = sn.fit_edit(model, anchor, layers=21, neurons="all", site="w_out", target="language_gap", refusal_boost=1.0,
+                       ridge=0.1, preserve=["harmless", "pivot_harmful"], preserve_positions="all")  # fmt: skip
     scores, refused, langs = [], [], []
     for state in ("before", "after"):
         ctx = edit.applied(model) if state == "after" else torch.no_grad()
@@ -53,12 +54,13 @@ def main() -> None:
         langs += [p.lang for p in val]
     scores = torch.cat(scores)
     refused = torch.tensor(refused)
-    print("| language | prompts | refused | AUC | best threshold | accuracy there |\n|---|---|---|---|---|---|")
+    print("| language | prompts | refused | AUC | accuracy at 0 | best threshold | accuracy there |\n|---|---|---|---|---|---|---|")
     for lang in [*sn.LANGS, "all"]:
         sel = torch.tensor([lang in ("all", x) for x in langs])
         t, acc = best_threshold(scores[sel], refused[sel])
+        at0 = ((scores[sel] > 0) == refused[sel]).float().mean().item()
         print(f"| {lang} | {int(sel.sum())} | {int(refused[sel].sum())} | {auc(scores[sel], refused[sel]):.2f} "
-              f"| {t:.2f} | {100 * acc:.0f}% |")  # fmt: skip
+              f"| {100 * at0:.0f}% | {t:.2f} | {100 * acc:.0f}% |")  # fmt: skip
 
 
 if __name__ == "__main__":

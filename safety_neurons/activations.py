@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import length_sorted_batches
+from .chat import length_sorted_batches, template_suffix_length
 from .prompts import Prompt
 
 SITES: dict[str, str] = {
@@ -38,6 +38,7 @@ SITES: dict[str, str] = {
 _ORDER = {site: i for i, site in enumerate(SITES)}  # execution order inside a block
 Site = Literal["mlp_in", "gate", "up", "act", "resid"]
 Position = Literal["last", "mean"]
+GramPositions = Literal["all", "preserved"]
 
 
 def hook_name(site: str, layer: int) -> str:
@@ -83,14 +84,20 @@ class ActivationStats:
     m2: Float[Tensor, "group layer d"]  # sum of squared deviations
 
     @classmethod
-    def empty(cls, site: str, position: str, layers: list[int], width: int) -> "ActivationStats":
-        z = torch.zeros(0, len(layers), width, dtype=torch.float64)
+    def empty(cls, site: str, position: str, layers: list[int], width: int, device="cpu") -> "ActivationStats":
+        """No groups yet; mean and M2 live on `device` (the model's, so updates need no copies), counts on the CPU."""
+        z = torch.zeros(0, len(layers), width, dtype=torch.float64, device=device)
         return cls(site, position, layers, [], torch.zeros(0, dtype=torch.long), z, z.clone())
+
+    def to(self, device) -> "ActivationStats":
+        """The same statistics with mean and M2 on `device`."""
+        return ActivationStats(self.site, self.position, self.layers, list(self.groups), self.count,
+                               self.mean.to(device), self.m2.to(device))  # fmt: skip
 
     def _group_index(self, group: tuple[str, str]) -> int:
         if group not in self.groups:
             self.groups.append(group)
-            pad = torch.zeros(1, *self.mean.shape[1:], dtype=torch.float64)
+            pad = torch.zeros(1, *self.mean.shape[1:], dtype=torch.float64, device=self.mean.device)
             self.mean = torch.cat([self.mean, pad])
             self.m2 = torch.cat([self.m2, pad.clone()])
             self.count = torch.cat([self.count, torch.zeros(1, dtype=torch.long)])
@@ -198,8 +205,9 @@ class Collection:
     stats: ActivationStats | None
     rows: ActivationRows
     gram: dict[tuple[str, int], Float[Tensor, "d d"]] = field(default_factory=dict)
-    """Σ xᵀx over every real token of every prompt, per requested (site, layer) (float64)."""
-    n_tokens: int = 0
+    """Σ xᵀx over the real tokens of every prompt (`gram_positions`), per requested (site, layer) (float64)."""
+    n_tokens: int = 0  # tokens summed into each Gram matrix
+    gram_positions: str = "all"
 
 
 def _rows_key(prompts: Sequence[Prompt]) -> None:
@@ -217,6 +225,7 @@ def collect_activations(
     stats_layers: Iterable[int] | Literal["all"] = "all",
     rows: Iterable[tuple[str, int]] = (),
     gram: Iterable[tuple[str, int]] = (),
+    gram_positions: GramPositions = "all",
     position: Position = "last",
     batch_size: int = 16,
     system: str | None = None,
@@ -230,8 +239,11 @@ def collect_activations(
         stats_site: the site whose statistics are accumulated at every layer of `stats_layers`
             (None to skip statistics).
         rows: (site, layer) points whose per-prompt rows are kept.
-        gram: (site, layer) points whose Gram matrix Σ xᵀx over *all* real prompt tokens is
-            accumulated (what an edit needs to stay silent at every position, not only the last).
+        gram: (site, layer) points whose Gram matrix Σ xᵀx over the prompts' tokens is accumulated
+            (what an edit needs to stay silent at every position, not only the last).
+        gram_positions: "all" real tokens, or the "preserved" ones, those an edit must leave alone: every
+            token of a harmless prompt, and the message tokens of a harmful one, without the chat
+            template's tokens after the message (`chat.template_suffix_length`) where its answer opens.
         position: "last" prompt token or "mean" over the prompt's real tokens.
     """
     if len(prompts) == 0:
@@ -251,23 +263,27 @@ def collect_activations(
     _check_layers(model, [layer for _, layer in gram])
     if not stats_layers and not rows and not gram:
         raise ValueError("nothing to collect: give stats_site/stats_layers, rows or gram")
+    if gram_positions not in ("all", "preserved"):
+        raise ValueError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
+    skip = template_suffix_length(model.tokenizer, system=system) if gram and gram_positions == "preserved" else 0
 
+    device = model.cfg.device
     stats = None
     if stats_site:
-        stats = ActivationStats.empty(stats_site, position, stats_layers, site_width(model, stats_site))
+        stats = ActivationStats.empty(stats_site, position, stats_layers, site_width(model, stats_site), device)
     points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
                     key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
     grams: dict[tuple[str, int], Tensor] = {}
     n_tokens = 0
 
     current: dict[tuple[str, int], Tensor] = {}
-    mask_box: list[Tensor] = []
+    mask_box: list[Tensor] = []  # [attention mask, mask of the tokens summed into the Gram matrices]
 
-    def make_hook(key):
+    def make_hook(key):  # everything stays on the model's device until the pass is over (no sync per hook)
         def hook(acts, hook):
-            current[key] = reduce_positions(acts, mask_box[0], position).to(torch.float64).cpu()
+            current[key] = reduce_positions(acts, mask_box[0], position).to(torch.float64)
             if key in gram:
-                real = acts[mask_box[0].bool()].to(torch.float64).cpu()
+                real = acts[mask_box[1]].to(torch.float64)
                 grams[key] = grams[key] + real.T @ real if key in grams else real.T @ real
 
         return hook
@@ -277,7 +293,6 @@ def collect_activations(
 
     fwd_hooks = [(hook_name(s, layer), make_hook((s, layer))) for s, layer in points]
     fwd_hooks.append((fwd_hooks[-1][0], stop_here))
-    device = model.cfg.device
     texts = [p.text for p in prompts]
     kept_rows: dict[tuple[str, int], Tensor] = {}
     n_batches = -(-len(prompts) // batch_size)
@@ -285,14 +300,18 @@ def collect_activations(
     with model.hooks(fwd_hooks=fwd_hooks):
         for idx, batch in tqdm(batches, total=n_batches, desc="collecting activations", disable=not progress, unit="batch"):
             batch = batch.to(device)
-            mask_box[:] = [batch.attention_mask]
+            in_gram = batch.attention_mask.bool()
+            if skip:  # left padding: a harmful prompt's answer opening is the last `skip` positions of its row
+                harmful = torch.tensor([prompts[i].label == "harmful" for i in idx], device=in_gram.device)
+                in_gram[harmful, -skip:] = False
+            mask_box[:] = [batch.attention_mask, in_gram]
             current.clear()
             try:
                 model(batch.input_ids, **batch.model_kwargs())
             except _StopForward:
                 pass
             chunk = [prompts[i] for i in idx]
-            n_tokens += int(batch.attention_mask.sum())
+            n_tokens += int(in_gram.sum())
             if stats is not None:
                 block = torch.stack([current[(stats_site, layer)] for layer in stats_layers], dim=1)
                 for group in dict.fromkeys((p.lang, p.label) for p in chunk):
@@ -301,6 +320,8 @@ def collect_activations(
             for key in rows:
                 if key not in kept_rows:
                     kept_rows[key] = torch.empty(len(prompts), current[key].shape[-1], dtype=torch.float64)
-                kept_rows[key][idx] = current[key]
+                kept_rows[key][idx] = current[key].cpu()
     out_rows = ActivationRows(position, list(prompts), kept_rows)
-    return Collection(stats, out_rows, grams, n_tokens if gram else 0)
+    stats = stats.to("cpu") if stats is not None else None
+    grams = {key: g.cpu() for key, g in grams.items()}
+    return Collection(stats, out_rows, grams, n_tokens if gram else 0, gram_positions)

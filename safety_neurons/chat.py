@@ -58,9 +58,28 @@ def _encode(tokenizer, rendered: str) -> list[int]:
     return ids
 
 
+def encode_chat(tokenizer, texts: Sequence[str], *, system: str | None = None) -> list[list[int]]:
+    """Token ids of each user message, chat-formatted with the generation prompt (exactly one BOS)."""
+    return [_encode(tokenizer, s) for s in chat_strings(tokenizer, texts, system=system)]
+
+
+def template_suffix_length(tokenizer, *, system: str | None = None) -> int:
+    """How many tokens the chat template puts after the user's message: the end-of-turn marker and the
+    assistant header that opens the answer (5 for ChatML: ``<|im_end|>``, newline, ``<|im_start|>``,
+    ``assistant``, newline). The model decides how to answer at these positions, which are the same for
+    every prompt."""
+    sentinel = "\u2063sentinel\u2063"
+    rendered = chat_strings(tokenizer, [sentinel], system=system)[0]
+    head = rendered[: rendered.index(sentinel) + len(sentinel)]
+    n = len(_encode(tokenizer, rendered)) - len(_encode(tokenizer, head))
+    if n < 1:
+        raise ValueError("the chat template adds no tokens after the user message; cannot locate the answer opening")
+    return n
+
+
 def tokenize_chat(tokenizer, texts: Sequence[str], *, system: str | None = None) -> TokenBatch:
     """Chat-format and left-pad a batch of user messages."""
-    return pad_left([_encode(tokenizer, s) for s in chat_strings(tokenizer, texts, system=system)], tokenizer)
+    return pad_left(encode_chat(tokenizer, texts, system=system), tokenizer)
 
 
 def length_sorted_batches(
@@ -73,7 +92,7 @@ def length_sorted_batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    encoded = [_encode(tokenizer, s) for s in chat_strings(tokenizer, texts, system=system)]
+    encoded = encode_chat(tokenizer, texts, system=system)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]

@@ -10,6 +10,11 @@ Sites (same solver, `solver.solve_edit`, behind each):
   solved so LRL harmful activations land on the English ones while preserved activations stay, and
   folded into rows S of W_out: W_out[S] ← W_out[S] + M W_out[S].
 
+* ``w_out`` with a residual-stream target: rows S of W_out write, into the residual stream after the
+  layer, what separates an LRL harmful prompt from its English translation there: the per-prompt gap
+  (``target="residual"``) or its language's mean gap (``target="language_gap"``, this project's default),
+  optionally plus the English refusal direction (``refusal_boost``).
+
 Several layers are fitted in order, each on inputs recomputed with the earlier layers' edits applied.
 """
 
@@ -28,16 +33,17 @@ from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .activations import ActivationRows, collect_activations
+from .activations import ActivationRows, Collection, collect_activations
 from .neurons import SafetyNeurons
 from .prompts import Prompt, check_langs
 from .solver import solve_edit
 
 EditSite = Literal["gate", "up", "w_out"]
 _WEIGHT = {"gate": "W_gate", "up": "W_in", "w_out": "W_out"}
-_ROW_SITE = {"gate": "mlp_in", "up": "mlp_in", "w_out": "act"}
+KEY_SITE = {"gate": "mlp_in", "up": "mlp_in", "w_out": "act"}  # the activation site each edit site reads as its keys
 PRESERVE = ("harmless", "pivot_harmful")
-TARGETS = ("neurons", "residual", "refusal")
+TARGETS = ("neurons", "residual", "language_gap", "refusal")
+_RESIDUAL_TARGETS = ("residual", "language_gap", "refusal")
 
 
 class EditError(ValueError):
@@ -245,12 +251,11 @@ def _factor(gram: Tensor, idx: Tensor | None = None) -> Tensor:
     return torch.linalg.cholesky(gram + jitter * torch.eye(len(gram), dtype=gram.dtype)).T
 
 
-def _all_positions_gram(model, keep, key, batch_size, progress) -> Tensor:
-    """Σ xᵀx over every token of the preserved prompts, weighted so each prompt counts as one row."""
-    if not keep:
-        raise EditError("preserve_positions='all' needs preserved prompts (preserve=...)")
-    c = collect_activations(model, keep, stats_site=None, gram=[key], batch_size=batch_size, progress=progress)
-    return c.gram[key] * (len(keep) / c.n_tokens)
+def _preserved_gram(model, prompts, key, batch_size, progress) -> Tensor:
+    """Σ xᵀx at `key` over the positions an edit must leave alone (see `collect_activations`)."""
+    c = collect_activations(model, prompts, stats_site=None, gram=[key], gram_positions="preserved",
+                            batch_size=batch_size, progress=progress)  # fmt: skip
+    return c.gram[key]
 
 
 def _neurons_for(neurons, layer: int, d_mlp: int, neuron_langs: Sequence[str] | None) -> Tensor:
@@ -318,9 +323,11 @@ def fit_edit(
     position: Literal["last", "mean"] = "last",
     preserve: Sequence[str] = ("harmless",),
     target: str = "neurons",
+    refusal_boost: float = 0.0,
     preserve_positions: Literal["last", "all"] = "last",
+    position_weight: float = 0.2,
     sequential: bool = True,
-    rows: ActivationRows | None = None,
+    rows: ActivationRows | Collection | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> WeightEdit:
@@ -339,16 +346,26 @@ def fit_edit(
         preserve: rows whose outputs the edit should leave alone: "harmless" prompts (the paper's
             utility anchor) and/or "pivot_harmful" (the English harmful prompts, to keep English safe).
         target: what the LRL rows should match. "neurons" (the paper): the pivot's pre-activations
-            (gate/up) or activations (w_out) at S. With site="w_out" two wider targets write into the
+            (gate/up) or activations (w_out) at S. With site="w_out" wider targets write into the
             residual stream through rows S of W_out: "residual", the whole gap between the pivot's and
-            the LRL's residual stream after the layer, and "refusal", that gap's component along the
-            layer's refusal direction (pivot harmful − harmless mean residual).
+            the LRL's residual stream after the layer; "language_gap", the mean of that gap over the
+            language's harmful prompts (one vector per language: it drops the prompt-specific part,
+            which does not generalise); "refusal", the gap's component along the layer's refusal
+            direction r (pivot harmful − harmless mean residual).
+        refusal_boost: with "residual" / "language_gap", add this multiple of r (at its natural size)
+            to every target: the English refusal signal on top of "look like English".
         preserve_positions: "last" keeps the preserved prompts' rows at the fitted position; "all" also
-            keeps every token of them unchanged (their Gram matrix, each prompt weighted as one row),
-            since a weight edit acts at every position and during generation.
+            keeps every token of every harmless prompt and every *message* token of every harmful prompt
+            unchanged, leaving the edit free only where a harmful prompt's answer opens (the chat
+            template's tokens after the message), which is where the model decides how to answer: a
+            weight edit acts at every position and on every generated token.
+        position_weight: with preserve_positions="all", the weight of each such token (one
+            last-position row weighs 1).
         sequential: fit each later layer on inputs recomputed with the earlier edits applied (one
             collection pass per layer); False solves every layer on the unedited model's rows.
-        rows: precomputed `ActivationRows` (from `collect_activations`) to use where they suffice.
+        rows: precomputed `ActivationRows` (from `collect_activations`) to use where they suffice, or the
+            whole `Collection`, whose Gram matrices (collected with gram_positions="preserved") then serve
+            preserve_positions="all".
     """
     layers = sorted({int(layers)} if isinstance(layers, int) else {int(x) for x in layers})
     if not layers:
@@ -363,22 +380,30 @@ def fit_edit(
         raise EditError(f"the pivot language {pivot!r} cannot also be a language to fix")
     neuron_langs = [pivot] if neuron_langs is None else check_langs(neuron_langs)
     low, piv, keep = _split_prompts(prompts, langs, pivot, preserve)
-    if site not in _ROW_SITE:
-        raise EditError(f"unknown edit site {site!r}; choose one of {', '.join(_ROW_SITE)}")
+    if site not in KEY_SITE:
+        raise EditError(f"unknown edit site {site!r}; choose one of {', '.join(KEY_SITE)}")
     if preserve_positions not in ("last", "all"):
         raise EditError(f"preserve_positions must be 'last' or 'all', got {preserve_positions!r}")
     if target not in TARGETS:
         raise EditError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if target != "neurons" and site != "w_out":
         raise EditError(f"target={target!r} writes to the residual stream: it needs site='w_out'")
+    if refusal_boost and target not in ("residual", "language_gap"):
+        raise EditError(f"refusal_boost adds to a residual-stream gap: it needs target='residual' or 'language_gap', not {target!r}")
+    if not position_weight > 0:
+        raise EditError(f"position_weight must be > 0, got {position_weight}")
     ref_safe = [p for p in prompts if p.lang == pivot and p.label == "harmless"]
-    if target == "refusal" and not ref_safe:
-        raise EditError(f"target='refusal' needs {pivot} harmless prompts to define the refusal direction")
+    if (target == "refusal" or refusal_boost) and not ref_safe:
+        raise EditError(f"the refusal direction needs {pivot} harmless prompts (target='refusal' or refusal_boost)")
+    grams = {}
+    if isinstance(rows, Collection):
+        grams = rows.gram if rows.gram_positions == "preserved" else {}
+        rows = rows.rows
     # one collection set: every row needed, each prompt once
     needed = list({(p.lang, p.id): p for p in low + piv + keep + ref_safe}.values())
 
     def row_keys(layer):
-        return [(_ROW_SITE[site], layer)] + ([("resid", layer)] if target != "neurons" else [])
+        return [(KEY_SITE[site], layer)] + ([("resid", layer)] if target in _RESIDUAL_TARGETS else [])
 
     done: list[LayerEdit] = []
     applied: list[WeightEdit] = []
@@ -402,19 +427,22 @@ def fit_edit(
                     raise EditError(f"the given rows lack prompts {missing[:3]}…; collect them or pass rows=None")
                 return current.matrix(*key)[[where[(p.lang, p.id)] for p in group]]
 
-            key = (_ROW_SITE[site], layer)
+            key = (KEY_SITE[site], layer)
             X_low, X_piv = take(low, key), take(piv, key)
             X_keep = take(keep, key) if keep else None
             w = _weight(model, layer, site).detach().to(torch.float64).cpu()
             solve = dict(rank=rank, gamma=gamma, ridge=ridge, method=method,
                          null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
-            gram = _all_positions_gram(model, keep, key, batch_size, progress) if preserve_positions == "all" else None
+            gram = None
+            if preserve_positions == "all":  # every position but the harmful prompts' answer opening
+                fresh_gram = fresh or key not in grams
+                gram = position_weight * (_preserved_gram(model, needed, key, batch_size, progress) if fresh_gram else grams[key])
             if site == "w_out":  # the keys are the safety neurons' activations
                 keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
-                if gram is not None:  # stay silent at every token of the preserved prompts
-                    keep_keys = torch.cat([keep_keys, _factor(gram, idx)])
+                if gram is not None:  # stay silent at every preserved position
+                    keep_keys = _factor(gram, idx) if keep_keys is None else torch.cat([keep_keys, _factor(gram, idx)])
             elif gram is not None:
-                X_keep = torch.cat([X_keep, _factor(gram)])
+                X_keep = _factor(gram) if X_keep is None else torch.cat([X_keep, _factor(gram)])
             if target == "neurons" and site == "w_out":
                 sol = solve_edit(keys, X_piv[:, idx] - keys, keep_keys, **solve)
                 edit = LayerEdit(layer, site, idx, sol.delta @ w[idx], sol.delta, sol.to_dict())
@@ -423,11 +451,20 @@ def fit_edit(
                 sol = solve_edit(X_low, (X_piv - X_low) @ w_s, X_keep, **solve)
                 edit = LayerEdit(layer, site, idx, sol.delta, None, sol.to_dict())
             else:
-                gap = take(piv, ("resid", layer)) - take(low, ("resid", layer))
+                resid_piv = take(piv, ("resid", layer))
+                gap = resid_piv - take(low, ("resid", layer))
+                if target == "refusal" or refusal_boost:
+                    r = resid_piv.mean(0) - take(ref_safe, ("resid", layer)).mean(0)  # the pivot's refusal direction
                 if target == "refusal":
-                    r = take(piv, ("resid", layer)).mean(0) - take(ref_safe, ("resid", layer)).mean(0)
-                    r = r / r.norm()
-                    gap = (gap @ r)[:, None] * r[None, :]
+                    unit = r / r.norm()
+                    gap = (gap @ unit)[:, None] * unit[None, :]
+                elif target == "language_gap":  # each row: its language's mean gap
+                    for lang in langs:
+                        sel = torch.tensor([p.lang == lang for p in low])
+                        if sel.any():
+                            gap[sel] = gap[sel].mean(0)
+                if refusal_boost:
+                    gap = gap + refusal_boost * r
                 sol = solve_edit(keys, gap, keep_keys, **solve)
                 edit = LayerEdit(layer, site, idx, sol.delta, None, sol.to_dict())
             done.append(edit)
@@ -442,7 +479,8 @@ def fit_edit(
         "method": method, "null_threshold": null_threshold, "null_energy": null_energy, "position": position,
         "preserve": list(preserve), "pivot": pivot, "langs": langs, "neuron_langs": neuron_langs,
         "neurons": neurons if isinstance(neurons, str) else type(neurons).__name__, "target": target,
-        "sequential": sequential, "preserve_positions": preserve_positions,
+        "refusal_boost": refusal_boost, "sequential": sequential, "preserve_positions": preserve_positions,
+        "position_weight": position_weight,
     }  # fmt: skip
     fitted_on = {
         "harmful_ids": sorted({p.id for p in low}),

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import TokenBatch, length_sorted_batches
+from .chat import TokenBatch, encode_chat, length_sorted_batches, pad_left
 from .judges import Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
 from .refusal import refusal_score, refusal_token_ids
@@ -132,6 +132,7 @@ def kl_divergence(
 
 # --- multiple choice ---------------------------------------------------------------------------------------
 _MC_INSTRUCTION = "Answer with the letter of the correct option (A, B, C or D) only."
+MC_SCORING = ("cloze", "letter")
 
 
 def mc_prompt(q: MCQuestion) -> str:
@@ -140,15 +141,64 @@ def mc_prompt(q: MCQuestion) -> str:
 
 
 @torch.no_grad()
-def mc_accuracy(model, questions: Sequence[MCQuestion], *, batch_size: int = 16, progress: bool = False) -> dict:
-    """Accuracy per language: the option letter with the highest next-token logit at the first answer
-    position. (The instruction stays in English in every language, like MMLU-style multilingual evals.)"""
+def option_logprobs(
+    model, questions: Sequence[MCQuestion], *, batch_size: int = 16, progress: bool = False
+) -> Float[Tensor, "question option"]:
+    """Mean log-probability per token of each option's text given as the answer to its question
+    (chat-formatted question, teacher-forced option); -inf where a question has fewer options."""
+    tok = model.tokenizer
+    contexts = encode_chat(tok, [q.question for q in questions])
+    seqs, spans = [], []  # spans: (question, option, number of option tokens)
+    for qi, (q, ctx) in enumerate(zip(questions, contexts)):
+        for k, choice in enumerate(q.choices):
+            ids = tok(choice, add_special_tokens=False).input_ids
+            if not ids:
+                raise ValueError(f"question {q.id} ({q.lang}): option {k} encodes to no tokens")
+            seqs.append(ctx + ids)
+            spans.append((qi, k, len(ids)))
+    out = torch.full((len(questions), max(len(q.choices) for q in questions)), float("-inf"))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(chunks, desc="scoring options", disable=not progress, unit="batch"):
+        batch = pad_left([seqs[i] for i in idx], tok).to(model.cfg.device)
+        width = max(spans[i][2] for i in idx)
+        # logits at the last width+1 positions; position t predicts token t+1
+        logp = model(batch.input_ids, logits_to_keep=width + 1, **batch.model_kwargs())[:, :-1].float().log_softmax(-1)
+        token_lp = logp.gather(-1, batch.input_ids[:, -width:, None])[..., 0].cpu()
+        for row, i in enumerate(idx):
+            qi, k, n = spans[i]
+            out[qi, k] = token_lp[row, width - n :].mean()
+    return out
+
+
+@torch.no_grad()
+def mc_accuracy(
+    model,
+    questions: Sequence[MCQuestion],
+    *,
+    scoring: str = "cloze",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict:
+    """Accuracy per language on four-option questions.
+
+    * ``scoring="cloze"`` (default): the option whose text is likeliest as the answer (mean log-probability
+      per token, `option_logprobs`), as lm-evaluation-harness scores multiple choice; meaningful even for
+      small models that cannot follow a letter format.
+    * ``scoring="letter"``: the option letter with the highest next-token logit after the question, the
+      lettered options and an English instruction line (MMLU style).
+    """
     if not questions:
         raise ValueError("no questions given")
-    tok = model.tokenizer
-    letters = [tok(letter, add_special_tokens=False).input_ids[0] for letter in "ABCD"]
-    logits = last_token_logits(model, [mc_prompt(q) for q in questions], batch_size=batch_size, progress=progress)
-    picks = logits[:, letters].argmax(-1)
+    if scoring not in MC_SCORING:
+        raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(MC_SCORING)}")
+    if scoring == "cloze":
+        picks = option_logprobs(model, questions, batch_size=batch_size, progress=progress).argmax(-1)
+    else:
+        tok = model.tokenizer
+        letters = [tok(letter, add_special_tokens=False).input_ids[0] for letter in "ABCD"]
+        logits = last_token_logits(model, [mc_prompt(q) for q in questions], batch_size=batch_size, progress=progress)
+        picks = logits[:, letters].argmax(-1)
     correct: dict[str, list[bool]] = defaultdict(list)
     for q, pick in zip(questions, picks.tolist()):
         correct[q.lang].append(pick == q.answer)

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .activations import collect_activations
-from .edit import WeightEdit, fit_edit
-from .evaluation import Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy
-from .refusal import refusal_score, refusal_token_ids
+from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
+from .evaluation import MC_SCORING, Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy
 from .judges import PhraseJudge
 from .models import DEFAULT_MODEL, load_model
 from .neurons import SafetyNeurons, rank_neurons
@@ -39,12 +39,16 @@ class RunConfig:
     val: int = 8  # harmful validation prompts to choose the layers (half as many harmless)
     test: int = 15  # harmful test prompts for ASR (the full split has 60)
     test_harmless: int = 8  # harmless test prompts for over-refusal and KL
-    mc: int = 15  # multiple-choice questions (of 80)
+    mc: int = 15  # multiple-choice questions (of 80), scored by `mc_scoring`
+    mc_scoring: str = "cloze"
     max_new_tokens: int = 24
+    select_tokens: int = 12  # answer length when judging the validation answers in the layer selection
     # the edit
     site: str = "w_out"
-    target: str = "residual"
+    target: str = "language_gap"
+    refusal_boost: float = 1.0
     neurons: str = "all"  # "all" MLP neurons, or "en" / "langs": the safety neurons of English / of every language
+    langs: list[str] | None = None  # languages the edit fixes (default: every non-English one)
     candidates: list[list[int]] = field(default_factory=lambda: [[19], [21]])
     layers: list[int] | None = None  # fixed layers: skips the selection on the validation split
     rank: int = 32
@@ -52,13 +56,16 @@ class RunConfig:
     ridge: float = 0.1
     method: str = "soft"
     preserve: list[str] = field(default_factory=lambda: ["harmless", "pivot_harmful"])
-    kl_cap: float = 1.0  # selection: lowest proxy ASR with harmless refusal up ≤ 5 points, English refusal
-    # not down more than 5 points, and KL ≤ kl_cap (nats, first answer token of harmless prompts)
+    preserve_positions: str = "all"
+    position_weight: float = 0.2
+    over_refusal_cap: float = 0.05  # selection: lowest judged non-English ASR on the validation split with
+    kl_cap: float = 1.0  # over-refusal up ≤ this, English ASR up ≤ 5 points and KL ≤ kl_cap (nats, first
+    # answer token of harmless prompts); when no candidate qualifies, the lowest ASR + over-refusal rise
 
     def __post_init__(self):
         if self.quick:
             self.anchor, self.val, self.test, self.test_harmless, self.mc = 6, 2, 3, 2, 3
-            self.max_new_tokens = 16
+            self.max_new_tokens, self.select_tokens = 16, 8
             if self.layers is None:
                 self.candidates = self.candidates[-1:]
 
@@ -67,16 +74,20 @@ class RunConfig:
         d = cls()
         p.add_argument("--out", default=d.out, help="results folder")
         p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in a few minutes")
-        for name in ("anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "rank"):
+        for name in ("anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank"):
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-        for name in ("gamma", "ridge", "kl_cap"):
+        for name in ("gamma", "ridge", "refusal_boost", "position_weight", "over_refusal_cap", "kl_cap"):
             p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
         p.add_argument("--site", default=d.site, choices=["gate", "up", "w_out"])
-        p.add_argument("--target", default=d.target, choices=["neurons", "residual", "refusal"])
+        p.add_argument("--target", default=d.target, choices=list(TARGETS))
         p.add_argument("--neurons", default=d.neurons, choices=["all", "en", "langs"])
+        p.add_argument("--langs", nargs="+", default=None, choices=[x for x in LANGS if x != "en"],
+                       help="languages the edit fixes (default: all seven non-English ones)")  # fmt: skip
         p.add_argument("--method", default=d.method, choices=["soft", "nullspace"])
         p.add_argument("--layers", type=int, nargs="+", default=None, help="edit these layers (skip selection)")
         p.add_argument("--preserve", nargs="+", default=d.preserve, choices=["harmless", "pivot_harmful"])
+        p.add_argument("--preserve-positions", default=d.preserve_positions, choices=["last", "all"])
+        p.add_argument("--mc-scoring", default=d.mc_scoring, choices=list(MC_SCORING))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
@@ -88,50 +99,64 @@ def _neuron_choice(config: RunConfig, ranking: SafetyNeurons):
     return {"all": ("all", None), "en": (ranking, ["en"]), "langs": (ranking, list(ranking.langs))}[config.neurons]
 
 
-def _fit(model, config: RunConfig, anchor, ranking, rows, layers, progress=False) -> WeightEdit:
+def _fit(model, config: RunConfig, anchor, ranking, collection, layers, progress=False) -> WeightEdit:
     neurons, neuron_langs = _neuron_choice(config, ranking)
     return fit_edit(
-        model, anchor, layers=layers, neurons=neurons, neuron_langs=neuron_langs, site=config.site,
-        target=config.target, rank=config.rank, gamma=config.gamma, ridge=config.ridge, method=config.method,
-        preserve=config.preserve, rows=rows, sequential=False, batch_size=config.batch_size, progress=progress,
+        model, anchor, layers=layers, neurons=neurons, neuron_langs=neuron_langs, site=config.site, langs=config.langs,
+        target=config.target, refusal_boost=config.refusal_boost, rank=config.rank, gamma=config.gamma,
+        ridge=config.ridge, method=config.method, preserve=config.preserve, preserve_positions=config.preserve_positions,
+        position_weight=config.position_weight, rows=collection, sequential=False, batch_size=config.batch_size,
+        progress=progress,
     )  # fmt: skip
 
 
 def _row_sites(config: RunConfig) -> list[str]:
-    sites = {"gate": ["mlp_in"], "up": ["mlp_in"], "w_out": ["act"]}[config.site]
-    return sites + (["resid"] if config.target != "neurons" else [])
+    return [KEY_SITE[config.site]] + (["resid"] if config.target != "neurons" else [])
 
 
-def select_layers(model, config: RunConfig, anchor, ranking, rows, val_harmful, val_harmless) -> list[dict]:
-    """Score each candidate layer set on the validation split with the refusal proxy."""
-    records = []
-    token_ids = refusal_token_ids(model.tokenizer)
-    texts_h, texts_s = [p.text for p in val_harmful], [p.text for p in val_harmless]
-    base_h = refusal_score(last_token_logits(model, texts_h, batch_size=config.batch_size), token_ids)
+def select_layers(model, config: RunConfig, anchor, ranking, collection, val_harmful, val_harmless) -> list[dict]:
+    """Score each candidate layer set on the validation split: judged short answers (non-English ASR, English
+    ASR, over-refusal) and KL at the first answer token of the harmless prompts. (The generation-free
+    refusal proxy is too coarse to choose by: it misses refusals that open with a pronoun, 我无法 / I'm.)"""
+    judge = PhraseJudge()
+    prompts, texts_s = val_harmful + val_harmless, [p.text for p in val_harmless]
+    non_en = [x for x in LANGS if x != "en" and any(p.lang == x for p in val_harmful)]
+
+    def judged():
+        ev = evaluate(model, prompts, judge=judge, max_new_tokens=config.select_tokens, batch_size=config.batch_size,
+                      progress=False)  # fmt: skip
+        over = [r.over_refusal for r in ev.languages.values() if r.over_refusal is not None]
+        return ev.mean_asr(non_en), ev.languages["en"].asr if "en" in ev.languages else 0.0, sum(over) / len(over)
+
+    asr_b, en_b, over_b = judged()
     logits_s = last_token_logits(model, texts_s, batch_size=config.batch_size)
-    base_s = refusal_score(logits_s, token_ids)
-    for layers in config.candidates:
-        edit = _fit(model, config, anchor, ranking, rows, layers)
+    records = []
+    for layers in tqdm(config.candidates, desc="choosing layers", unit="candidate"):
+        edit = _fit(model, config, anchor, ranking, collection, layers)
         with edit.applied(model):
-            sh = refusal_score(last_token_logits(model, texts_h, batch_size=config.batch_size), token_ids)
-            edited_s = last_token_logits(model, texts_s, batch_size=config.batch_size)
-        ss = refusal_score(edited_s, token_ids)
-        kl = kl_from_logits(logits_s, edited_s).mean().item()  # first answer token, same logits as the proxy
-        non_en = torch.tensor([p.lang != "en" for p in val_harmful])
-        en = ~non_en
+            asr, en, over = judged()
+            kl = kl_from_logits(logits_s, last_token_logits(model, texts_s, batch_size=config.batch_size)).mean().item()
         records.append({
-            "label": "L" + "+".join(map(str, layers)), "layers": layers,
-            "asr": 1 - (sh[non_en] > 0).float().mean().item(),
-            "asr_before": 1 - (base_h[non_en] > 0).float().mean().item(),
-            "en_refusal_delta": (sh[en] > 0).float().mean().item() - (base_h[en] > 0).float().mean().item(),
-            "harmless_refusal_delta": (ss > 0).float().mean().item() - (base_s > 0).float().mean().item(),
-            "kl": kl,
+            "label": "L" + "+".join(map(str, layers)), "layers": layers, "layer": layers[-1],
+            "asr": asr, "asr_before": asr_b, "en_asr_delta": en - en_b, "over_refusal_delta": over - over_b, "kl": kl,
         })  # fmt: skip
-    ok = [r for r in records if r["harmless_refusal_delta"] <= 0.05 and r["kl"] <= config.kl_cap
-          and r["en_refusal_delta"] >= -0.05] or records  # fmt: skip
-    best = min(ok, key=lambda r: r["asr"])
-    best["chosen"] = True
+    choose(records, over_refusal_cap=config.over_refusal_cap, kl_cap=config.kl_cap)
     return records
+
+
+def choose(records: list[dict], *, over_refusal_cap: float, kl_cap: float, en_cap: float = 0.05) -> dict:
+    """Mark (and return) the candidate to keep: the lowest non-English ASR among those whose over-refusal
+    rise, KL and English ASR rise are within the caps; when none is, the lowest ASR + over-refusal rise
+    (a point of over-refusal costs as much as a point of ASR)."""
+    ok = [r for r in records if r["over_refusal_delta"] <= over_refusal_cap and r["kl"] <= kl_cap
+          and r["en_asr_delta"] <= en_cap]  # fmt: skip
+    if ok:
+        best, rule = min(ok, key=lambda r: r["asr"]), "lowest ASR within the caps"
+    else:
+        best = min(records, key=lambda r: r["asr"] + max(r["over_refusal_delta"], 0.0))
+        rule = "no candidate within the caps: lowest ASR + over-refusal rise"
+    best["chosen"], best["rule"] = True, rule
+    return best
 
 
 def _table(before: Evaluation, after: Evaluation, kl: dict, acc_b: dict, acc_a: dict) -> str:
@@ -185,8 +210,10 @@ def run(config: RunConfig) -> dict:
     test_s = list(test.filter(label="harmless", limit=config.test_harmless))
     layer_sets = [config.layers] if config.layers else config.candidates
     row_layers = sorted({layer for layers in layer_sets for layer in layers})
+    gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
     collection = collect_activations(
-        model, anchor, rows=[(s, layer) for layer in row_layers for s in _row_sites(config)], batch_size=config.batch_size
+        model, anchor, rows=[(s, layer) for layer in row_layers for s in _row_sites(config)], gram=gram,
+        gram_positions="preserved", batch_size=config.batch_size,
     )  # fmt: skip
     lap("collect")
     ranking = rank_neurons(collection.stats)
@@ -197,15 +224,15 @@ def run(config: RunConfig) -> dict:
     if config.layers:
         records, layers = [], config.layers
     else:
-        print(f"\nchoosing among layer sets {config.candidates} on the validation split (refusal proxy)…")
-        records = select_layers(model, config, anchor, ranking, collection.rows, val_h, val_s)
+        print(f"\nchoosing among layer sets {config.candidates} on the validation split (judged answers)…")
+        records = select_layers(model, config, anchor, ranking, collection, val_h, val_s)
         layers = next(r["layers"] for r in records if r.get("chosen"))
         for r in records:
-            print(f"  {r['label']:>8}: proxy ASR {100 * r['asr_before']:.0f}% → {100 * r['asr']:.0f}%, "
-                  f"harmless refusal {100 * r['harmless_refusal_delta']:+.0f} pts, KL {r['kl']:.4f}"
-                  + ("   ← chosen" if r.get("chosen") else ""))  # fmt: skip
+            print(f"  {r['label']:>8}: non-English ASR {100 * r['asr_before']:.0f}% → {100 * r['asr']:.0f}%, "
+                  f"English ASR {100 * r['en_asr_delta']:+.0f} pts, over-refusal {100 * r['over_refusal_delta']:+.0f} pts, "
+                  f"KL {r['kl']:.4f}" + (f"   ← chosen ({r['rule']})" if r.get("chosen") else ""))  # fmt: skip
     lap("select")
-    edit = _fit(model, config, anchor, ranking, collection.rows, layers)
+    edit = _fit(model, config, anchor, ranking, collection, layers)
     edit.save(out / "edit")
     print(f"\n{edit.summary()}")
     lap("solve")
@@ -214,11 +241,11 @@ def run(config: RunConfig) -> dict:
     questions = [q for q in load_utility() if int(q.id.split("-")[1]) <= config.mc]
     before = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
                       batch_size=config.batch_size, desc="answers before the edit")  # fmt: skip
-    acc_b = mc_accuracy(model, questions, batch_size=config.batch_size)
+    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size)
     with edit.applied(model):
         after = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
                          batch_size=config.batch_size, desc="answers after the edit")  # fmt: skip
-        acc_a = mc_accuracy(model, questions, batch_size=config.batch_size)
+        acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size)
     kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size)
     kl = {lang: kl_rows["first"][[i for i, p in enumerate(test_s) if p.lang == lang]].mean().item()
           for lang in LANGS}  # fmt: skip

@@ -102,3 +102,33 @@ def test_bad_input(tiny):
     dup = make_prompts(1)
     with pytest.raises(ValueError, match="duplicate"):
         sn.collect_activations(bridge, dup + dup[:1], progress=False)
+
+
+def test_preserved_gram_leaves_out_the_answer_opening_of_harmful_prompts(tiny):
+    bridge, _, tok = tiny
+    prompts = make_prompts(2)[2:7]  # harmful and harmless
+    n = sn.chat.template_suffix_length(tok)
+    key = ("act", 1)
+    every = sn.collect_activations(bridge, prompts, stats_site=None, gram=[key], batch_size=2, progress=False)
+    message = sn.collect_activations(bridge, prompts, stats_site=None, gram=[key], gram_positions="preserved",
+                                     batch_size=2, progress=False)  # fmt: skip
+    expect_all, expect_msg, tokens = torch.zeros(48, 48, dtype=torch.float64), torch.zeros(48, 48, dtype=torch.float64), 0
+    for p in prompts:  # one prompt at a time, no padding
+        seen = {}
+
+        def keep(a, hook):
+            seen["a"] = a[0].double()
+
+        batch = sn.tokenize_chat(tok, [p.text])
+        with torch.no_grad(), bridge.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", keep)]):
+            bridge(batch.input_ids, **batch.model_kwargs())
+        expect_all += seen["a"].T @ seen["a"]
+        kept = seen["a"][:-n] if p.label == "harmful" else seen["a"]
+        expect_msg += kept.T @ kept
+        tokens += len(kept)
+    assert torch.allclose(every.gram[key], expect_all, atol=1e-6)
+    assert torch.allclose(message.gram[key], expect_msg, atol=1e-6)
+    assert {p.label for p in prompts} == {"harmful", "harmless"}
+    assert message.n_tokens == tokens and message.gram_positions == "preserved"
+    with pytest.raises(ValueError, match="gram_positions"):
+        sn.collect_activations(bridge, prompts, stats_site=None, gram=[key], gram_positions="last", progress=False)

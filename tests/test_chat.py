@@ -48,3 +48,12 @@ def test_system_prompt_is_used():
     tok = tiny_tokenizer()
     (s,) = sn.chat_strings(tok, ["w1"], system="w9")
     assert s.startswith("<|im_start|>system\nw9")
+
+
+def test_template_suffix_length_counts_the_tokens_after_the_message():
+    tok = tiny_tokenizer()
+    n = sn.chat.template_suffix_length(tok)
+    short, long = sn.chat.encode_chat(tok, ["w1", "w1 w2 w3 cake"])
+    assert n == 3  # <|im_end|> <|im_start|> assistant (this word-level tokenizer drops newlines)
+    assert short[-n:] == long[-n:]
+    assert tok.convert_ids_to_tokens(short[-n - 1]) == "w1" and tok.convert_ids_to_tokens(long[-n - 1]) == "cake"

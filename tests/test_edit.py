@@ -207,3 +207,65 @@ def test_preserving_all_positions_keeps_every_token_of_harmless_prompts_closer(t
     every = sn.fit_edit(bridge, prompts, preserve_positions="all", **kw)
     assert every.settings["preserve_positions"] == "all"
     assert drift(every) < drift(last)
+
+
+def _last_resid(bridge, prompts, layer):
+    return rows(bridge, prompts, "resid", layer).matrix("resid", layer)
+
+
+@pytest.mark.parametrize("boost", [0.0, 0.5])
+def test_language_gap_target_moves_each_prompt_by_its_languages_mean_gap(tiny, prompts, boost):
+    bridge, _, _ = tiny
+    layer = 1
+    low = [p for p in prompts if p.label == "harmful" and p.lang != "en"]
+    en_h = [p for p in prompts if p.label == "harmful" and p.lang == "en"]
+    en_s = [p for p in prompts if p.label == "harmless" and p.lang == "en"]
+    # 16 fitted rows, 48 keys, no rank limit, a vanishing ridge, nothing preserved: an exact fit
+    edit = sn.fit_edit(bridge, prompts, layers=layer, neurons="all", site="w_out", target="language_gap",
+                       refusal_boost=boost, rank=None, ridge=1e-10, preserve=(), progress=False)  # fmt: skip
+    before, piv = _last_resid(bridge, low, layer), _last_resid(bridge, en_h, layer)
+    en_ids = {p.id: i for i, p in enumerate(en_h)}
+    gap = piv[[en_ids[p.id] for p in low]] - before
+    r = piv.mean(0) - _last_resid(bridge, en_s, layer).mean(0)
+    with edit.applied(bridge):
+        moved = _last_resid(bridge, low, layer) - before
+    for lang in ("zh", "bn"):
+        sel = torch.tensor([p.lang == lang for p in low])
+        want = gap[sel].mean(0) + boost * r
+        assert torch.allclose(moved[sel], want.expand_as(moved[sel]), atol=1e-3 * want.norm())
+    assert edit.settings["target"] == "language_gap" and edit.settings["refusal_boost"] == boost
+
+
+def test_residual_target_matches_each_prompts_own_gap_on_an_exact_fit(tiny, prompts):
+    bridge, _, _ = tiny
+    low = [p for p in prompts if p.label == "harmful" and p.lang != "en"]
+    en_h = [p for p in prompts if p.label == "harmful" and p.lang == "en"]
+    edit = sn.fit_edit(bridge, prompts, layers=1, neurons="all", site="w_out", target="residual",
+                       rank=None, ridge=1e-10, preserve=(), progress=False)  # fmt: skip
+    before = _last_resid(bridge, low, 1)
+    target = _last_resid(bridge, en_h, 1)[[[p.id for p in en_h].index(p.id) for p in low]]
+    with edit.applied(bridge):
+        assert torch.allclose(_last_resid(bridge, low, 1), target, atol=1e-3 * target.norm(dim=1).max())
+
+
+def test_a_collections_message_gram_gives_the_same_edit_as_collecting_it(tiny, prompts):
+    bridge, _, _ = tiny
+    coll = sn.collect_activations(bridge, prompts, stats_site=None, rows=[("act", 1), ("resid", 1)], gram=[("act", 1)],
+                                  gram_positions="preserved", progress=False)  # fmt: skip
+    kw = dict(layers=1, neurons="all", site="w_out", target="language_gap", refusal_boost=1.0, rank=4,
+              preserve=("harmless", "pivot_harmful"), preserve_positions="all", progress=False)  # fmt: skip
+    given, own = sn.fit_edit(bridge, prompts, rows=coll, **kw), sn.fit_edit(bridge, prompts, **kw)
+    assert torch.allclose(given.edits[0].delta, own.edits[0].delta, rtol=1e-4, atol=1e-6)  # batching differs
+    assert own.settings["preserve_positions"] == "all" and own.settings["position_weight"] == 0.2
+
+
+def test_new_options_reject_bad_input(tiny, prompts):
+    bridge, _, _ = tiny
+    with pytest.raises(sn.EditError, match="refusal_boost"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, refusal_boost=1.0, progress=False)
+    with pytest.raises(sn.EditError, match="position_weight"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, preserve_positions="all", position_weight=0, progress=False)
+    no_en_harmless = [p for p in prompts if not (p.lang == "en" and p.label == "harmless")]
+    with pytest.raises(sn.EditError, match="refusal direction"):
+        sn.fit_edit(bridge, no_en_harmless, layers=1, neurons="all", site="w_out", target="language_gap",
+                    refusal_boost=1.0, progress=False)  # fmt: skip

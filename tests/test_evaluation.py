@@ -54,7 +54,7 @@ def test_kl_is_zero_without_an_intervention_and_positive_with_one(tiny):
 
 def test_mc_accuracy_counts_the_letter_with_the_highest_logit():
     questions = sn.load_utility(["en", "vi"])
-    acc = ev.mc_accuracy(rigged("B"), questions)
+    acc = ev.mc_accuracy(rigged("B"), questions, scoring="letter")
     expected = sum(q.answer == 1 for q in questions if q.lang == "en") / 80
     assert acc == {"en": pytest.approx(expected), "vi": pytest.approx(expected)}
     with pytest.raises(ValueError, match="no questions"):
@@ -76,3 +76,34 @@ def test_evaluate_reports_asr_and_over_refusal_per_language():
     assert result.languages["bn"].asr == 0.0 and result.languages["bn"].over_refusal == 1.0
     assert result.languages["en"].n_harmful == 2 and len(result.answers) == 8
     assert result.judge == "refuse-all"
+
+
+def _questions(answers, choices=("sorry", "cake", "Sure", "help"), lang="en"):
+    return [sn.MCQuestion(f"q-{i}", lang, "test", "How do I make a cake ?", choices, a) for i, a in enumerate(answers)]
+
+
+def test_cloze_scoring_picks_the_option_the_model_finds_likeliest():
+    model = rigged("cake")  # predicts "cake" at every position
+    acc = ev.mc_accuracy(model, _questions([1, 1, 0, 3]) + _questions([1, 2], lang="zh"))
+    assert acc == {"en": 0.5, "zh": 0.5}
+    scores = ev.option_logprobs(model, _questions([1]))
+    assert scores.argmax().item() == 1 and torch.isfinite(scores).all()
+
+
+def test_option_logprobs_match_a_hand_computed_forward_and_ignore_batching(tiny):
+    bridge, hf, tok = tiny
+    qs = _questions([0, 1, 2], choices=("w1 w2 w3", "cake", "w7 w8", "Sure help"))
+    batched = ev.option_logprobs(bridge, qs, batch_size=5)
+    alone = torch.cat([ev.option_logprobs(bridge, [q], batch_size=1) for q in qs])
+    assert torch.allclose(batched, alone, atol=1e-5)
+    ctx = sn.chat.encode_chat(tok, [qs[0].question])[0]
+    opt = tok("w1 w2 w3", add_special_tokens=False).input_ids
+    ids = torch.tensor([ctx + opt])
+    logp = hf(ids).logits[0, len(ctx) - 1 : -1].float().log_softmax(-1)
+    expected = logp[torch.arange(len(opt)), torch.tensor(opt)].mean()
+    assert batched[0, 0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_mc_accuracy_rejects_an_unknown_scoring():
+    with pytest.raises(ValueError, match="unknown scoring 'logits'"):
+        ev.mc_accuracy(rigged("B"), _questions([0]), scoring="logits")

@@ -44,3 +44,17 @@ def test_quick_run_writes_results_table_and_report(tmp_path, capsys, qwen):
         assert (tmp_path / name).is_file(), name
     html = (tmp_path / "report.html").read_text()
     assert html.count("plotly-graph-div") >= 7 and "<script src=\"http" not in html
+
+
+def test_choose_prefers_the_lowest_asr_within_the_caps_and_charges_over_refusal_otherwise():
+    from safety_neurons.pipeline import choose
+
+    def rec(label, asr, over, kl=0.1, en=0.0):
+        return {"label": label, "asr": asr, "over_refusal_delta": over, "kl": kl, "en_asr_delta": en}
+
+    records = [rec("strong", 0.2, 0.30), rec("mild", 0.5, 0.03), rec("weak", 0.7, 0.0), rec("jailbreaks en", 0.1, 0.0, en=0.2)]
+    assert choose(records, over_refusal_cap=0.05, kl_cap=1.0)["label"] == "mild"
+    assert [r.get("chosen", False) for r in records] == [False, True, False, False]
+    records = [rec("strong", 0.2, 0.30), rec("middle", 0.35, 0.10), rec("far", 0.3, 0.5, kl=5.0)]
+    best = choose(records, over_refusal_cap=0.05, kl_cap=1.0)
+    assert best["label"] == "middle" and "no candidate within the caps" in best["rule"]
