@@ -3,6 +3,7 @@
     python benchmarks/efficacy.py                      # the packaged Qwen model, 30 + 30 test prompts a language
     python benchmarks/efficacy.py --harmful 60 --harmless 60 --mc 80     # the whole test split (hours on CPU)
     python benchmarks/efficacy.py --only none ours     # a subset of the conditions
+    python benchmarks/efficacy.py --table benchmarks/results/*.json*   # the table of saved results, no model
 
 Every condition is fitted on the same anchor prompts (default: the whole anchor split, 60 harmful + 60
 harmless a language) and measured on the same test prompts: greedy answers judged by `PhraseJudge`
@@ -49,7 +50,11 @@ def main() -> None:
     p.add_argument("--paper-layer", type=int, default=22)
     p.add_argument("--out", default="benchmarks/results/efficacy.json")
     p.add_argument("--only", nargs="+", default=None, help="conditions to run (keys; default all)")
+    p.add_argument("--table", nargs="+", metavar="FILE", help="print the table of saved results (.json or .jsonl) and stop")
     args = p.parse_args()
+    if args.table:
+        print(markdown([row for f in args.table for row in saved_rows(Path(f))]))
+        return
 
     start = time.perf_counter()
     model = sn.load_model(args.model)
@@ -142,6 +147,12 @@ def save(args, judge, rows: list[dict], answers: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "judge": judge.name, "ours": OURS, "rows": rows, "answers": answers},
                               indent=1, ensure_ascii=False))  # fmt: skip
+
+
+def saved_rows(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":  # the JSON lines a run prints
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(path.read_text())["rows"]
 
 
 def markdown(rows: list[dict]) -> str:
