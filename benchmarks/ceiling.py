@@ -3,6 +3,7 @@ answer opening, and what ideal (oracle) pushes of the edit's target would achiev
 
     python benchmarks/ceiling.py                   # layers 19 and 21, 10 + 10 validation prompts a language
     python benchmarks/ceiling.py --layers 17 19 21 --val 20
+    python benchmarks/ceiling.py --layers 21 --anchor 20 --val 5   # a few minutes
 
 1. **Separability.** A ridge probe on the neurons' activations (`act`) at the last prompt token, trained on
    the anchor split (harmful vs harmless, all languages together), scored on the validation split: the AUC per
@@ -70,6 +71,7 @@ class LastTokenPush:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[19, 21])
+    ap.add_argument("--anchor", type=int, default=60, help="anchor prompts per language and label (split has 60)")
     ap.add_argument("--val", type=int, default=10, help="validation prompts per language and label (split has 40)")
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--leak", type=float, default=0.35, help="share of g pushed onto harmless prompts")
@@ -77,7 +79,7 @@ def main() -> None:
     start = time.perf_counter()
     model = sn.load_model()
     prompts = sn.load_prompts()
-    anchor, val = list(prompts.filter(split="anchor")), list(prompts.filter(split="val", limit=args.val))
+    anchor, val = list(prompts.filter(split="anchor", limit=args.anchor)), list(prompts.filter(split="val", limit=args.val))
     keys = [(s, layer) for layer in args.layers for s in ("act", "resid")]
     rows = {}
     for name, ps in (("anchor", anchor), ("val", val)):
