@@ -29,13 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import safety_neurons as sn  # noqa: E402
+from proxy_agreement import auc  # noqa: E402  (ties count half; nan for an empty class)
 
 NON_EN = [x for x in sn.LANGS if x != "en"]
-
-
-def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
-    pos, neg = scores[positive], scores[~positive]
-    return (pos[:, None] > neg[None, :]).double().mean().item()
 
 
 def probe_auc(train: sn.ActivationRows, test: sn.ActivationRows, layer: int) -> dict[str, float]:

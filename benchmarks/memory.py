@@ -85,7 +85,7 @@ def child(spec: dict) -> dict:
     stats_mb = C.mb(coll.stats.mean.numel() * 8 * 2 + coll.stats.count.numel() * 8)
     rows_mb = C.mb(sum(x.numel() * 8 for x in coll.rows.rows.values()))
     return {
-        "n": len(prompts), "imports_mb": imports, "footprint_mb": footprint, "anon_mb": anon, "file_mb": file, "groups": len(coll.stats.groups), "peak_mb": peak, "after_mb": C.rss_mb(),
+        "n": len(prompts), "imports_mb": imports, "footprint_mb": footprint, "anon_mb": anon, "file_mb": file, "groups": len(coll.stats.groups), "peak_mb": peak,
         "after_anon_mb": C.status_kb("RssAnon") / 1024, "after_file_mb": C.status_kb("RssFile") / 1024,
         "stats_mb": stats_mb, "rows_mb": rows_mb, "seconds": seconds, "boot_s": t - t0,
         "tokens": sum(int(b.attention_mask.sum()) for b in batches),

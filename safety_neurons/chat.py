@@ -90,13 +90,19 @@ def length_sorted_batches(
     Translations differ several-fold in token count (Bengali or Thai against English), so batching in
     the given order would spend most of the compute on padding.
     """
+    return sorted_batches(encode_chat(tokenizer, texts, system=system), tokenizer, batch_size)
+
+
+def sorted_batches(
+    sequences: Sequence[Sequence[int]], tokenizer, batch_size: int
+) -> Iterator[tuple[list[int], TokenBatch]]:
+    """Left-padded batches of token sequences sorted by length, with each row's index in `sequences`."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    encoded = encode_chat(tokenizer, texts, system=system)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        yield idx, pad_left([encoded[i] for i in idx], tokenizer)
+        yield idx, pad_left([sequences[i] for i in idx], tokenizer)
 
 
 def pad_left(sequences: Sequence[Sequence[int]], tokenizer) -> TokenBatch:

@@ -412,13 +412,16 @@ def fit_edit(
             idx = _neurons_for(neurons, layer, model.cfg.d_mlp, neuron_langs)
             fresh = sequential and n > 0
             have = rows is not None and all(k in rows.rows for k in row_keys(layer))
-            if fresh or not have:
-                current = collect_activations(
+            key = (KEY_SITE[site], layer)
+            if fresh or not have:  # one pass for the rows and, when wanted, the preserved positions' Gram
+                c = collect_activations(
                     model, needed, stats_site=None, rows=row_keys(layer), position=position,
+                    gram=[key] if preserve_positions == "all" else (), gram_positions="preserved",
                     batch_size=batch_size, progress=progress,
-                ).rows  # fmt: skip
+                )  # fmt: skip
+                current, layer_gram = c.rows, c.gram.get(key)
             else:
-                current = rows
+                current, layer_gram = rows, grams.get(key)
             where = {(p.lang, p.id): i for i, p in enumerate(current.prompts)}
 
             def take(group, key, current=current, where=where):
@@ -427,7 +430,6 @@ def fit_edit(
                     raise EditError(f"the given rows lack prompts {missing[:3]}…; collect them or pass rows=None")
                 return current.matrix(*key)[[where[(p.lang, p.id)] for p in group]]
 
-            key = (KEY_SITE[site], layer)
             X_low, X_piv = take(low, key), take(piv, key)
             X_keep = take(keep, key) if keep else None
             w = _weight(model, layer, site).detach().to(torch.float64).cpu()
@@ -435,8 +437,9 @@ def fit_edit(
                          null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
             gram = None
             if preserve_positions == "all":  # every position but the harmful prompts' answer opening
-                fresh_gram = fresh or key not in grams
-                gram = position_weight * (_preserved_gram(model, needed, key, batch_size, progress) if fresh_gram else grams[key])
+                if layer_gram is None:  # rows were given without it
+                    layer_gram = _preserved_gram(model, needed, key, batch_size, progress)
+                gram = position_weight * layer_gram
             if site == "w_out":  # the keys are the safety neurons' activations
                 keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
                 if gram is not None:  # stay silent at every preserved position

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import TokenBatch, encode_chat, length_sorted_batches, pad_left
+from .chat import TokenBatch, encode_chat, length_sorted_batches, sorted_batches
 from .judges import Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
 from .refusal import refusal_score, refusal_token_ids
@@ -157,10 +157,9 @@ def option_logprobs(
             seqs.append(ctx + ids)
             spans.append((qi, k, len(ids)))
     out = torch.full((len(questions), max(len(q.choices) for q in questions)), float("-inf"))
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in tqdm(chunks, desc="scoring options", disable=not progress, unit="batch"):
-        batch = pad_left([seqs[i] for i in idx], tok).to(model.cfg.device)
+    batches = sorted_batches(seqs, tok, batch_size)
+    for idx, batch in tqdm(batches, total=-(-len(seqs) // batch_size), desc="scoring options", disable=not progress, unit="batch"):
+        batch = batch.to(model.cfg.device)
         width = max(spans[i][2] for i in idx)
         # logits at the last width+1 positions; position t predicts token t+1
         logp = model(batch.input_ids, logits_to_keep=width + 1, **batch.model_kwargs())[:, :-1].float().log_softmax(-1)
