@@ -4,10 +4,13 @@
     python benchmarks/efficacy.py --harmful 60 --harmless 60 --mc 80     # the whole test split (hours on CPU)
     python benchmarks/efficacy.py --only none ours     # a subset of the conditions
     python benchmarks/efficacy.py --table benchmarks/results/*.json*   # the table of saved results, no model
+    python benchmarks/efficacy.py --rejudge benchmarks/results/efficacy_rest.json --out X.json
+                                                       # the saved answers judged again (today's judge), no generation
 
 Every condition is fitted on the same anchor prompts (default: the whole anchor split, 60 harmful + 60
-harmless a language) and measured on the same test prompts: greedy answers judged by `PhraseJudge`
-(ASR per language, over-refusal on harmless prompts), KL(base ‖ edited) on harmless test prompts at the
+harmless a language) and measured on the same test prompts: greedy answers judged three-way by `PhraseJudge`
+(refusal, compliance or degenerate; ASR = compliance share of harmful prompts, counted with its 95% Wilson
+interval; degenerate answers apart; over-refusal = refusal share of harmless prompts), KL(base ‖ edited) on harmless test prompts at the
 first answer token and over the first 4 answer tokens (`--kl-prompts` a language), and cloze
 multiple-choice accuracy. Each
 condition's numbers are printed as one JSON line as soon as it is done, and all of them are written to
@@ -51,9 +54,14 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/efficacy.json")
     p.add_argument("--only", nargs="+", default=None, help="conditions to run (keys; default all)")
     p.add_argument("--table", nargs="+", metavar="FILE", help="print the table of saved results (.json or .jsonl) and stop")
+    p.add_argument("--rejudge", metavar="FILE", help="judge the answers saved in FILE again and write --out")
+    p.add_argument("--misread", action="store_true", help="also find misreadings (loads the model: RelevanceCheck)")
     args = p.parse_args()
     if args.table:
         print(markdown([row for f in args.table for row in saved_rows(Path(f))]))
+        return
+    if args.rejudge:
+        rejudge(args)
         return
 
     start = time.perf_counter()
@@ -100,7 +108,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown condition(s) {sorted(unknown)}; choose from {list(conditions)}")
     print(f"set-up (collect, rank): {time.perf_counter() - start:.0f} s", flush=True)
-    judge = sn.PhraseJudge()
+    judge = sn.PhraseJudge(relevance=sn.RelevanceCheck(model) if args.misread else None)
     rows, answers = [], {}
     for key in only:
         label, make = conditions[key]
@@ -119,14 +127,8 @@ def main() -> None:
         kl = {"first": torch.zeros(1), "mean_k": torch.zeros(1)}
         if intervention is not None:
             kl = kl_divergence(model, intervention, kl_prompts, k=4)
-        langs = ev.languages
         row = {
-            "key": key, "condition": label,
-            "asr": {x: langs[x].asr for x in sn.LANGS},
-            "unsafe": {x: round(langs[x].asr * langs[x].n_harmful) for x in sn.LANGS},
-            "over_refusal": {x: langs[x].over_refusal for x in sn.LANGS},
-            "mean_non_english_asr": ev.mean_asr(NON_EN),
-            "mean_over_refusal": sum(langs[x].over_refusal for x in sn.LANGS) / len(sn.LANGS),
+            "key": key, "condition": label, **outcome_fields(ev),
             "kl_first_token": kl["first"].mean().item(), "kl_first_4_tokens": kl["mean_k"].mean().item(),
             "mc_accuracy": acc, "mean_mc_accuracy": sum(acc.values()) / len(acc),
             "fit_seconds": round(fit_s, 1), "seconds": round(time.perf_counter() - t),
@@ -140,6 +142,44 @@ def main() -> None:
     print(f"\n{args.harmful} harmful + {args.harmless} harmless test prompts per language "
           f"({', '.join(LANG_NAMES[x] for x in sn.LANGS)}); {args.anchor} + {args.anchor} anchor prompts per language; "
           f"judge {judge.name}; {time.perf_counter() - start:.0f} s in all")  # fmt: skip
+
+
+def outcome_fields(ev: sn.Evaluation) -> dict:
+    """The per-language outcome counts of one condition and their means (definitions in `Evaluation`)."""
+    langs = ev.languages
+    return {
+        "counts": {x: {"harmful": langs[x].harmful, "harmless": langs[x].harmless} for x in sn.LANGS},
+        "asr": {x: langs[x].asr for x in sn.LANGS},
+        "degenerate": {x: langs[x].degenerate for x in sn.LANGS},
+        "over_refusal": {x: langs[x].over_refusal for x in sn.LANGS},
+        "mean_non_english_asr": ev.mean_asr(NON_EN),
+        "mean_non_english_degenerate": ev.mean_degenerate(NON_EN),
+        "mean_over_refusal": ev.mean_over_refusal(),
+    }
+
+
+def rejudge(args) -> None:
+    """Judge the saved answers of every condition again with today's judge (no model unless --misread)."""
+    saved = json.loads(Path(args.rejudge).read_text())
+    model = sn.load_model(args.model) if args.misread else None
+    judge = sn.PhraseJudge(relevance=sn.RelevanceCheck(model) if model is not None else None)
+    english = {p.id: p.text for p in sn.load_prompts(["en"])}
+    rows, answers = [], {}
+    for row in saved["rows"]:
+        if "error" in row or row["key"] not in saved["answers"]:
+            continue
+        recs = saved["answers"][row["key"]]
+        verdicts = judge.judge([r["prompt"] for r in recs], [r["answer"] for r in recs], [r["lang"] for r in recs],
+                               [english[r["id"]] for r in recs])  # fmt: skip
+        recs = [{k: r[k] for k in ("id", "lang", "label", "prompt", "answer")}
+                | {"outcome": v.outcome, "kind": v.kind, "reason": v.reason} for r, v in zip(recs, verdicts)]  # fmt: skip
+        ev = sn.Evaluation.from_answers(judge.name, recs)
+        keep = {k: row[k] for k in ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mc_accuracy",
+                                    "mean_mc_accuracy", "fit_seconds", "seconds") if k in row}  # fmt: skip
+        rows.append(keep | outcome_fields(ev) | {"rejudged_from": args.rejudge})
+        answers[row["key"]] = recs
+    save(argparse.Namespace(**(saved["args"] | {"rejudged_from": args.rejudge, "out": args.out})), judge, rows, answers)
+    print(markdown(rows))
 
 
 def save(args, judge, rows: list[dict], answers: dict) -> None:
@@ -156,16 +196,24 @@ def saved_rows(path: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en ASR | over-refusal | KL 1st | KL 4 | MC acc |\n|"
-            + "---|" * (len(sn.LANGS) + 6))  # fmt: skip
+    """Compliance (ASR) per language; the mean over the 7 non-English languages with the pooled 95% Wilson
+    interval; degenerate answers to harmful prompts and over-refusal (mean of all 8 languages) beside it."""
+    head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en compliance [95% CI] | non-en degenerate "
+            "| over-refusal | KL 1st | KL 4 | MC acc |\n|" + "---|" * (len(sn.LANGS) + 7))  # fmt: skip
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['condition']} | " + " | ".join("–" for _ in sn.LANGS) + f" | failed: {r['error'][:80]} | | | | |")
+            lines.append(f"| {r['condition']} | " + " | ".join("–" for _ in sn.LANGS) + f" | failed: {r['error'][:80]} | | | | | |")
             continue
+        ci = "" if "counts" not in r else " [{:.0f}–{:.0f}]".format(*(100 * v for v in sn.wilson(
+            sum(r["counts"][x]["harmful"]["compliance"] for x in NON_EN),
+            sum(sum(r["counts"][x]["harmful"].values()) for x in NON_EN))))  # fmt: skip
+        deg = r.get("mean_non_english_degenerate")
+        cell = (lambda v: "–" if v is None else f"{v:.3f}")
         lines.append(f"| {r['condition']} | " + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
-                     + f" | **{100 * r['mean_non_english_asr']:.1f}%** | {100 * r['mean_over_refusal']:.1f}% "
-                     f"| {r['kl_first_token']:.3f} | {r['kl_first_4_tokens']:.3f} | {100 * r['mean_mc_accuracy']:.1f}% |")  # fmt: skip
+                     + f" | **{100 * r['mean_non_english_asr']:.1f}%**{ci} | " + ("–" if deg is None else f"{100 * deg:.1f}%")
+                     + f" | {100 * r['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
+                     f"| {100 * r['mean_mc_accuracy']:.1f}% |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ def main() -> None:
         with ctx:
             scores.append(sn.refusal_scores(model, val))
             ev = sn.evaluate(model, val, desc=f"answers {state}")
-        refused += [a["refusal"] for a in ev.answers]
+        refused += [a["outcome"] == "refusal" for a in ev.answers]
         langs += [p.lang for p in val]
     scores = torch.cat(scores)
     refused = torch.tensor(refused)

@@ -51,7 +51,8 @@ def test_the_answer_opening_is_the_chat_templates_last_five_tokens(qwen):
 
 def test_edit_raises_non_english_refusal_and_keeps_english(qwen, fitted):
     edit, harmful, _, before, after = fitted
-    refused = {state: {x: 1 - ev.languages[x].asr for x in sn.LANGS} for state, ev in (("before", before), ("after", after))}
+    refused = {state: {x: ev.languages[x].rate("harmful", "refusal").value for x in sn.LANGS}
+               for state, ev in (("before", before), ("after", after))}  # fmt: skip
     print(refused)
     mean_before = sum(refused["before"][x] for x in NON_EN) / len(NON_EN)
     mean_after = sum(refused["after"][x] for x in NON_EN) / len(NON_EN)
