@@ -74,17 +74,23 @@ def main() -> None:
     questions = [q for q in sn.load_utility() if int(q.id.split("-")[1]) <= args.mc]
     kl_prompts = list(test.filter(label="harmless", limit=args.kl_prompts))
     L, L2, PL = args.layer, args.alt_layer, args.paper_layer
-    coll = sn.collect_activations(model, anchor, rows=[(s, layer) for layer in {L, L2, PL} for s in ("mlp_in", "act", "resid")],
-                                  gram=[("act", L), ("act", L2)], gram_positions="preserved")  # fmt: skip
-    ranking = sn.rank_neurons(coll.stats)
+    cached: dict = {}
+
+    def collection():  # one pass over the anchors, only when a condition needs it ("none" does not)
+        if not cached:
+            cached["coll"] = sn.collect_activations(
+                model, anchor, rows=[(s, layer) for layer in {L, L2, PL} for s in ("mlp_in", "act", "resid")],
+                gram=[("act", L), ("act", L2)], gram_positions="preserved")  # fmt: skip
+            cached["ranking"] = sn.rank_neurons(cached["coll"].stats)
+        return cached["coll"], cached["ranking"]
 
     def fit(**kw):
-        return sn.fit_edit(model, anchor, rows=coll, sequential=False, progress=False, **kw)
+        return sn.fit_edit(model, anchor, rows=collection()[0], sequential=False, progress=False, **kw)
 
     conditions = {  # key: (label, factory); a factory runs only when its key is chosen
         "none": ("no edit", lambda: None),
         "paper": (f"paper: gate L{PL}, English safety neurons, r=32", lambda: fit(
-            layers=PL, site="gate", target="neurons", neurons=ranking, neuron_langs=["en"])),
+            layers=PL, site="gate", target="neurons", neurons=collection()[1], neuron_langs=["en"])),
         "per_prompt": (f"w_out L{L2}, per-prompt gap, last position only (previous default)", lambda: fit(
             layers=L2, **{**OURS, "target": "residual", "refusal_boost": 0.0, "preserve_positions": "last"})),
         "ours_alt": (f"ours at L{L2}", lambda: fit(layers=L2, **OURS)),
@@ -92,12 +98,12 @@ def main() -> None:
         "ours_no_bn": (f"ours at L{L}, Bengali not targeted", lambda: fit(
             layers=L, langs=[x for x in NON_EN if x != "bn"], **OURS)),
         "fold": (f"w_out fold: safety-neuron activation map L{L} (all languages' sets)", lambda: fit(
-            layers=L, site="w_out", target="neurons", neurons=ranking, neuron_langs=list(sn.LANGS),
+            layers=L, site="w_out", target="neurons", neurons=collection()[1], neuron_langs=list(sn.LANGS),
             preserve=OURS["preserve"])),
         "nullspace": ("ours, hard null-space constraint (1% energy)", lambda: fit(
             layers=L, **OURS, method="nullspace", null_energy=0.01)),
         "alpha": ("α-scaling of English safety neurons (α=1.5, all layers)",
-                  lambda: sn.NeuronScaling.from_ranking(ranking, alpha=1.5)),
+                  lambda: sn.NeuronScaling.from_ranking(collection()[1], alpha=1.5)),
         "refdir": (f"refusal direction added at L{L} (coeff 1)",
                    lambda: sn.RefusalDirection.fit(model, anchor, layer=L, progress=False)),
         "noanchor": ("ours without the utility anchor (no harmless rows or positions)", lambda: fit(

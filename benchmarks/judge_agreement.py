@@ -76,8 +76,9 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="agreement for a range of thresholds (with --misread)")
     p.add_argument("--model", default=sn.DEFAULT_MODEL)
     p.add_argument("--out", default=None, help="also write the tables to this markdown file")
+    p.add_argument("--gold", type=Path, default=GOLD, help="the gold set (JSON lines)")
     args = p.parse_args()
-    rows = load_gold(args.part)
+    rows = load_gold(args.part, args.gold)
     print(f"gold set: {len(rows)} answers ({args.part} part), {Counter(r['gold'] for r in rows)}")
     outs = [table(rows, [v.outcome for v in verdicts(rows, sn.PhraseJudge())], "PhraseJudge (text only)")]
     old = binary_asr_agreement(rows)

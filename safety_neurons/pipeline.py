@@ -265,12 +265,12 @@ def run(config: RunConfig) -> dict:
     questions = [q for q in load_utility() if int(q.id.split("-")[1]) <= config.mc]
     before = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
                       batch_size=config.batch_size, cache=answer_cache, desc="answers before the edit")  # fmt: skip
-    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size)
+    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
     with edit.applied(model):
         after = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
                          batch_size=config.batch_size, desc="answers after the edit")  # fmt: skip
-        acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size)
-    kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size)
+        acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
+    kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size, progress=True)
     kl = {lang: kl_rows["first"][[i for i, p in enumerate(test_s) if p.lang == lang]].mean().item()
           for lang in LANGS}  # fmt: skip
     kl_k = {lang: kl_rows["mean_k"][[i for i, p in enumerate(test_s) if p.lang == lang]].mean().item()
