@@ -55,15 +55,10 @@ def test_shards_cover_every_prompt_once():
         shard(items, 3, 3)
 
 
-def _float64_tiny(tmp_path):
-    """A tiny Qwen2 model saved as an HF folder and loaded back in float64 (batching then changes nothing
-    beyond float64 round-off, so one process and two can be compared tightly)."""
+def _tiny():
+    """The tiny Qwen2 fixture model, the same (seeded) in every process."""
     tok = tiny_tokenizer()
-    hf = tiny_hf_model("qwen2", len(tok))
-    folder = tmp_path / "tiny"
-    hf.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return sn.bridge_from_hf(tiny_hf_model("qwen2", len(tok)), tok, name="tiny-qwen2")
 
 
 def _prompts():
@@ -71,19 +66,22 @@ def _prompts():
     return make_prompts(5) + [sn.Prompt("harmful-0", "vi", "harmful", "w1 w2 w3")]
 
 
-COLLECT = dict(rows=[("act", 1), ("resid", 1)], gram=[("act", 1)], gram_positions="preserved", batch_size=3,
+# One prompt a forward pass: each prompt's float32 activations are then bit-identical in one process and in
+# two, and what remains is the float64 round-off of the merge. (A float64 model would allow padded batches,
+# but the bridge's padded float64 forward gives NaN at layer 1 here.)
+COLLECT = dict(rows=[("act", 1), ("resid", 1)], gram=[("act", 1)], gram_positions="preserved", batch_size=1,
                progress=False)  # fmt: skip
 FIT = dict(layers=1, neurons="all", site="w_out", langs=["zh"], target="language_gap", rank=4, sequential=False,
            preserve_positions="all", progress=False)  # fmt: skip
 
 
-def _worker(rank: int, world: int, init_file: str, folder: str, out: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = sn.load_model(folder, dtype=torch.float64)
+        model = _tiny()
         prompts = _prompts()
         c = sn.collect_sharded(model, prompts, **COLLECT)
         result = {"stats": (c.stats.groups, c.stats.count, c.stats.mean, c.stats.m2), "rows": c.rows.rows,
@@ -97,13 +95,13 @@ def _worker(rank: int, world: int, init_file: str, folder: str, out: str) -> Non
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
-    folder = _float64_tiny(tmp_path)
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(folder), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
 
-    model = sn.load_model(str(folder), dtype=torch.float64)
+    model = _tiny()
     prompts = _prompts()
     one = sn.collect_activations(model, prompts, **COLLECT)
     edit = sn.fit_edit(model, prompts, rows=one, **FIT)
+    assert edit.edits[0].delta.norm() > 0
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     tight = dict(rtol=1e-10, atol=1e-12)
     for r in (r0, r1):  # every rank ends with the whole collection
