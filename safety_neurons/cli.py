@@ -49,9 +49,11 @@ def _neurons(args) -> int:
     anchor = sn.load_prompts().filter(split="anchor", limit=args.limit)
     layer = args.layer if args.layer is not None else model.cfg.n_layers * 11 // 12
     print(f"{len(anchor)} anchor prompts ({args.limit} harmful + {args.limit} harmless per language)")
-    collection = sn.collect_activations(
+    collection = sn.collect_sharded(
         model, list(anchor), rows=[("mlp_in", layer)], batch_size=args.batch_size
     )  # fmt: skip
+    if not sn.distributed.is_main():  # under torchrun rank 0 ranks, fits and writes
+        return 0
     ranking = sn.rank_neurons(collection.stats)
     print(f"\n{ranking}\n\nsafety neurons per layer (z > 2 or d > 1, positive shifts):")
     print(ranking.table())
