@@ -8,7 +8,10 @@ One pass over the prompts gives two things, both batch by batch:
 * `ActivationRows`: the per-prompt rows at a few (site, layer) points, float64, keyed by prompt id,
   which is what the closed-form solve needs.
 
-Only the hooks asked for are registered; nothing like a full `run_with_cache` is kept.
+Only the hooks asked for are registered; nothing like a full `run_with_cache` is kept. Each layer's
+statistics and Gram matrices stay on the device the layer ran on (a model split by `device_map`) until
+the pass is over. Collections over disjoint prompt sets merge exactly (`ActivationStats.merge`,
+`merge_collections`): what `distributed.collect_sharded` and the nnsight backend rely on.
 """
 
 from __future__ import annotations

@@ -26,12 +26,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import SITES, ActivationRows, ActivationStats, Collection, _rows_key
+from .activations import _ORDER, SITES, ActivationRows, ActivationStats, Collection, _rows_key
 from .chat import length_sorted_batches, template_suffix_length
 from .prompts import Prompt
 
 Remote = bool | Literal["local"]
-_ORDER = {site: i for i, site in enumerate(SITES)}
 
 
 def _require_nnsight():
