@@ -27,6 +27,12 @@ safety neurons of a 7B model.
     python benchmarks/gpu_scale.py --shape qwen2.5-7b
     python benchmarks/gpu_scale.py --quick              # 256 prompts
     python benchmarks/gpu_scale.py --cpu --tiny         # a tiny config on the CPU: exercises the code path only
+    python benchmarks/gpu_scale.py --n-devices 2        # the two-GPU variant: the layers split over 2 GPUs
+
+The two-GPU variant builds the random model on the CPU, splits its layers over the GPUs with accelerate
+(`infer_auto_device_map` + `dispatch_model`, balanced, a decoder layer never split) and wraps it with
+`bridge_from_hf(..., device=None)`, as `load_model(..., n_devices=2)` would for a checkpoint: each layer's
+statistics then accumulate on that layer's GPU. It reports the peak memory of every GPU.
 """
 
 from __future__ import annotations
@@ -86,7 +92,10 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="run on the CPU (only sensible with --tiny)")
     ap.add_argument("--tiny", action="store_true", help=f"tiny config {TINY}: checks the code path, times nothing real")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare HF decoder reference pass")
+    ap.add_argument("--n-devices", type=int, default=1, help="split the layers over this many GPUs (default 1)")
     args = ap.parse_args()
+    if args.n_devices > 1 and (args.cpu or torch.cuda.device_count() < args.n_devices):
+        sys.exit(f"--n-devices {args.n_devices} needs that many CUDA GPUs; {torch.cuda.device_count()} visible")
 
     if not args.cpu and not torch.cuda.is_available():
         sys.exit(
@@ -131,15 +140,29 @@ def main() -> None:
                  f"({cfg.vocab_size}): token ids could fall out of range; pick another --tokenizer")  # fmt: skip
     torch.manual_seed(0)
     t = time.perf_counter()
-    with torch.device(device):
+    split = args.n_devices > 1
+    with torch.device("cpu" if split else device):
         hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    if split:
+        from accelerate import dispatch_model, infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+
+        no_split = [type(hf.model.layers[0]).__name__]
+        budget = get_balanced_memory(hf, max_memory={i: torch.cuda.mem_get_info(i)[0] for i in range(args.n_devices)},
+                                     no_split_module_classes=no_split, dtype=dtype)  # fmt: skip
+        device_map = infer_auto_device_map(hf, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
+        hf = dispatch_model(hf, device_map=device_map)
+        print(f"layers per GPU: { {d: sum(1 for k, v in device_map.items() if v == d and '.layers.' in k) for d in set(device_map.values())} }")
     if sync:
         sync()
     n_params = sum(p.numel() for p in hf.parameters())
-    step("build random model (from_config)", time.perf_counter() - t, f"{n_params / 1e9:.2f} B params, {dtype}")
+    step("build random model (from_config)" + (f", split over {args.n_devices} GPUs" if split else ""),
+         time.perf_counter() - t, f"{n_params / 1e9:.2f} B params, {dtype}")  # fmt: skip
     t = time.perf_counter()
-    model = sn.bridge_from_hf(hf, tokenizer, name=f"{args.shape}{'-tiny' if args.tiny else ''}-random", device=device)
+    model = sn.bridge_from_hf(hf, tokenizer, name=f"{args.shape}{'-tiny' if args.tiny else ''}-random",
+                              device=None if split else device)  # fmt: skip
     step("wrap with bridge_from_hf", time.perf_counter() - t)
+    device = torch.device(model.cfg.device)  # inputs go to the embedding's device
     mc = model.cfg
     layer = round(0.75 * mc.n_layers) if args.edit_layer is None else args.edit_layer
     layer = min(layer, mc.n_layers - 1)
@@ -161,7 +184,8 @@ def main() -> None:
 
     step("warm-up collection (one batch)", C.timed(lambda: collect(prompts[: args.batch_size]), sync))
     if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
+        for i in range(max(args.n_devices, 1)):
+            torch.cuda.reset_peak_memory_stats(i)
     box = {}
     coll_times = []
     for _ in range(args.collect_repeats):
@@ -170,7 +194,7 @@ def main() -> None:
     t_coll = C.median(coll_times)
     step(f"collect_activations ({len(prompts)} prompts, all layers)", t_coll,
          f"{n_tok / t_coll:,.0f} tokens/s; stats {tuple(coll.stats.mean.shape)} float64")  # fmt: skip
-    peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+    peak_gpu = [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(max(args.n_devices, 1))] if on_gpu else None
 
     t_bare = None
     if not args.no_bare:
@@ -200,7 +224,8 @@ def main() -> None:
     X = X_all[[where[(p.lang, p.id)] for p in low]]
     X_en = X_all[[where[("en", p.id)] for p in low]]
     X_safe = X_all[[where[(p.lang, p.id)] for p in keep]]
-    W_s = model.blocks[layer].mlp.W_gate.detach()[:, idx.to(device)].to(torch.float64).cpu()
+    W_gate = model.blocks[layer].mlp.W_gate.detach()  # on its own layer's device when split
+    W_s = W_gate[:, idx.to(W_gate.device)].to(torch.float64).cpu()
     D = (X_en - X) @ W_s
 
     def solve():
@@ -240,10 +265,12 @@ def main() -> None:
     print()
     print(C.table(["step", "seconds", "note"], steps))
     if peak_gpu is not None:
-        print(f"\npeak GPU memory during the collection: {peak_gpu:.1f} GiB "
-              f"(weights {n_params * hf.dtype.itemsize / 2**30:.1f} GiB)")  # fmt: skip
+        print(f"\npeak GPU memory during the collection: {', '.join(f'GPU {i} {g:.1f} GiB' for i, g in enumerate(peak_gpu))} "
+              f"(weights {n_params * hf.dtype.itemsize / 2**30:.1f} GiB in all)")  # fmt: skip
     print(f"peak RSS of this process: {C.peak_rss_mb() / 1024:.1f} GiB; total wall time {total:.0f} s\n")
     where_ = "CPU, tiny config: code path only" if args.tiny else (props.name if on_gpu else "CPU")
+    if args.n_devices > 1:
+        where_ += f" × {args.n_devices}, layers split"
     C.headline("identify safety neurons (collect + rank)",
                f"{t_coll + t_rank:.1f} s for {len(prompts)} prompts at all {mc.n_layers} layers of a "
                f"{args.shape}{' (tiny)' if args.tiny else ''} model ({where_}); paper: ~40 s on a 7B model")  # fmt: skip

@@ -1,9 +1,19 @@
 """safety-neurons: find the safety neurons of Llama / Qwen chat models, compare them across languages,
 and close the cross-lingual safety gap with a closed-form sparse weight edit."""
 
-from .activations import ActivationRows, ActivationStats, Collection, collect_activations, hook_name
+from . import distributed
+from .activations import (
+    ActivationRows,
+    ActivationStats,
+    Collection,
+    collect_activations,
+    hook_name,
+    merge_collections,
+    merge_stats,
+)
 from .baselines import NeuronScaling, RefusalDirection
 from .chat import TokenBatch, chat_strings, tokenize_chat
+from .distributed import collect_sharded
 from .edit import EditError, LayerEdit, WeightEdit, fit_edit
 from .evaluation import AnswerCache, Evaluation, LanguageResult, evaluate, generate, kl_divergence, mc_accuracy, refusal_scores
 from .judges import GuardJudge, Judge, PhraseJudge, RelevanceCheck, Verdict

@@ -8,7 +8,10 @@ One pass over the prompts gives two things, both batch by batch:
 * `ActivationRows`: the per-prompt rows at a few (site, layer) points, float64, keyed by prompt id,
   which is what the closed-form solve needs.
 
-Only the hooks asked for are registered; nothing like a full `run_with_cache` is kept.
+Only the hooks asked for are registered; nothing like a full `run_with_cache` is kept. Each layer's
+statistics and Gram matrices stay on the device the layer ran on (a model split by `device_map`) until
+the pass is over. Collections over disjoint prompt sets merge exactly (`ActivationStats.merge`,
+`merge_collections`): what `distributed.collect_sharded` and the nnsight backend rely on.
 """
 
 from __future__ import annotations
@@ -118,6 +121,41 @@ class ActivationStats:
         self.mean[g] += delta * (n_b / n)
         self.m2[g] += m2_b + delta**2 * (n_a * n_b / n)
         self.count[g] = n
+
+    def _check_compatible(self, other: "ActivationStats") -> None:
+        same = (self.site, self.position, self.layers, self.mean.shape[-1])
+        theirs = (other.site, other.position, other.layers, other.mean.shape[-1])
+        if same != theirs:
+            raise ValueError(f"cannot merge statistics of (site, position, layers, width) {theirs} into {same}")
+
+    def reindexed(self, groups: Sequence[tuple[str, str]]) -> "ActivationStats":
+        """The same statistics over `groups`, in that order (a group not collected here has count 0)."""
+        groups = [tuple(g) for g in groups]
+        extra = [g for g in self.groups if g not in groups]
+        if extra:
+            raise ValueError(f"reindexed: groups {extra} were collected but are not in the new group list")
+        shape = (len(groups), *self.mean.shape[1:])
+        mean = torch.zeros(shape, dtype=torch.float64, device=self.mean.device)
+        m2, count = mean.clone(), torch.zeros(len(groups), dtype=torch.long)
+        for i, g in enumerate(self.groups):
+            j = groups.index(g)
+            mean[j], m2[j], count[j] = self.mean[i], self.m2[i], self.count[i]
+        return ActivationStats(self.site, self.position, list(self.layers), groups, count, mean, m2)
+
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
+        """Statistics of both sets of prompts together (Chan et al.'s parallel merge, exact up to round-off).
+
+        Groups are ours in order, then the other's new ones; an empty group on either side changes nothing."""
+        self._check_compatible(other)
+        groups = list(self.groups) + [g for g in other.groups if g not in self.groups]
+        a, b = self.reindexed(groups), other.reindexed(groups).to(self.mean.device)
+        n_a, n_b = a.count.to(torch.float64), b.count.to(torch.float64)
+        n = (n_a + n_b).clamp(min=1)
+        w_a, w_b = (n_a / n).to(a.mean.device)[:, None, None], (n_b / n).to(a.mean.device)[:, None, None]
+        delta = b.mean - a.mean
+        mean = a.mean + delta * w_b
+        m2 = a.m2 + b.m2 + delta**2 * (w_a * w_b * n.to(a.mean.device)[:, None, None])
+        return ActivationStats(self.site, self.position, list(self.layers), groups, a.count + b.count, mean, m2)
 
     def index(self, lang: str, label: str) -> int:
         if (lang, label) not in self.groups:
@@ -267,23 +305,30 @@ def collect_activations(
         raise ValueError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
     skip = template_suffix_length(model.tokenizer, system=system) if gram and gram_positions == "preserved" else 0
 
+    # Layers may sit on different devices (a `device_map`): each statistic accumulates on the device its
+    # layer ran on and is only copied to the CPU at the end. Inputs go where the embedding is (`cfg.device`).
     device = model.cfg.device
-    stats = None
-    if stats_site:
-        stats = ActivationStats.empty(stats_site, position, stats_layers, site_width(model, stats_site), device)
+    groups = list(dict.fromkeys((p.lang, p.label) for p in prompts))  # the statistics' order: first appearance
+    per_device: dict[torch.device, ActivationStats] = {}  # statistics of the layers that ran on each device
     points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
                     key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
     grams: dict[tuple[str, int], Tensor] = {}
     n_tokens = 0
 
     current: dict[tuple[str, int], Tensor] = {}
-    mask_box: list[Tensor] = []  # [attention mask, mask of the tokens summed into the Gram matrices]
+    masks: dict[torch.device, tuple[Tensor, Tensor]] = {}  # this batch's masks, copied to each layer's device
 
-    def make_hook(key):  # everything stays on the model's device until the pass is over (no sync per hook)
+    def masks_on(dev):
+        if dev not in masks:
+            masks[dev] = tuple(m.to(dev) for m in masks[None])
+        return masks[dev]
+
+    def make_hook(key):  # everything stays on its layer's device until the pass is over (no sync per hook)
         def hook(acts, hook):
-            current[key] = reduce_positions(acts, mask_box[0], position).to(torch.float64)
+            attention, in_gram = masks_on(acts.device)
+            current[key] = reduce_positions(acts, attention, position).to(torch.float64)
             if key in gram:
-                real = acts[mask_box[1]].to(torch.float64)
+                real = acts[in_gram].to(torch.float64)
                 grams[key] = grams[key] + real.T @ real if key in grams else real.T @ real
 
         return hook
@@ -304,7 +349,8 @@ def collect_activations(
             if skip:  # left padding: a harmful prompt's answer opening is the last `skip` positions of its row
                 harmful = torch.tensor([prompts[i].label == "harmful" for i in idx], device=in_gram.device)
                 in_gram[harmful, -skip:] = False
-            mask_box[:] = [batch.attention_mask, in_gram]
+            masks.clear()
+            masks[None] = (batch.attention_mask, in_gram)
             current.clear()
             try:
                 model(batch.input_ids, **batch.model_kwargs())
@@ -312,16 +358,71 @@ def collect_activations(
                 pass
             chunk = [prompts[i] for i in idx]
             n_tokens += int(in_gram.sum())
-            if stats is not None:
-                block = torch.stack([current[(stats_site, layer)] for layer in stats_layers], dim=1)
+            if stats_site:
+                if not per_device:  # first batch: group the layers by the device they ran on
+                    by_dev: dict[torch.device, list[int]] = {}
+                    for layer in stats_layers:
+                        by_dev.setdefault(current[(stats_site, layer)].device, []).append(layer)
+                    for dev, dev_layers in by_dev.items():
+                        per_device[dev] = ActivationStats.empty(stats_site, position, dev_layers,
+                                                                site_width(model, stats_site), dev)  # fmt: skip
+                        for group in groups:
+                            per_device[dev]._group_index(group)
                 for group in dict.fromkeys((p.lang, p.label) for p in chunk):
                     sel = [i for i, p in enumerate(chunk) if (p.lang, p.label) == group]
-                    stats.update(group, block[sel])
+                    for st in per_device.values():
+                        block = torch.stack([current[(stats_site, layer)] for layer in st.layers], dim=1)
+                        st.update(group, block[sel])
             for key in rows:
                 if key not in kept_rows:
                     kept_rows[key] = torch.empty(len(prompts), current[key].shape[-1], dtype=torch.float64)
                 kept_rows[key][idx] = current[key].cpu()
     out_rows = ActivationRows(position, list(prompts), kept_rows)
-    stats = stats.to("cpu") if stats is not None else None
+    stats = _join_layers([st.to("cpu") for st in per_device.values()]) if stats_site else None
     grams = {key: g.cpu() for key, g in grams.items()}
     return Collection(stats, out_rows, grams, n_tokens if gram else 0, gram_positions)
+
+
+def _join_layers(parts: Sequence[ActivationStats]) -> ActivationStats:
+    """One set of statistics from parts over disjoint layers (same groups), in layer order."""
+    first = parts[0]
+    layers = sorted(layer for st in parts for layer in st.layers)
+    where = {layer: (st, st.layers.index(layer)) for st in parts for layer in st.layers}
+    mean = torch.stack([where[layer][0].mean[:, where[layer][1]] for layer in layers], dim=1)
+    m2 = torch.stack([where[layer][0].m2[:, where[layer][1]] for layer in layers], dim=1)
+    return ActivationStats(first.site, first.position, layers, list(first.groups), first.count.clone(), mean, m2)
+
+
+def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
+    """The statistics of all parts' prompts together: `ActivationStats.merge` from left to right."""
+    if not parts:
+        raise ValueError("merge_stats: nothing to merge")
+    out = parts[0]
+    for st in parts[1:]:
+        out = out.merge(st)
+    return out
+
+
+def merge_collections(parts: Sequence[Collection]) -> Collection:
+    """One `Collection` from collections over disjoint prompt sets (shards) with the same settings.
+
+    Statistics merge exactly (Chan et al.), Gram matrices and token counts add, and rows are concatenated in
+    the parts' order (their `prompts` likewise): collecting shards and merging equals one pass over all prompts.
+    """
+    if not parts:
+        raise ValueError("merge_collections: nothing to merge")
+    first = parts[0]
+    for c in parts[1:]:
+        if c.gram_positions != first.gram_positions or set(c.gram) != set(first.gram):
+            raise ValueError("merge_collections: the parts collected different Gram matrices")
+        if set(c.rows.rows) != set(first.rows.rows) or c.rows.position != first.rows.position:
+            raise ValueError("merge_collections: the parts collected different rows")
+        if (c.stats is None) != (first.stats is None):
+            raise ValueError("merge_collections: some parts have statistics and others not")
+    prompts = [p for c in parts for p in c.rows.prompts]
+    _rows_key(prompts)
+    rows = {key: torch.cat([c.rows.rows[key] for c in parts]) for key in first.rows.rows}
+    grams = {key: sum((c.gram[key] for c in parts[1:]), first.gram[key].clone()) for key in first.gram}
+    stats = merge_stats([c.stats for c in parts]) if first.stats is not None else None
+    return Collection(stats, ActivationRows(first.rows.position, prompts, rows), grams,
+                      sum(c.n_tokens for c in parts), first.gram_positions)  # fmt: skip

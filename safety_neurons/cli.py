@@ -14,12 +14,26 @@ import time
 from pathlib import Path
 
 
+def _device_map(text: str):
+    import json
+
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"--device-map is not valid JSON: {err}") from None
+    return text
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     from .models import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="packaged alias, .gguf file, HF folder or hub id")
     p.add_argument("--dtype", default="float32", help="float32 (default on CPU) or bfloat16")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--device-map", default=None, type=_device_map,
+                   help='split the model over devices: "auto", "balanced", or a JSON map {"model.layers.0": 0, ...}')
+    p.add_argument("--n-devices", type=int, default=None, help="split the model over this many GPUs")
     p.add_argument("--batch-size", type=int, default=16)
 
 
@@ -29,13 +43,17 @@ def _neurons(args) -> int:
     import safety_neurons as sn
 
     start = time.perf_counter()
-    model = sn.load_model(args.model, dtype=args.dtype, device=args.device)
+    split = args.device_map is not None or (args.n_devices or 1) > 1
+    model = sn.load_model(args.model, dtype=args.dtype, device=None if split else args.device,
+                          device_map=args.device_map, n_devices=args.n_devices)  # fmt: skip
     anchor = sn.load_prompts().filter(split="anchor", limit=args.limit)
     layer = args.layer if args.layer is not None else model.cfg.n_layers * 11 // 12
     print(f"{len(anchor)} anchor prompts ({args.limit} harmful + {args.limit} harmless per language)")
-    collection = sn.collect_activations(
+    collection = sn.collect_sharded(
         model, list(anchor), rows=[("mlp_in", layer)], batch_size=args.batch_size
     )  # fmt: skip
+    if not sn.distributed.is_main():  # under torchrun rank 0 ranks, fits and writes
+        return 0
     ranking = sn.rank_neurons(collection.stats)
     print(f"\n{ranking}\n\nsafety neurons per layer (z > 2 or d > 1, positive shifts):")
     print(ranking.table())
@@ -109,11 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_data)
 
     args = parser.parse_args(argv)
+    from . import distributed
+
+    distributed.init_from_env()  # under torchrun: join the process group (the collection is sharded)
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"safety-neurons: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -200,7 +200,10 @@ def load_model(
     name: str = DEFAULT_MODEL,
     *,
     dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, str | int] | None = None,
+    n_devices: int | None = None,
+    max_memory: dict[str | int, str | int] | None = None,
 ):
     """Load a supported chat model as a `TransformerBridge` over the real HF model.
 
@@ -208,7 +211,15 @@ def load_model(
         name: a packaged alias (`qwen2.5-coder-0.5b-instruct`, `smollm2-135m-instruct`), a `.gguf`
             file, a local HF folder, or a hub id (Llama-3.x / Qwen2.x Instruct) when a hub is reachable.
         dtype: torch dtype (or its name, e.g. "bfloat16") for the weights.
-        device: where the model runs.
+        device: where the whole model runs (default "cpu"); not with `device_map` / `n_devices`.
+        device_map: split the layers over devices: "auto", "balanced", or an HF map from module names to
+            devices (`{"model.embed_tokens": 0, "model.layers.0": 0, …, "lm_head": 1}`), as in
+            `from_pretrained`; needs `accelerate`.
+        n_devices: split over this many GPUs, balanced (TransformerLens translates it into a map).
+        max_memory: per-device budgets for the split, e.g. `{0: "70GiB", 1: "70GiB"}`.
+
+    A split model's inputs go to the embedding's device (`model.cfg.device`); every statistic, edit and
+    hook works on the device of its own layer.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -216,31 +227,62 @@ def load_model(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ModelLoadError(f"unknown dtype {dtype!r}")
         dtype = getattr(torch, dtype)
+    split = device_map is not None or (n_devices is not None and n_devices > 1)
+    if split and device is not None:
+        raise ModelLoadError("give either device= (one device) or device_map= / n_devices= (a split), not both")
+    if n_devices is not None and n_devices < 1:
+        raise ModelLoadError(f"n_devices must be at least 1, got {n_devices}")
+    if split and importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError("splitting a model over devices needs accelerate: pip install accelerate")
     source, _ = _resolve(name)
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as err:
         raise ModelLoadError(f"could not load {name!r}: {err}") from None
     _check_architecture(config, name)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
-    return bridge_from_hf(hf_model, tokenizer, name=source, device=device)
-
-
-def bridge_from_hf(hf_model, tokenizer, *, name: str = "model", device: str | torch.device = "cpu"):
-    """Wrap an already-loaded HF model (e.g. a tiny test model) in a `TransformerBridge`."""
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(source))
+    if not split:
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+        return bridge_from_hf(hf_model, tokenizer, name=source, device=device or "cpu")
     from transformer_lens.model_bridge import TransformerBridge
 
-    _check_architecture(hf_model.config, name)
-    hf_model = hf_model.to(device).eval()
+    bridge = TransformerBridge.boot_transformers(
+        source, tokenizer=tokenizer, dtype=dtype, device_map=device_map, n_devices=n_devices, max_memory=max_memory
+    )  # fmt: skip
+    bridge.eval()
+    return bridge
+
+
+def _prepare_tokenizer(tokenizer):
+    """Left padding (the last prompt token at -1) and a pad token."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def bridge_from_hf(hf_model, tokenizer, *, name: str = "model", device: str | torch.device | None = "cpu"):
+    """Wrap an already-loaded HF model (e.g. a tiny test model) in a `TransformerBridge`.
+
+    `device=None` leaves the model where it is: one already split by `from_pretrained(device_map=...)` stays split.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _check_architecture(hf_model.config, name)
+    if device is not None:
+        hf_model = hf_model.to(device)
+    hf_model = hf_model.eval()
+    tokenizer = _prepare_tokenizer(tokenizer)
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype
     )
     bridge.eval()
     return bridge
+
+
+def layer_devices(model) -> dict[int, torch.device]:
+    """The device each block's MLP weights sit on (one device unless the model was split)."""
+    return {i: block.mlp.W_out.device for i, block in enumerate(model.blocks)}
 
 
 def hf_state_dict(bridge) -> dict[str, torch.Tensor]:

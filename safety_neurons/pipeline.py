@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
+from . import distributed
 from .activations import collect_activations
 from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
 from .evaluation import (
@@ -33,6 +34,8 @@ class RunConfig:
     model: str = DEFAULT_MODEL
     dtype: str = "float32"
     device: str = "cpu"
+    device_map: str | dict | None = None  # split the model over devices ("auto" or an HF map): see `load_model`
+    n_devices: int | None = None
     batch_size: int = 16
     out: str = "results/run"
     quick: bool = False
@@ -219,10 +222,15 @@ def run(config: RunConfig) -> dict:
         clock = now
 
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # under torchrun every rank collects its shard; rank 0 does the rest
     answer_cache = AnswerCache(cache_dir() / "answers")  # the unedited model's answers, reused across runs
-    print(f"safety-neurons run: model {config.model}, results in {out}")
-    model = load_model(config.model, dtype=config.dtype, device=config.device)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"safety-neurons run: model {config.model}, results in {out}"
+              + (f" ({distributed.world_size()} processes share the collection)" if distributed.is_distributed() else ""))
+    split = config.device_map is not None or (config.n_devices or 1) > 1
+    model = load_model(config.model, dtype=config.dtype, device=None if split else config.device,
+                       device_map=config.device_map, n_devices=config.n_devices)  # fmt: skip
     prompts = load_prompts()
     lap("load")
 
@@ -235,11 +243,13 @@ def run(config: RunConfig) -> dict:
     layer_sets = [config.layers] if config.layers else config.candidates
     row_layers = sorted({layer for layers in layer_sets for layer in layers})
     gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
-    collection = collect_activations(
+    collection = distributed.collect_sharded(
         model, anchor, rows=[(s, layer) for layer in row_layers for s in _row_sites(config)], gram=gram,
         gram_positions="preserved", batch_size=config.batch_size,
     )  # fmt: skip
     lap("collect")
+    if not main:
+        return {}
     ranking = rank_neurons(collection.stats)
     ranking.save(out / "neurons")
     print(f"\n{ranking}\n{ranking.table()}")
@@ -302,6 +312,7 @@ def run(config: RunConfig) -> dict:
         },
         "edit": {"uid": edit.uid, "summary": edit.summary(), "settings": edit.settings},
         "timings_s": timings,
+        "processes": distributed.world_size(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     (out / "results.md").write_text(f"# safety-neurons run\n\nJudge: {judge.name} (three-way: refusal, compliance, "
