@@ -768,7 +768,7 @@ class RelevanceCheck:
         self,
         model,
         *,
-        threshold: float = 0.25,
+        threshold: float = 0.15,
         neutral: str = "Write something.",
         max_tokens: int = 64,
         batch_size: int = 16,
