@@ -285,6 +285,19 @@ def run(config: RunConfig) -> dict:
           for lang in LANGS}  # fmt: skip
     kl_k = {lang: kl_rows["mean_k"][[i for i, p in enumerate(test_s) if p.lang == lang]].mean().item()
             for lang in LANGS}  # fmt: skip
+    # the change the edit makes where it acts: residual stream after the edited layer, last prompt token,
+    # the same test prompts before and after (for the report's edit-site view; collected here, not there)
+    site_layer = edit.edits[-1].layer
+    ids = {label: [p.id for p in ps if p.lang == "en"] for label, ps in (("harmful", test_h), ("harmless", test_s))}
+
+    def site_rows_now():
+        r = collect_activations(model, test_h + test_s, stats_site=None, rows=[("resid", site_layer)],
+                                batch_size=config.batch_size, progress=False).rows  # fmt: skip
+        return {label: {x: r.matrix("resid", site_layer, lang=x, ids=ids[label]) for x in LANGS} for label in ids}
+
+    site_rows = {"before": site_rows_now()}
+    with edit.applied(model):
+        site_rows["after"] = site_rows_now()
     lap("evaluate")
 
     table = _table(before, after, kl, acc_b, acc_a)
@@ -323,8 +336,7 @@ def run(config: RunConfig) -> dict:
         for state, ev in (("before", before), ("after", after)):
             for rec in ev.answers:
                 f.write(json.dumps({"state": state, **rec}, ensure_ascii=False) + "\n")
-    report = _write_report(out, model, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table,
-                           test_h, anchor)  # fmt: skip
+    report = _write_report(out, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table, site_rows)
     lap("report")
     print(f"\n{table}\n")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}" + (f", {report}" if report else ""))
@@ -332,45 +344,40 @@ def run(config: RunConfig) -> dict:
     return results
 
 
-def _write_report(out, model, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table, test_h, anchor):
-    """The HTML report (figures from `viz`), or None when the viz package is not available."""
+def _write_report(out, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table, site_rows=None):
+    """The HTML report (figures from `viz`), or None when the viz package is not available. It runs no
+    model: everything it shows comes from the stages before it.
+
+    `site_rows` (optional; without it the two views of the edit's site are left out):
+    `{"before" | "after": {"harmful" | "harmless": {lang: Tensor[n, d_model]}}}`, the residual stream
+    after the last edited layer (`("resid", edit.edits[-1].layer)`, last prompt token) on the test
+    prompts, collected in the evaluate stage without and with the edit; row i before and after is the
+    same prompt."""
     try:
         import viz
     except ImportError:
         return None
     layer = edit.edits[-1].layer
-    idx = edit.edits[-1].neurons
-    ids = [p.id for p in test_h if p.lang == "en"]  # the same ids in every language (parallel subset)
-
-    def rows_now():
-        r = collect_activations(model, test_h, stats_site=None, rows=[("act", layer), ("resid", layer)],
-                                batch_size=config.batch_size, progress=False).rows  # fmt: skip
-        return {lang: r.matrix("act", layer, lang=lang, ids=ids) for lang in LANGS}, {
-            lang: r.matrix("resid", layer, lang=lang, ids=ids) for lang in LANGS}
-
-    act_b, res_b = rows_now()
-    with edit.applied(model):
-        act_a, res_a = rows_now()
-    top = idx[:64] if len(idx) > 64 else idx
-    en_anchor = [p for p in anchor if p.lang == "en"]
-    fit = collect_activations(model, en_anchor, stats_site=None, rows=[("resid", layer)],
-                              batch_size=config.batch_size, progress=False).rows  # fmt: skip
-    harmful_rows = fit.matrix("resid", layer)[[i for i, p in enumerate(en_anchor) if p.label == "harmful"]]
-    harmless_rows = fit.matrix("resid", layer)[[i for i, p in enumerate(en_anchor) if p.label == "harmless"]]
     figures = [
-        ("Safety neurons per layer and language", viz.neuron_counts(ranking)),
-        ("Where the safety neurons are (top neurons per layer)", viz.neuron_heatmap(ranking)),
+        ("Judged answers before and after the edit: compliance, degenerate, refusal", viz.outcome_bars(before, after)),
+        ("Example answers before and after the edit, with their verdicts", viz.answer_examples(before, after)),
+        ("Utility: KL on harmless prompts, multiple-choice accuracy, over-refusal",
+         viz.utility_panel(kl, acc_b, acc_a, before, after)),
+        ("Safety neurons per layer and language", viz.layer_language_heatmap(ranking)),
+        ("Shared and language-specific safety neurons", viz.shared_neurons_heatmap(ranking)),
         ("Overlap of the languages' safety-neuron sets (Jaccard)", viz.jaccard_heatmap(ranking)),
-        ("Attack success rate before and after the edit", viz.asr_bars(before, after)),
-        ("Utility: KL on harmless prompts, multiple-choice accuracy, over-refusal", viz.utility_panel(
-            kl, acc_b, acc_a, {k: v.over_refusal for k, v in before.languages.items()},
-            {k: v.over_refusal for k, v in after.languages.items()})),  # fmt: skip
-        (f"Edited neurons' activations at layer {layer}, harmful test prompts",
-         viz.before_after({k: v[:, top] for k, v in act_b.items()}, {k: v[:, top] for k, v in act_a.items()})),
-        (f"Residual stream after layer {layer} (PCA fitted on English harmful vs harmless)",
-         viz.representation_map(res_b, res_a, fit_harmful=harmful_rows, fit_harmless=harmless_rows)),
     ]
+    if site_rows is not None:
+        harmful = {state: site_rows[state]["harmful"] for state in ("before", "after")}
+        figures += [
+            (f"What the edit changes at its site: residual stream after layer {layer}",
+             viz.edit_site_change(site_rows, layer=layer)),
+            (f"Harmful test prompts in the English harmful-vs-harmless plane after layer {layer} (PCA)",
+             viz.representation_map(harmful["before"], harmful["after"], fit_harmful=site_rows["before"]["harmful"]["en"],
+                                    fit_harmless=site_rows["before"]["harmless"]["en"])),
+        ]  # fmt: skip
     if records:
-        figures.append(("Layer selection on the validation split (refusal proxy)", viz.sweep_scatter(records)))
+        figures.append(("Layer selection on the validation split (judged answers: compliance share and KL)",
+                        viz.sweep_scatter(records)))  # fmt: skip
     return viz.write_report(out / "report.html", title="safety-neurons run", figures=figures,
                             table_markdown=table, settings=asdict(config))  # fmt: skip

@@ -36,7 +36,8 @@ def test_neurons_command(tmp_path, capsys, qwen):
 def test_quick_run_writes_results_table_and_report(tmp_path, capsys, qwen):
     assert main(["run", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| language | ASR before | ASR after" in out and "Bengali (bn)" in out
+    assert "| language | compliance (ASR), harmful | degenerate, harmful | over-refusal, harmless" in out
+    assert "Bengali (bn)" in out and "95% Wilson" in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["before"]) == {"en", "zh", "vi", "ja", "th", "id", "bn", "he"}
     assert results["config"]["quick"] is True and results["edit"]["uid"]

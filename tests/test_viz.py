@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +42,18 @@ def make_rows(langs=LANGS3, n=6, m=10, seed=0, pull=0.8):
     return before, after
 
 
-def make_evaluation(asr: dict, over_refusal: dict | None = None) -> Evaluation:
-    over_refusal = over_refusal or {}
-    langs = {k: LanguageResult(k, 10, 10, asr=v, over_refusal=over_refusal.get(k)) for k, v in asr.items()}
+def make_evaluation(asr: dict, over_refusal: dict | None = None, degenerate: dict | None = None,
+                    n: int = 100) -> Evaluation:
+    """Counts out of n harmful and n harmless prompts a language (an asr of None: no harmful prompts)."""
+    over_refusal, degenerate = over_refusal or {}, degenerate or {}
+    langs = {}
+    for lang, v in asr.items():
+        harmful = {}
+        if v is not None:
+            k, dk = round(v * n), round(degenerate.get(lang, 0) * n)
+            harmful = {"compliance": k, "degenerate": dk, "refusal": n - k - dk}
+        r = round(over_refusal.get(lang, 0) * n)
+        langs[lang] = LanguageResult(lang, harmful=harmful, harmless={"refusal": r, "compliance": n - r})
     return Evaluation("phrase", langs)
 
 
@@ -90,7 +97,9 @@ def test_neuron_heatmap_structure_and_values():
     assert [b.label for b in buttons] == [t.name for t in fig.data]
     assert buttons[2].args[0]["visible"] == [False, False, True]
     assert axis_title(fig, "yaxis") == "Layer" and "Rank" in axis_title(fig, "xaxis")
-    assert fig.data[0].zmid == 0 and fig.data[0].zmin == -fig.data[0].zmax
+    # colour range fitted to the shown values (2nd–98th percentile), not a symmetric range mostly unused
+    shown = np.concatenate([np.asarray(t.z).ravel() for t in fig.data])
+    np.testing.assert_allclose([fig.data[0].zmin, fig.data[0].zmax], np.percentile(shown, [2, 98]))
     z = np.asarray(fig.data[1].z)
     assert z.shape == (4, 8)
     np.testing.assert_allclose(z[:, 0], r.z[1].max(-1).values.numpy(), rtol=1e-6)
@@ -161,11 +170,85 @@ def test_jaccard_heatmap_slider():
     np.testing.assert_allclose(np.asarray(fig.data[3].z), r.jaccard(2).numpy())
     assert list(fig.data[0].x) == ["English (en)", "Chinese (zh)", "Bengali (bn)"]
     assert fig.data[0].texttemplate  # annotated cells
-    assert fig.data[0].zmin == 0 and fig.data[0].zmax == 1
+    # colour fitted to the overlaps of different languages over every slider step (the diagonal saturates)
+    off = ~np.eye(3, dtype=bool)
+    top_off = max(np.asarray(t.z)[off].max() for t in fig.data)
+    assert fig.data[0].zmin == 0 and fig.data[0].zmax == pytest.approx(min(1.0, 1.05 * top_off))
     assert axis_title(fig) and axis_title(fig, "yaxis")
     r.selected = r.selected[:, :2]
     with pytest.raises(ValueError, match="selected has shape"):
         viz.jaccard_heatmap(r)
+
+
+def test_layer_language_heatmap():
+    r = make_ranking()
+    fig = viz.layer_language_heatmap(r)
+    (hm,) = fig.data
+    np.testing.assert_array_equal(np.asarray(hm.z), r.counts().T.numpy())  # layers × languages
+    assert list(hm.x) == ["English (en)", "Chinese (zh)", "Bengali (bn)"] and list(hm.y) == ["L0", "L1", "L2", "L3"]
+    counts = r.counts().double().numpy()
+    np.testing.assert_allclose([hm.zmin, hm.zmax], np.percentile(counts, [2, 98]))  # fitted, not 0..max
+    assert "per layer and language" in fig.layout.title.text
+
+
+def test_shared_neurons_heatmap_orders_shared_first():
+    r = make_ranking(d_mlp=30)
+    sel = torch.zeros_like(r.selected)
+    sel[:, 2, 7] = True  # shared by all three languages
+    sel[0, 1, 3] = sel[2, 1, 3] = True  # en + bn
+    sel[1, 0, 5] = True  # only zh
+    r.selected = sel
+    fig = viz.shared_neurons_heatmap(r, top=10)
+    hm, dots = fig.data
+    assert list(hm.y) == ["L2 N7 · all languages", "L1 N3 · 2 languages", "L0 N5 · only zh"]
+    np.testing.assert_allclose(np.asarray(hm.z)[0], r.z[:, 2, 7].numpy())
+    assert sorted(zip(dots.x, dots.y))[0] == ("Bengali (bn)", "L1 N3 · 2 languages")
+    assert len(dots.x) == 3 + 2 + 1  # one dot per (neuron, language) selected
+    assert "shared or language-specific" in fig.layout.title.text
+    r.selected = torch.zeros_like(sel)
+    with pytest.raises(ValueError, match="no neuron is selected"):
+        viz.shared_neurons_heatmap(r)
+
+
+def make_site_rows(langs=LANGS3, n=5, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.zeros(d)
+    direction[0] = 1.0
+    rows = {"before": {}, "after": {}}
+    for label, shift in (("harmful", 2.0), ("harmless", 0.0)):
+        b = {lang: torch.randn(n, d, generator=g) * 0.1 + shift * direction for lang in langs}
+        rows["before"][label] = b
+        # the edit adds 2 × direction to every non-English harmful row and leaves the harmless rows alone
+        rows["after"][label] = {k: v + (2.0 * direction if label == "harmful" and k != "en" else 0) for k, v in b.items()}
+    return rows
+
+
+def test_edit_site_change():
+    rows = make_site_rows()
+    fig = viz.edit_site_change(rows, layer=5)
+    moved_h, moved_s, *coords = fig.data
+    assert [t.name for t in coords] == ["harmful, before edit", "harmful, after edit", "harmless, before edit",
+                                        "harmless, after edit"]  # fmt: skip
+    assert list(moved_s.y) == [0.0, 0.0, 0.0] and moved_h.y[0] == 0.0  # English and harmless rows untouched
+    b = rows["before"]["harmful"]["zh"]
+    np.testing.assert_allclose(moved_h.y[1], 100 * 2.0 / b.norm(dim=1).mean().item(), rtol=1e-6)
+    # coordinates: 0 = English harmless mean, 1 = English harmful mean; the edit adds 2 / span to the others
+    hb, hs = rows["before"]["harmful"]["en"].double(), rows["before"]["harmless"]["en"].double()
+    direction = hb.mean(0) - hs.mean(0)
+    span = (direction @ direction).item()
+    np.testing.assert_allclose(coords[0].y[0], 1.0, rtol=1e-9)
+    np.testing.assert_allclose(coords[2].y[0], 0.0, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(coords[1].y) - np.asarray(coords[0].y),
+                               [0.0] + [2.0 * direction[0].item() / span] * 2, rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(coords[3].y, coords[2].y)
+    assert "layer 5" in fig.layout.title.text and "residual stream" in fig.layout.title.text
+    with pytest.raises(ValueError, match="'before' and 'after'"):
+        viz.edit_site_change({"before": rows["before"]})
+    with pytest.raises(ValueError, match="has no 'harmless' rows"):
+        viz.edit_site_change({"before": {"harmful": rows["before"]["harmful"]}, "after": rows["after"]})
+    bad = make_site_rows(langs=["zh", "bn"])
+    with pytest.raises(ValueError, match="pivot language 'en' needs"):
+        viz.edit_site_change(bad)
 
 
 # --- edit ---------------------------------------------------------------------------------------------
@@ -292,6 +375,65 @@ def test_asr_bars_rejects_bad_input():
         viz.asr_bars(make_evaluation({"en": None}), ASR_AFTER)
 
 
+def test_outcome_bars_three_way_with_intervals():
+    from safety_neurons.rates import wilson
+
+    before = make_evaluation({"en": 0.4, "zh": 0.5, "bn": 0.1}, {"en": 0.05, "zh": 0.1, "bn": 0.0},
+                             {"zh": 0.2, "bn": 0.7}, n=20)  # fmt: skip
+    after = make_evaluation({"en": 0.6, "zh": 0.2, "bn": 0.0}, {"en": 0.05, "zh": 0.2, "bn": 0.9},
+                            {"zh": 0.1, "bn": 0.1}, n=20)  # fmt: skip
+    fig = viz.outcome_bars(before, after)
+    comp, deg, ref, over = fig.data
+    assert [t.type for t in fig.data] == ["bar"] * 4 and fig.layout.barmode == "stack"
+    groups, states = (list(v) for v in comp.x)
+    assert groups[::2] == ["English (en)", "Chinese (zh)", "Bengali (bn)", "2 non-English, pooled"]
+    assert states[:2] == ["before", "after"]
+    np.testing.assert_allclose(comp.y, [40, 60, 50, 20, 10, 0, 30, 10])
+    np.testing.assert_allclose(deg.y, [0, 0, 20, 10, 70, 10, 45, 10])
+    np.testing.assert_allclose(np.add(np.add(comp.y, deg.y), ref.y), 100)  # the stack covers every answer
+    lo, hi = wilson(12, 40)  # pooled compliance before: 10 + 2 of 40
+    np.testing.assert_allclose([comp.error_y.arrayminus[6], comp.error_y.array[6]], [30 - 100 * lo, 100 * hi - 30])
+    assert list(comp.customdata[6]) == [12, 40]  # counts in the hover
+    np.testing.assert_allclose(over.y, [5, 5, 10, 20, 0, 90, 5, 55])
+    assert "Judged answers" in fig.layout.title.text and "95% interval" in fig.layout.annotations[0].text
+    with pytest.raises(ValueError, match="must be an Evaluation"):
+        viz.outcome_bars(ASR_BEFORE, ASR_AFTER)
+    with pytest.raises(ValueError, match="same languages"):
+        viz.outcome_bars(before, make_evaluation({"en": 0.1}))
+
+
+def answer_records(state: str) -> list[dict]:
+    recs = []
+    for lang in ("en", "th"):
+        for i in range(4):
+            changed = state == "after" and i in (1, 3)
+            out = "refusal" if changed else "compliance"
+            recs.append(dict(id=f"h{i}", lang=lang, label="harmful", prompt=f"<b>request</b> {i}",
+                             answer="I can't help." if changed else f"Sure <script>x()</script> {i}", outcome=out,
+                             kind=None, reason=""))  # fmt: skip
+        recs.append(dict(id="s0", lang=lang, label="harmless", prompt="hello", answer="hi " * 200,
+                         outcome="degenerate" if state == "after" else "compliance", kind="loop", reason=""))  # fmt: skip
+    return recs
+
+
+def test_answer_examples_changed_first_and_escaped():
+    before = Evaluation.from_answers("phrase", answer_records("before"))
+    section = viz.answer_examples(before, answer_records("after"), per_lang=3, max_chars=50)
+    assert isinstance(section, viz.HtmlSection)
+    page = section.html
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;request&lt;/b&gt;" in page
+    rows = re.findall(r"<tr( class=\"changed\")?>(.*?)</tr>", page.split("<tbody>")[1])
+    assert len(rows) == 6 and [bool(c) for c, _ in rows] == [True, True, True] * 2  # 3 changed a language
+    first = rows[0][1]
+    assert "English (en)" in first and "3 of 5 verdicts changed" in first and "request&lt;/b&gt; 1" in first
+    assert "harmless" in rows[2][1] and "degenerate · loop" in rows[2][1]  # harmful before harmless
+    assert "hi hi" in page and "hi " * 30 not in page  # cut at max_chars
+    with pytest.raises(ValueError, match="share no answer"):
+        viz.answer_examples(before, [dict(r, id="other") for r in answer_records("after")])
+    with pytest.raises(ValueError, match="missing"):
+        viz.answer_examples(before, [{"id": 1}])
+
+
 def test_utility_panel():
     kl = {"en": 0.001, "zh": torch.tensor([0.01, 0.03]), "bn": np.float64(0.05)}
     acc_b, acc_a = {"en": 0.6, "zh": 0.5}, {"en": 0.58, "zh": 0.5}
@@ -353,26 +495,6 @@ TABLE = """\
 """
 
 
-def example_figures():
-    r = make_ranking(langs=["en", "zh", "th", "bn"], layers=tuple(range(8)), d_mlp=200)
-    before, after = make_rows(langs=["en", "zh", "th", "bn"], n=12, m=24)
-    g = torch.Generator().manual_seed(2)
-    fit_h, fit_s = torch.randn(30, 12, generator=g) + 2, torch.randn(30, 12, generator=g) - 2
-    rb = {k: torch.randn(12, 12, generator=g) for k in ["en", "th", "bn"]}
-    ra = {k: v + 2 for k, v in rb.items()}
-    return [
-        ("Attack success rate", viz.asr_bars(ASR_BEFORE, ASR_AFTER)),
-        ("Safety neurons per layer", viz.neuron_counts(r)),
-        ("Safety-neuron scores", viz.neuron_heatmap(r, top=32)),
-        ("Overlap between languages", viz.jaccard_heatmap(r)),
-        ("Activations before and after", viz.before_after(before, after)),
-        ("Representation map", viz.representation_map(rb, ra, fit_harmful=fit_h, fit_harmless=fit_s)),
-        ("Utility", viz.utility_panel({"en": 0.01, "th": 0.04}, {"en": 0.6}, {"en": 0.58},
-                                      {"en": 0.02, "th": 0.1}, {"en": 0.03, "th": 0.1})),
-        ("Sweep", viz.sweep_scatter(SWEEP)),
-    ]  # fmt: skip
-
-
 def test_markdown_table_html():
     out = viz.markdown_table_html("Note: <b>x</b>\n\n" + TABLE)
     assert out.count("<table") == 1 and out.count("<tr>") == 3 and out.count("<th ") == 3
@@ -403,6 +525,16 @@ def test_write_report(tmp_path):
     assert page.count('class="plotly-graph-div"') == 2
     assert "<table" in page and "Bengali (bn)" in page
     assert '"layers": [10, 12]' in page and '"z": [1.5, 2.0]' in page and '"model": "tiny"' in page
+    assert 'id="view-attack-success-rate"' in page and 'id="view-sweep"' in page  # divs named by their titles
+
+
+def test_write_report_html_sections(tmp_path):
+    """An `HtmlSection` goes in as it is, in its place; plotly.js is inlined with the first plot."""
+    section = viz.HtmlSection('<p class="mine">examples</p>')
+    figs = [("Examples", section), ("Sweep", viz.sweep_scatter(SWEEP))]
+    page = viz.write_report(tmp_path / "r.html", title="t", figures=figs).read_text(encoding="utf-8")
+    assert page.index('<p class="mine">examples</p>') < page.index("plotly.js v") < page.index('id="view-sweep"')
+    assert '<section id="view-examples"><h2>Examples</h2>' in page and page.count("plotly.js v") == 1
 
 
 @pytest.mark.parametrize(
@@ -422,120 +554,109 @@ def test_write_report_rejects_bad_input(tmp_path, kwargs, match):
 
 
 # --- headless render --------------------------------------------------------------------------------------
-def decode_png(data: bytes) -> np.ndarray:
-    """A minimal PNG decoder (8-bit grey / RGB / RGBA, not interlaced) → uint8 array [H, W, channels].
-
-    Rows are un-filtered along anti-diagonals: pixel (y, x) depends on (y, x-1), (y-1, x) and (y-1, x-1),
-    so every pixel of one diagonal y + x = k can be reconstructed at once with numpy.
-    """
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    pos, idat, header = 8, [], None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-    width, height, depth, color, _, _, interlace = header
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
-    assert depth == 8 and interlace == 0, f"unsupported PNG: depth {depth}, interlace {interlace}"
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(height, 1 + width * channels)
-    filters = raw[:, 0].astype(np.int32)
-    src = raw[:, 1:].reshape(height, width, channels).astype(np.int32)
-    if (filters <= 2).all():  # None / Sub / Up only: row by row, fully vectorised
-        out = np.zeros((height + 1, width, channels), np.int32)
-        for y in range(height):
-            f, row = filters[y], src[y]
-            out[y + 1] = row if f == 0 else np.cumsum(row, 0) % 256 if f == 1 else (row + out[y]) % 256
-        return out[1:].astype(np.uint8)
-    out = np.zeros((height + 1, width + 1, channels), np.int32)  # a zero row and column in front
-    for k in range(height + width - 1):
-        ys = np.arange(max(0, k - width + 1), min(height, k + 1))
-        xs = k - ys
-        a, b, c = out[ys + 1, xs], out[ys, xs + 1], out[ys, xs]
-        p = a + b - c
-        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        f = filters[ys][:, None]
-        pred = np.select([f == 1, f == 2, f == 3, f == 4], [a, b, (a + b) // 2, paeth], 0)
-        out[ys + 1, xs + 1] = (src[ys, xs] + pred) % 256
-    return out[1:, 1:].astype(np.uint8)
-
-
-def test_decode_png_roundtrip():
-    """The decoder against hand-made PNGs that use every filter type."""
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (7, 5, 3), dtype=np.int32)
-    rows = []
-    for y in range(7):
-        f = y % 5
-        left = np.vstack([np.zeros((1, 3), np.int32), img[y, :-1]])
-        up = img[y - 1] if y else np.zeros_like(img[y])
-        ul = np.vstack([np.zeros((1, 3), np.int32), up[:-1]])
-        p = left + up - ul
-        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - ul)
-        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
-        pred = [0 * left, left, up, (left + up) // 2, paeth][f]
-        rows.append(bytes([f]) + ((img[y] - pred) % 256).astype(np.uint8).tobytes())
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 7, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))  # fmt: skip
-    np.testing.assert_array_equal(decode_png(png), img.astype(np.uint8))
-
-
 def find_chromium() -> str | None:
     if Path("/usr/bin/chromium").exists():
         return "/usr/bin/chromium"
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def screenshot(html: Path, png: Path, profile: Path, chromium: str) -> np.ndarray:
-    cmd = [
+def chromium_cmd(chromium: str, profile: Path, *extra: str) -> list[str]:
+    return [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-        f"--user-data-dir={profile}", "--window-size=1400,2400", "--virtual-time-budget=15000",
-        f"--screenshot={png}", html.resolve().as_uri(),
+        f"--user-data-dir={profile}", "--virtual-time-budget=20000", *extra,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    assert png.exists(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
-    return decode_png(png.read_bytes())
 
 
-def ink(img: np.ndarray) -> float:
-    """Share of pixels that are not (near) white."""
-    return float((img[..., :3].min(-1) < 245).mean())
+def pipeline_report(out: Path) -> Path:
+    """The report as `safety-neurons run` writes it (`pipeline._write_report`), from synthetic stages."""
+    from types import SimpleNamespace
+
+    from safety_neurons.pipeline import RunConfig, _write_report
+
+    g = torch.Generator().manual_seed(3)
+    langs = list(LANGS)
+
+    def evaluation(p_comply: float) -> Evaluation:
+        recs = []
+        for lang in langs:
+            for i in range(6):
+                for label in ("harmful", "harmless"):
+                    u = torch.rand(1, generator=g).item()
+                    out = ("compliance" if u < p_comply else "degenerate" if u < p_comply + 0.2 else "refusal"
+                           ) if label == "harmful" else ("refusal" if u < 0.1 else "compliance")  # fmt: skip
+                    recs.append(dict(id=f"{label}-{i}", lang=lang, label=label, prompt=f"<b>request {i}</b> ({lang})",
+                                     answer="I can't help with that." if out == "refusal" else f"Sure: <i>step</i> {i}",
+                                     outcome=out, kind="echo" if out == "degenerate" else None, reason=""))  # fmt: skip
+        return Evaluation.from_answers("phrase", recs)
+
+    rows = {"before": {}, "after": {}}
+    direction = torch.randn(16, generator=g)
+    for label, shift in (("harmful", 1.0), ("harmless", 0.0)):
+        rows["before"][label] = {x: torch.randn(6, 16, generator=g) + shift * direction for x in langs}
+        rows["after"][label] = {x: v + (0.5 * direction if label == "harmful" else 0) for x, v in
+                                rows["before"][label].items()}  # fmt: skip
+    kl = {x: 0.01 * (i + 1) for i, x in enumerate(langs)}
+    acc = {x: 0.6 for x in langs}
+    return _write_report(out, RunConfig(), make_ranking(langs=langs, layers=tuple(range(12)), d_mlp=120),
+                         SimpleNamespace(edits=[SimpleNamespace(layer=9)]), evaluation(0.5), evaluation(0.2), kl, acc,
+                         acc, SWEEP, TABLE, rows)  # fmt: skip
+
+
+# What each view draws once plotly has run: (a word of its section id, a mark of its traces, how many at least)
+VIEWS = [
+    ("judged-answers", 'class="point"', 4 * 9 * 2),  # 4 bar traces × 9 groups × before/after
+    ("example-answers", "<tr", 1 + 8 * 3),  # header + 3 examples a language
+    ("utility", 'class="point"', 8 * 5),
+    ("safety-neurons-per-layer", 'class="hm"', 1),
+    ("shared-and-language-specific", 'class="hm"', 1),
+    ("overlap", 'class="hm"', 1),
+    ("what-the-edit-changes-at-its-site", 'class="point"', 8 * 6),
+    ("plane", 'class="trace scatter', 8 * 2),
+    ("layer-selection", 'class="trace scatter', 2),
+]  # fmt: skip
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
+    """The report opened in Chromium: every view of the run is drawn (its DOM holds the rendered plot
+    and its traces' marks), and the screenshot shows the outcome bars' colours."""
+    from PIL import Image
+
     chromium = find_chromium()
     if chromium is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed, and CI must run the headless render test")
         pytest.skip("chromium is not installed (/usr/bin/chromium)")
-    figs = example_figures()
-    page = viz.write_report(tmp_path / "report.html", title="Closing the cross-lingual safety gap",
-                            figures=figs, table_markdown=TABLE, settings={"model": "tiny", "top_k": 64})  # fmt: skip
-    # the same heading, table and settings with no figure: what an empty render looks like
-    from viz.report import _page
+    page = pipeline_report(tmp_path)
+    source = page.read_text(encoding="utf-8")
+    assert "<script>x" not in source and "&lt;b&gt;request" in source  # answers escaped
+    proc = subprocess.run(chromium_cmd(chromium, tmp_path / "profile-a", "--dump-dom", page.resolve().as_uri()),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    dom = proc.stdout
+    assert "</html>" in dom, f"chromium printed no DOM (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    sections = {m.group(1): body for m, body in zip(re.finditer(r'<section id="([^"]+)"', dom),
+                                                    re.split(r'<section id="[^"]+"', dom)[1:])}  # fmt: skip
+    assert len(sections) == len(VIEWS), list(sections)
+    for (word, mark, least), (sid, body) in zip(VIEWS, sections.items()):
+        assert word in sid, (word, sid)
+        if mark != "<tr":
+            assert '<svg class="main-svg"' in body, f"{sid}: plotly drew nothing"
+        assert body.count(mark) >= least, (sid, mark, body.count(mark), least)
 
-    empty = tmp_path / "empty.html"
-    empty.write_text(_page("Closing the cross-lingual safety gap", table_html=viz.markdown_table_html(TABLE),
-                           sections=[f"<section><h2>{t}</h2></section>" for t, _ in figs],
-                           settings_text='{"model": "tiny", "top_k": 64}'), encoding="utf-8")  # fmt: skip
-    full = screenshot(page, tmp_path / "report.png", tmp_path / "profile-a", chromium)
-    blank = screenshot(empty, tmp_path / "empty.png", tmp_path / "profile-b", chromium)
-    assert full.shape[:2] == blank.shape[:2] == (2400, 1400)
-    ink_full, ink_blank = ink(full), ink(blank)
-    assert ink_full > ink_blank + 0.04 and ink_full > 3 * ink_blank, (ink_full, ink_blank)
-    # the first figure (ASR bars) sits in the top third: its orange / blue bars must be there
-    top = full[:900, :, :3].astype(int)
-    blue = (abs(top[..., 0] - 0x2F) < 20) & (abs(top[..., 1] - 0x6D) < 20) & (abs(top[..., 2] - 0xB5) < 20)
-    orange = (abs(top[..., 0] - 0xE4) < 20) & (abs(top[..., 1] - 0x83) < 20) & (abs(top[..., 2] - 0x5E) < 20)
-    assert blue.sum() > 2000 and orange.sum() > 2000, (blue.sum(), orange.sum())
+    png = tmp_path / "report.png"
+    proc = subprocess.run(chromium_cmd(chromium, tmp_path / "profile-b", "--window-size=1400,2000",
+                                       f"--screenshot={png}", page.resolve().as_uri()),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert png.exists(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert img.shape[:2] == (2000, 1400)
+    assert (img.min(-1) < 245).mean() > 0.08  # not a blank page
+    top = img[:1200]  # the results table and the outcome bars
+
+    def pixels(hex_color: str) -> int:
+        rgb = [int(hex_color[i : i + 2], 16) for i in (1, 3, 5)]
+        return int((np.abs(top - rgb) < 18).all(-1).sum())
+
+    for color in (viz.outcome.OUTCOME_COLORS["compliance"], viz.outcome.OUTCOME_COLORS["refusal"],
+                  viz.outcome.OUTCOME_COLORS["degenerate"]):  # fmt: skip
+        assert pixels(color) > 3000, (color, pixels(color))

@@ -265,3 +265,90 @@ def representation_map(
     fig.update_xaxes(title_text=f"PC1 ({ratio[0]:.0%} of variance; English harmful → right)", zeroline=True)
     fig.update_yaxes(title_text=f"PC2 ({ratio[1]:.0%} of variance)", zeroline=True)
     return fig
+
+
+def _site_rows(rows) -> dict:
+    """Validate {"before"|"after": {"harmful"|"harmless": {lang: [n, d]}}}; return numpy arrays."""
+    if not isinstance(rows, Mapping) or set(rows) != {"before", "after"}:
+        raise ValueError("rows must be a mapping with exactly the keys 'before' and 'after', each "
+                         "{'harmful': {lang: [n, d]}, 'harmless': {lang: [n, d]}}")  # fmt: skip
+    out = {}
+    for label in ("harmful", "harmless"):
+        for state in ("before", "after"):
+            if not isinstance(rows[state], Mapping) or label not in rows[state]:
+                raise ValueError(f"rows[{state!r}] has no {label!r} rows")
+        b, a, _ = _check_rows(rows["before"][label], rows["after"][label], what=f"{label} rows")
+        out[label] = (b, a)
+    widths = {next(iter(out[label][0].values())).shape[1] for label in out}
+    if len(widths) != 1:
+        raise ValueError(f"harmful and harmless rows differ in width: {sorted(widths)}")
+    return out
+
+
+def edit_site_change(rows, *, layer: int | None = None, pivot: str = "en") -> go.Figure:
+    """What the edit changes where it acts: the residual stream right after the edited layer, before vs
+    after the edit, on the same prompts. (A `w_out` edit leaves that layer's neuron activations as they
+    were; what it changes is the MLP output, the vector it adds to the residual stream.)
+
+    `rows["before" | "after"]["harmful" | "harmless"][lang]`: [n, d_model] rows (the residual stream
+    after the edited layer at the last prompt token), row i before and after from the same prompt.
+    Top: how far the edit moves each prompt, mean ‖after − before‖₂ as a share of mean ‖before‖₂,
+    harmful vs harmless prompts (a targeted edit moves the harmful ones and leaves the harmless ones).
+    Bottom: the mean coordinate on the pivot's refusal direction (mean harmful − mean harmless pivot row
+    before the edit), scaled so 0 = the pivot's harmless mean and 1 = its harmful mean.
+    """
+    check_lang(pivot, "pivot language")
+    data = _site_rows(rows)
+    (hb, ha), (sb, sa) = data["harmful"], data["harmless"]
+    if pivot not in hb or pivot not in sb:
+        raise ValueError(f"the pivot language {pivot!r} needs harmful and harmless rows (its refusal direction)")
+    langs = sort_langs(set(hb) | set(sb))
+    direction = hb[pivot].mean(0) - sb[pivot].mean(0)
+    span = float(direction @ direction)
+    if span <= 0:
+        raise ValueError(f"{pivot} harmful and harmless rows have the same mean: no refusal direction")
+    origin = float(sb[pivot].mean(0) @ direction)
+
+    def coord(x):
+        return float(((x @ direction - origin) / span).mean())
+
+    def moved(b, a):
+        return float(np.linalg.norm(a - b, axis=1).mean() / max(np.linalg.norm(b, axis=1).mean(), 1e-12))
+
+    where = f"after layer {layer}" if layer is not None else "after the edited layer"
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2, subplot_titles=(
+        f"How far the edit moves the residual stream {where}: mean ‖after − before‖ / mean ‖before‖",
+        f"Position on the {LANG_NAMES[pivot]} refusal direction {where} (0 = {LANG_NAMES[pivot]} harmless mean, "
+        f"1 = {LANG_NAMES[pivot]} harmful mean)"))  # fmt: skip
+    for label, (b, a), color in (("harmful", (hb, ha), "#C8412F"), ("harmless", (sb, sa), "#7FB7A4")):
+        ls = [x for x in langs if x in b]
+        v = [moved(b[x], a[x]) for x in ls]
+        fig.add_trace(go.Bar(x=[lang_label(x) for x in ls], y=[100 * t for t in v], name=f"{label} prompts: moved",
+                             marker_color=color, text=[f"{100 * t:.0f}%" if t >= 0.01 else f"{100 * t:.1g}%" for t in v], textposition="outside",
+                             cliponaxis=False, legendgroup=label,
+                             customdata=[b[x].shape[0] for x in ls],
+                             hovertemplate="%{x}<br>" + label + ": moved %{y:.2f}% of the norm "
+                             "(%{customdata} prompts)<extra></extra>"), row=1, col=1)  # fmt: skip
+    specs = (("harmful", BEFORE_NAME, hb, "#E9A38A"), ("harmful", AFTER_NAME, ha, "#C8412F"),
+             ("harmless", BEFORE_NAME, sb, "#C3DDD3"), ("harmless", AFTER_NAME, sa, "#3E8A70"))
+    for label, state, m, color in specs:
+        ls = [x for x in langs if x in m]
+        v = [coord(m[x]) for x in ls]
+        fig.add_trace(go.Bar(x=[lang_label(x) for x in ls], y=v, name=f"{label}, {state}", marker_color=color,
+                             text=[f"{t:.2f}" for t in v], textposition="outside", cliponaxis=False,
+                             hovertemplate="%{x}<br>" + f"{label} prompts, {state}" + ": %{y:.3f}<extra></extra>"),
+                      row=2, col=1)  # fmt: skip
+    fig.add_hline(y=1.0, line=dict(color="#111111", dash="dash", width=1), row=2, col=1,
+                  annotation_text=f"{LANG_NAMES[pivot]} harmful, before", annotation_position="top right")  # fmt: skip
+    base_layout(
+        fig,
+        title=(f"What the edit changes at its site: the residual stream {where}, before vs after<br><sup>the "
+               "edit should move harmful prompts toward the refusal side (up in the lower panel) and leave "
+               "harmless prompts where they were</sup>"),
+        height=860,
+    )  # fmt: skip
+    fig.update_layout(barmode="group", bargap=0.22, legend=dict(orientation="h", x=0, y=-0.08, yanchor="top"),
+                      margin=dict(t=130, b=120))  # fmt: skip
+    fig.update_yaxes(title_text="moved (% of ‖before‖)", rangemode="tozero", ticksuffix="%", row=1, col=1)
+    fig.update_yaxes(title_text="refusal-direction coordinate", row=2, col=1)
+    return fig

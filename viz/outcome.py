@@ -70,7 +70,7 @@ def asr_bars(before, after) -> go.Figure:
     base_layout(
         fig,
         title="Attack success rate on harmful prompts, before vs after the edit<br>"
-        "<sup>share of harmful requests answered instead of refused; lower is safer</sup>",
+        "<sup>share of harmful requests the model complied with (judged answers); lower is safer</sup>",
         height=480,
     )
     fig.update_layout(barmode="group", bargap=0.25, legend=dict(title=dict(text="Model")), margin=dict(t=110))
@@ -200,14 +200,127 @@ def sweep_scatter(records: Sequence[Mapping]) -> go.Figure:
         fig.data[-1].textposition = "bottom center"
     base_layout(
         fig,
-        title="Sweep: safety vs drift<br><sup>each point is one configuration; lower-left is better "
-        "(less attack success, less change on harmless prompts)</sup>",
+        title="Configurations compared: judged attack success vs drift on harmless prompts<br><sup>each point is "
+        "one configuration; y = mean non-English compliance share of judged answers; lower-left is better</sup>",
         height=520,
     )
     fig.update_layout(legend=dict(orientation="h", x=0, y=-0.18, yanchor="top"), margin=dict(t=110, b=110))
     fig.update_xaxes(title_text="KL(base ‖ edited) on harmless prompts [nats]" + (" (log scale)" if log_x else ""),
                      type="log" if log_x else "linear", dtick=1 if log_x else None)  # fmt: skip
-    fig.update_yaxes(title_text="Mean non-English attack success rate (%)", range=[-5, 105], ticksuffix="%")
+    fig.update_yaxes(title_text="Mean non-English ASR, judged answers (%)", range=[-5, 105], ticksuffix="%")
     if not log_x and not math.isclose(max(kls), 0):
         fig.update_xaxes(rangemode="tozero")
+    return fig
+
+
+# --- three-way outcomes -----------------------------------------------------------------------------------
+OUTCOME_COLORS = {"compliance": "#C8412F", "degenerate": "#A9A9A9", "refusal": "#7FB7A4"}
+OUTCOME_NAMES = {
+    "compliance": "compliance (attack succeeded)",
+    "degenerate": "degenerate (echo, loop, misreading)",
+    "refusal": "refusal",
+}  # fmt: skip
+
+
+def _counts(ev, name: str) -> dict:
+    """{lang: (harmful counts, harmless counts)} of an `Evaluation` (its `.languages[lang]`)."""
+    langs = getattr(ev, "languages", None)
+    if not isinstance(langs, Mapping) or isinstance(ev, Mapping):
+        raise ValueError(f"{name} must be an Evaluation (with .languages[lang].harmful / .harmless counts), "
+                         f"got {type(ev).__name__}")  # fmt: skip
+    check_mapping(langs, f"{name}.languages")
+    out = {}
+    for lang in sort_langs(langs):
+        res = langs[lang]
+        if not (isinstance(getattr(res, "harmful", None), Mapping) and isinstance(getattr(res, "harmless", None),
+                                                                                  Mapping)):  # fmt: skip
+            raise ValueError(f"{name}.languages[{lang!r}] has no harmful / harmless outcome counts")
+        out[lang] = tuple({o: int(getattr(res, label).get(o, 0)) for o in OUTCOME_COLORS}
+                          for label in ("harmful", "harmless"))  # fmt: skip
+    return out
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson interval of k/n (the formula of `safety_neurons.rates.wilson`; viz stays import-light)."""
+    if n == 0:
+        return 0.0, 1.0
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (0.0 if k == 0 else max(0.0, c - h)), (1.0 if k == n else min(1.0, c + h))
+
+
+def outcome_bars(before, after) -> go.Figure:
+    """Judged outcomes per language, before vs after the edit, from two `Evaluation`s.
+
+    Top: the harmful prompts' answers as stacked shares, compliance (the attack succeeded, = ASR) at
+    the bottom with its 95% Wilson interval, then degenerate, then refusal; one bar before and one after
+    for each language (English like every other), and the non-English languages pooled as a last group.
+    Bottom: over-refusal, the share of harmless prompts refused, with its interval. Hover gives counts.
+    """
+    b, a = _counts(before, "before"), _counts(after, "after")
+    check_same_keys(b, a, "before", "after")
+    langs = list(b)
+    others = [x for x in langs if x != "en"]
+    groups = [(lang_label(x), [x]) for x in langs] + ([(f"{len(others)} non-English, pooled", others)]
+                                                       if len(others) > 1 else [])  # fmt: skip
+
+    def summed(counts, members, which):
+        return {o: sum(counts[x][which][o] for x in members) for o in OUTCOME_COLORS}
+
+    x_lang, x_state, harm, safe = [], [], [], []
+    for label, members in groups:
+        for state, counts in ((BEFORE_NAME, b), (AFTER_NAME, a)):
+            x_lang.append(label)
+            x_state.append(state.replace(" edit", ""))
+            harm.append(summed(counts, members, 0))
+            safe.append(summed(counts, members, 1))
+    x = [x_lang, x_state]
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.64, 0.36], vertical_spacing=0.16, subplot_titles=(
+        "Harmful requests: share of answers that comply, are degenerate, or refuse (bars: 95% interval of compliance)",
+        "Harmless requests: share refused (over-refusal; bars: 95% interval)"))  # fmt: skip
+    for outcome, color in OUTCOME_COLORS.items():
+        n = [sum(c.values()) for c in harm]
+        k = [c[outcome] for c in harm]
+        y = [100 * ki / ni if ni else 0.0 for ki, ni in zip(k, n)]
+        err = None
+        if outcome == "compliance":
+            iv = [_wilson(ki, ni) for ki, ni in zip(k, n)]
+            err = dict(type="data", symmetric=False, array=[100 * hi - yi for (_, hi), yi in zip(iv, y)],
+                       arrayminus=[yi - 100 * lo for (lo, _), yi in zip(iv, y)], color="#3A0A04", thickness=1.5,
+                       width=4)  # fmt: skip
+        fig.add_trace(
+            go.Bar(x=x, y=y, name=OUTCOME_NAMES[outcome], marker_color=color, error_y=err,
+                   customdata=np.stack([k, n], -1), legendgroup=outcome,
+                   text=[f"{v:.0f}%" if v >= 8 else "" for v in y], textposition="inside", insidetextanchor="middle",
+                   hovertemplate="%{x}<br>" + outcome + ": %{y:.0f}% (%{customdata[0]} of %{customdata[1]} harmful)"
+                   "<extra></extra>"),
+            row=1, col=1,
+        )  # fmt: skip
+    n = [sum(c.values()) for c in safe]
+    k = [c["refusal"] for c in safe]
+    y = [100 * ki / ni if ni else 0.0 for ki, ni in zip(k, n)]
+    iv = [_wilson(ki, ni) for ki, ni in zip(k, n)]
+    fig.add_trace(
+        go.Bar(x=x, y=y, name="over-refusal (harmless refused)", marker_color=[
+               BEFORE_COLOR if s == "before" else AFTER_COLOR for s in x_state], customdata=np.stack([k, n], -1),
+               error_y=dict(type="data", symmetric=False, array=[100 * hi - yi for (_, hi), yi in zip(iv, y)],
+                            arrayminus=[yi - 100 * lo for (lo, _), yi in zip(iv, y)], color="#333333", width=4),
+               text=[f"{v:.0f}%" for v in y], textposition="outside", cliponaxis=False, showlegend=False,
+               hovertemplate="%{x}<br>over-refusal: %{y:.0f}% (%{customdata[0]} of %{customdata[1]} harmless "
+               "refused)<extra></extra>"),
+        row=2, col=1,
+    )  # fmt: skip
+    base_layout(
+        fig,
+        title="Judged answers per language before and after the edit<br><sup>compliance share of harmful requests "
+        "= attack success rate (lower is safer); degenerate answers neither refuse nor help; "
+        "over-refusal: lower is better</sup>",
+        height=820,
+    )
+    fig.update_layout(barmode="stack", bargap=0.18, legend=dict(orientation="h", x=0, y=-0.1, yanchor="top",
+                      traceorder="normal"), margin=dict(t=130, b=120))  # fmt: skip
+    fig.update_yaxes(title_text="share of harmful answers (%)", range=[0, 100], ticksuffix="%", row=1, col=1)
+    fig.update_yaxes(title_text="harmless refused (%)", range=[0, max(30, 1.25 * max(y) + 8)], ticksuffix="%",
+                     row=2, col=1)  # fmt: skip
+    fig.update_xaxes(tickfont=dict(size=11))
     return fig

@@ -7,9 +7,12 @@ import html
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
+
+from ._common import LANG_NAMES, LANGS
 
 _CSS = """
 body { font-family: "Helvetica Neue", Helvetica, Arial, sans-serif; color: #222; margin: 0; background: #fff; }
@@ -25,6 +28,17 @@ table.results tr:nth-child(even) td { background: #fafafa; }
 pre.settings { background: #f6f8fa; border: 1px solid #e1e4e8; padding: 12px 16px; font-size: 13px;
                overflow-x: auto; white-space: pre-wrap; }
 p.note { color: #444; }
+table.answers { table-layout: fixed; width: 100%; font-size: 13px; }
+table.answers td { vertical-align: top; word-wrap: break-word; }
+table.answers th:nth-child(1) { width: 11%; } table.answers th:nth-child(2) { width: 7%; }
+table.answers th:nth-child(3) { width: 24%; }
+table.answers tr.changed td { background: #fffbe8; }
+table.answers td.lang { background: #fff !important; }
+.verdict { display: inline-block; font-size: 12px; font-weight: 600; padding: 1px 7px; border-radius: 9px;
+           margin-bottom: 3px; background: #eee; }
+.v-refusal { background: #d7ece4; color: #1e5d47; } .v-compliance { background: #f6d5cf; color: #8a2314; }
+.v-degenerate { background: #e4e4e4; color: #444; }
+.small { color: #666; font-size: 12px; }
 """
 
 
@@ -158,8 +172,9 @@ def write_report(
     settings: Mapping | None = None,
 ) -> Path:
     """Write one self-contained HTML page (plotly.js embedded once, nothing fetched when viewed):
-    the title, the results table (a markdown pipe table), each `(title, figure)` under its title, and
-    `settings` as JSON. Returns the path written (parent folders are created)."""
+    the title, the results table (a markdown pipe table), each `(title, figure)` under its title (a
+    figure is a plotly `Figure` or an `HtmlSection` such as `answer_examples`; a plot's div id is
+    "view-" + its title in lower case, non-alphanumerics as "-"), and `settings` as JSON. Returns the path written (parent folders are created)."""
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title must be a non-empty string")
     if isinstance(figures, (str, bytes)) or not isinstance(figures, Sequence):
@@ -168,8 +183,9 @@ def write_report(
         raise ValueError("figures is empty: give at least one (title, Figure) pair")
     for i, item in enumerate(figures):
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], go.Figure)):  # fmt: skip
-            raise ValueError(f"figures[{i}] must be a (str, plotly.graph_objects.Figure) pair, got {item!r:.80}")
+                and isinstance(item[1], (go.Figure, HtmlSection))):  # fmt: skip
+            raise ValueError(f"figures[{i}] must be a (str, plotly.graph_objects.Figure or HtmlSection) pair, "
+                             f"got {item!r:.80}")
     if not isinstance(table_markdown, str):
         raise ValueError(f"table_markdown must be a str, got {type(table_markdown).__name__}")
     if settings is not None and not isinstance(settings, Mapping):
@@ -177,13 +193,19 @@ def write_report(
 
     table_html = markdown_table_html(table_markdown) if table_markdown.strip() else ""
     sections = []
+    first_plot = next((i for i, (_, f) in enumerate(figures) if isinstance(f, go.Figure)), None)
     for i, (fig_title, fig) in enumerate(figures):
+        slug = "view-" + (re.sub(r"[^a-z0-9]+", "-", fig_title.lower()).strip("-") or str(i))
+        if isinstance(fig, HtmlSection):
+            sections.append(f'<section id="{slug}"><h2>{html.escape(fig_title)}</h2>{fig.html}</section>')
+            continue
         div = fig.to_html(
-            full_html=False, include_plotlyjs=i == 0, include_mathjax=False,
+            full_html=False, include_plotlyjs=i == first_plot, include_mathjax=False, div_id=slug,
             default_height=f"{fig.layout.height or 500}px", default_width="100%",
             config={"displaylogo": False, "responsive": True},
         )  # fmt: skip
-        sections.append(f'<section><h2>{html.escape(fig_title)}</h2><div class="figure">{div}</div></section>')
+        sections.append(f'<section id="{slug}-section"><h2>{html.escape(fig_title)}</h2>'
+                        f'<div class="figure">{div}</div></section>')
     settings_text = None
     if settings is not None:
         settings_text = settings_json(settings)
@@ -193,3 +215,75 @@ def write_report(
     path.write_text(_page(title, table_html=table_html, sections=sections, settings_text=settings_text),
                     encoding="utf-8")  # fmt: skip
     return path
+
+
+@dataclass(frozen=True)
+class HtmlSection:
+    """A block of ready HTML for `write_report` (built by this package, its text already escaped)."""
+
+    html: str
+
+
+_VERDICT_STYLE = {"refusal": "v-refusal", "compliance": "v-compliance", "degenerate": "v-degenerate"}
+
+
+def _records(x, name: str) -> list[dict]:
+    recs = getattr(x, "answers", x)
+    if isinstance(recs, (str, bytes, Mapping)) or not isinstance(recs, Sequence):
+        raise ValueError(f"{name} must be an Evaluation or a list of answer records, got {type(x).__name__}")
+    for i, r in enumerate(recs):
+        missing = [f for f in ("id", "lang", "label", "prompt", "answer", "outcome") if not isinstance(r, Mapping)
+                   or f not in r]  # fmt: skip
+        if missing:
+            raise ValueError(f"{name} answer record {i} is missing {missing}")
+    return list(recs)
+
+
+def answer_examples(before, after, *, per_lang: int = 3, max_chars: int = 240) -> HtmlSection:
+    """A table of example answers before and after the edit with their verdicts, `per_lang` a language:
+    prompts whose verdict changed first (harmful before harmless), then unchanged ones. `before` /
+    `after`: `Evaluation`s (or their `.answers` records: id, lang, label, prompt, answer, outcome, kind)."""
+    if isinstance(per_lang, bool) or not isinstance(per_lang, int) or per_lang < 1:
+        raise ValueError(f"per_lang must be a positive integer, got {per_lang!r}")
+    rb, ra = _records(before, "before"), _records(after, "after")
+    after_by = {(r["lang"], r["label"], r["id"]): r for r in ra}
+    pairs: dict[str, list] = {}
+    for r in rb:
+        key = (r["lang"], r["label"], r["id"])
+        if key in after_by:
+            pairs.setdefault(r["lang"], []).append((r, after_by[key]))
+    if not pairs:
+        raise ValueError("before and after share no answer (matched on language, label and prompt id)")
+
+    def clip(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    def cell(r) -> str:
+        kind = f" · {html.escape(str(r['kind']))}" if r.get("kind") else ""
+        style = _VERDICT_STYLE.get(r["outcome"], "")
+        return (f'<td><span class="verdict {style}">{html.escape(str(r["outcome"]))}{kind}</span>'
+                f'<div class="answer">{html.escape(clip(r["answer"])) or "<em>(empty)</em>"}</div></td>')
+
+    rows = []
+    for lang in sorted(pairs, key=lambda x: LANGS.index(x) if x in LANGS else len(LANGS)):
+        ranked = sorted(pairs[lang], key=lambda p: (p[0]["outcome"] == p[1]["outcome"], p[0]["label"] != "harmful",
+                                                    str(p[0]["id"])))  # fmt: skip
+        chosen = ranked[:per_lang]
+        n_changed = sum(p[0]["outcome"] != p[1]["outcome"] for p in pairs[lang])
+        name = f"{LANG_NAMES.get(lang, lang)} ({lang})"
+        for j, (b, a) in enumerate(chosen):
+            head = (f'<td rowspan="{len(chosen)}" class="lang"><strong>{html.escape(name)}</strong><br>'
+                    f'<span class="small">{n_changed} of {len(pairs[lang])} verdicts changed</span></td>'
+                    if j == 0 else "")  # fmt: skip
+            changed = ' class="changed"' if b["outcome"] != a["outcome"] else ""
+            rows.append(f"<tr{changed}>{head}<td>{html.escape(str(b['label']))}</td>"
+                        f'<td class="prompt">{html.escape(clip(b["prompt"]))}</td>{cell(b)}{cell(a)}</tr>')  # fmt: skip
+    body = "".join(rows)
+    return HtmlSection(
+        '<p class="note">Prompts whose verdict changed come first (highlighted), harmful before harmless; answers '
+        f"are cut at {max_chars} characters.</p>"
+        '<table class="results answers"><thead><tr><th>language</th><th>set</th><th>request</th>'
+        f"<th>before the edit: verdict and answer</th><th>after the edit: verdict and answer</th></tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
