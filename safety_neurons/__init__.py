@@ -1,7 +1,7 @@
 """safety-neurons: find the safety neurons of Llama / Qwen chat models, compare them across languages,
 and close the cross-lingual safety gap with a closed-form sparse weight edit."""
 
-from .activations import ActivationRows, ActivationStats, Collection, collect_activations, hook_name
+from .activations import ActivationError, ActivationRows, ActivationStats, Collection, collect_activations, hook_name
 from .baselines import NeuronScaling, RefusalDirection
 from .chat import TokenBatch, chat_strings, tokenize_chat
 from .edit import EditError, LayerEdit, WeightEdit, fit_edit
