@@ -3,6 +3,7 @@ and close the cross-lingual safety gap with a closed-form sparse weight edit."""
 
 from . import distributed
 from .activations import (
+    ActivationError,
     ActivationRows,
     ActivationStats,
     Collection,

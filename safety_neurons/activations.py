@@ -16,6 +16,7 @@ the pass is over. Collections over disjoint prompt sets merge exactly (`Activati
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +25,12 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import (atomic_dir, check_choice, check_int, check_out_dir, check_positive_int, content_hash,
+                      read_json, read_tensors, require)
 from .chat import length_sorted_batches, template_suffix_length
 from .prompts import Prompt
 
@@ -46,7 +49,7 @@ GramPositions = Literal["all", "preserved"]
 
 def hook_name(site: str, layer: int) -> str:
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise ActivationError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     return f"blocks.{layer}.{SITES[site]}"
 
 
@@ -63,14 +66,30 @@ def reduce_positions(
     if position == "mean":
         m = mask.to(acts.dtype).unsqueeze(-1)
         return (acts * m).sum(1) / m.sum(1).clamp(min=1)
-    raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
+    raise ActivationError(f"position must be 'last' or 'mean', got {position!r}")
+
+
+def model_tag(model) -> str:
+    """A short hash naming the model whose activations these are: its shape and a slice of its token
+    embeddings (which no edit touches), so rows collected on one model are not used on another."""
+    cfg = model.cfg
+    h = hashlib.sha256(f"{cfg.n_layers}:{cfg.d_model}:{cfg.d_mlp}:{cfg.d_vocab}".encode())
+    emb = model.original_model.get_input_embeddings().weight
+    h.update(emb[:16].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class ActivationError(ValueError):
+    """Activations cannot be collected as asked, or a saved statistics file is damaged."""
 
 
 def _check_layers(model, layers: Iterable[int]) -> list[int]:
-    layers = sorted(set(int(layer) for layer in layers))
+    if isinstance(layers, str):
+        raise ActivationError(f"layers must be integers, got the string {layers!r}")
+    layers = sorted(set(check_int("layer", layer, ActivationError) for layer in layers))
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+        raise ActivationError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
     return layers
 
 
@@ -186,18 +205,28 @@ class ActivationStats:
         )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"count": self.count, "mean": self.mean, "m2": self.m2}, path / "stats.safetensors")
-        cfg = {"site": self.site, "position": self.position, "layers": self.layers, "groups": self.groups}
-        (path / "stats.json").write_text(json.dumps(cfg, indent=2))
+        """Write stats.safetensors and stats.json (with a content hash) into the folder `path`, atomically."""
+        path = check_out_dir("path", path, ActivationError)
+        tensors = {"count": self.count, "mean": self.mean, "m2": self.m2}
+        cfg = {"site": self.site, "position": self.position, "layers": self.layers, "groups": self.groups,
+               "sha256": content_hash(tensors)}  # fmt: skip
+        with atomic_dir(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "stats.safetensors")
+            (tmp / "stats.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationStats":
+        """Read saved statistics; a damaged file, a missing field or a content hash that does not match
+        is an `ActivationError` naming the file."""
         path = Path(path)
-        cfg = json.loads((path / "stats.json").read_text())
-        t = load_file(path / "stats.safetensors")
+        cfg_file, tensor_file = path / "stats.json", path / "stats.safetensors"
+        cfg = read_json(cfg_file, ActivationError)
+        require(cfg, ("site", "position", "layers", "groups", "sha256"), cfg_file, ActivationError)
+        t = read_tensors(tensor_file, ActivationError)
+        require(t, ("count", "mean", "m2"), tensor_file, ActivationError)
+        if content_hash({k: t[k] for k in ("count", "mean", "m2")}) != cfg["sha256"]:
+            raise ActivationError(f"{tensor_file}: the tensors do not match the sha256 recorded in {cfg_file.name}")
         groups = [tuple(g) for g in cfg["groups"]]
         return cls(cfg["site"], cfg["position"], cfg["layers"], groups, t["count"], t["mean"], t["m2"])
 
@@ -209,6 +238,7 @@ class ActivationRows:
     position: str
     prompts: list[Prompt]
     rows: dict[tuple[str, int], Float[Tensor, "n d"]] = field(default_factory=dict)
+    model: str = ""  # `model_tag` of the model they were collected on ("" when unknown)
 
     def matrix(
         self, site: str, layer: int, *, lang: str | None = None, ids: Sequence[str] | None = None
@@ -219,7 +249,7 @@ class ActivationRows:
         x = self.rows[(site, layer)]
         if lang is None:
             if ids is not None:
-                raise ValueError("ids need a lang: prompt ids repeat across languages")
+                raise ActivationError("ids need a lang: prompt ids repeat across languages")
             return x
         where = {p.id: i for i, p in enumerate(self.prompts) if p.lang == lang}
         if not where:
@@ -251,7 +281,7 @@ class Collection:
 def _rows_key(prompts: Sequence[Prompt]) -> None:
     keys = [(p.lang, p.id) for p in prompts]
     if len(set(keys)) != len(keys):
-        raise ValueError("duplicate (lang, id) pairs in the prompts")
+        raise ActivationError("duplicate (lang, id) pairs in the prompts")
 
 
 @torch.no_grad()
@@ -284,25 +314,33 @@ def collect_activations(
             template's tokens after the message (`chat.template_suffix_length`) where its answer opens.
         position: "last" prompt token or "mean" over the prompt's real tokens.
     """
+    if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
+        raise ActivationError("prompts must be a list of Prompt records (e.g. a PromptSet), not strings")
     if len(prompts) == 0:
-        raise ValueError("no prompts given: the prompt list is empty")
+        raise ActivationError("no prompts given: the prompt list is empty")
     _rows_key(prompts)
-    if position not in ("last", "mean"):
-        raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
-    stats_layers = range(model.cfg.n_layers) if stats_layers == "all" else stats_layers
+    check_choice("position", position, ("last", "mean"), ActivationError)
+    check_positive_int("batch_size", batch_size, ActivationError)
+    if stats_site is not None:
+        check_choice("stats_site", stats_site, SITES, ActivationError)
+    rows, gram = list(rows), list(gram)
+    for arg, points in (("rows", rows), ("gram", gram)):
+        if any(not isinstance(k, (tuple, list)) or len(k) != 2 for k in points):
+            raise ActivationError(f"{arg} must be a list of (site, layer) pairs, e.g. [('mlp_in', 3)], got {points!r:.80}")
+    stats_layers = range(model.cfg.n_layers) if isinstance(stats_layers, str) and stats_layers == "all" else stats_layers
     stats_layers = _check_layers(model, stats_layers) if stats_site else []
-    rows = list(dict.fromkeys((s, int(layer)) for s, layer in rows))
+    rows = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in rows))
     for s, layer in rows:
         hook_name(s, layer)
     _check_layers(model, [layer for _, layer in rows])
-    gram = list(dict.fromkeys((s, int(layer)) for s, layer in gram))
+    gram = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in gram))
     for s, layer in gram:
         hook_name(s, layer)
     _check_layers(model, [layer for _, layer in gram])
     if not stats_layers and not rows and not gram:
-        raise ValueError("nothing to collect: give stats_site/stats_layers, rows or gram")
+        raise ActivationError("nothing to collect: give stats_site/stats_layers, rows or gram")
     if gram_positions not in ("all", "preserved"):
-        raise ValueError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
+        raise ActivationError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
     skip = template_suffix_length(model.tokenizer, system=system) if gram and gram_positions == "preserved" else 0
 
     # Layers may sit on different devices (a `device_map`): each statistic accumulates on the device its
@@ -377,7 +415,7 @@ def collect_activations(
                 if key not in kept_rows:
                     kept_rows[key] = torch.empty(len(prompts), current[key].shape[-1], dtype=torch.float64)
                 kept_rows[key][idx] = current[key].cpu()
-    out_rows = ActivationRows(position, list(prompts), kept_rows)
+    out_rows = ActivationRows(position, list(prompts), kept_rows, model_tag(model))
     stats = _join_layers([st.to("cpu") for st in per_device.values()]) if stats_site else None
     grams = {key: g.cpu() for key, g in grams.items()}
     return Collection(stats, out_rows, grams, n_tokens if gram else 0, gram_positions)

@@ -97,7 +97,7 @@ def sorted_batches(
     sequences: Sequence[Sequence[int]], tokenizer, batch_size: int
 ) -> Iterator[tuple[list[int], TokenBatch]]:
     """Left-padded batches of token sequences sorted by length, with each row's index in `sequences`."""
-    if batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):

@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def _device_map(text: str):
@@ -42,12 +41,19 @@ def _neurons(args) -> int:
 
     import safety_neurons as sn
 
+    from ._checks import check_out_dir, check_positive_int
+
     start = time.perf_counter()
+    for name in ("limit", "rank", "batch_size"):  # every setting is checked before any work
+        check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    out = check_out_dir("--out", args.out)
     split = args.device_map is not None or (args.n_devices or 1) > 1
     model = sn.load_model(args.model, dtype=args.dtype, device=None if split else args.device,
                           device_map=args.device_map, n_devices=args.n_devices)  # fmt: skip
     anchor = sn.load_prompts().filter(split="anchor", limit=args.limit)
     layer = args.layer if args.layer is not None else model.cfg.n_layers * 11 // 12
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"--layer {layer} is out of range: the model has {model.cfg.n_layers} layers (0…{model.cfg.n_layers - 1})")
     print(f"{len(anchor)} anchor prompts ({args.limit} harmful + {args.limit} harmless per language)")
     collection = sn.collect_sharded(
         model, list(anchor), rows=[("mlp_in", layer)], batch_size=args.batch_size
@@ -74,7 +80,6 @@ def _neurons(args) -> int:
     edit.revert(model)
     exact = all(torch.equal(v, sn.hf_state_dict(model)[k]) for k, v in before.items())
     print(f"applied (weights changed: {changed}); reverted (bit-exact: {exact})")
-    out = Path(args.out)
     edit.save(out / "edit")
     ranking.save(out / "neurons")
     if not args.no_export:
@@ -97,6 +102,11 @@ def _data(args) -> int:
 def _run(args) -> int:
     from .pipeline import RunConfig, run
 
+    from ._checks import check_out_dir, check_positive_int
+
+    for name in ("batch_size", "anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank"):
+        check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_out_dir("--out", args.out)
     config = RunConfig.from_args(args)
     run(config)
     return 0
@@ -132,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     distributed.init_from_env()  # under torchrun: join the process group (the collection is sharded)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"safety-neurons: error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as err:  # errors it knows: one line, no traceback
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"safety-neurons: error: {message}", file=sys.stderr)
         return 2
     finally:
         distributed.shutdown()

@@ -30,10 +30,12 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from .activations import ActivationRows, Collection, collect_activations
+from ._checks import (as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
+                      check_positive_int, read_json, read_tensors, require)
+from .activations import ActivationRows, Collection, collect_activations, model_tag
 from .neurons import SafetyNeurons
 from .prompts import Prompt, check_langs
 from .solver import solve_edit
@@ -201,6 +203,7 @@ class WeightEdit:
         """Write the edited model as a plain HF folder (applies the edit for the export if needed)."""
         from .models import export_hf
 
+        check_out_dir("out_dir", out_dir, EditError)
         if self.is_applied(model):
             return export_hf(model, out_dir)
         with self.applied(model):
@@ -208,15 +211,14 @@ class WeightEdit:
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        """Write edit.safetensors and edit.json into the folder `path` (atomically: all or nothing)."""
+        path = check_out_dir("path", path, EditError)
         tensors = {}
         for i, e in enumerate(self.edits):
             tensors[f"{i}.neurons"] = e.neurons.to(torch.int64).contiguous()
             tensors[f"{i}.delta"] = e.delta.contiguous()
             if e.map is not None:
                 tensors[f"{i}.map"] = e.map.contiguous()
-        save_file(tensors, path / "edit.safetensors")
         cfg = {
             "edits": [{"layer": e.layer, "site": e.site, "solution": e.solution} for e in self.edits],
             "settings": self.settings,
@@ -224,21 +226,37 @@ class WeightEdit:
             "fingerprint": self.fingerprint,
             "uid": self.uid,
         }
-        (path / "edit.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+        with atomic_dir(path) as tmp:
+            save_file(tensors, tmp / "edit.safetensors")
+            (tmp / "edit.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "WeightEdit":
+        """Read a saved edit; a damaged file, a missing field or a uid that does not match the stored
+        tensors is an `EditError` naming the file."""
         path = Path(path)
-        cfg = json.loads((path / "edit.json").read_text())
-        t = load_file(path / "edit.safetensors")
-        edits = [
-            LayerEdit(e["layer"], e["site"], t[f"{i}.neurons"], t[f"{i}.delta"], t.get(f"{i}.map"), e["solution"])
-            for i, e in enumerate(cfg["edits"])
-        ]
+        if not path.is_dir():
+            raise EditError(f"{path}: no such folder (expected a folder with edit.json and edit.safetensors)")
+        cfg_file, tensor_file = path / "edit.json", path / "edit.safetensors"
+        cfg = read_json(cfg_file, EditError)
+        require(cfg, ("edits", "settings", "fitted_on", "fingerprint", "uid"), cfg_file, EditError)
+        t = read_tensors(tensor_file, EditError)
+        try:
+            edits = [
+                LayerEdit(int(e["layer"]), e["site"], t[f"{i}.neurons"], t[f"{i}.delta"], t.get(f"{i}.map"),
+                          e.get("solution", {}))  # fmt: skip
+                for i, e in enumerate(cfg["edits"])
+            ]
+        except KeyError as err:
+            raise EditError(f"{path}: edit.json and edit.safetensors do not match (missing {err})") from None
+        except (TypeError, ValueError) as err:
+            raise EditError(f"{cfg_file}: malformed edit record ({err})") from None
+        for e in edits:
+            check_choice("edit site", e.site, _WEIGHT, EditError)
         edit = cls(edits, cfg["settings"], cfg["fitted_on"], cfg["fingerprint"])
-        if cfg.get("uid") and edit.uid != cfg["uid"]:
-            raise EditError(f"{path}: the stored tensors do not match the edit's recorded uid")
+        if edit.uid != cfg["uid"]:
+            raise EditError(f"{tensor_file}: the stored tensors do not match the uid {cfg['uid']!r} in {cfg_file.name}")
         return edit
 
 
@@ -342,7 +360,9 @@ def fit_edit(
             pivot's, united), a {layer: indices} map, one index list for every layer, or "all".
         site: "gate" (the paper), "up", or "w_out".
         rank, gamma, ridge, method, null_threshold, null_energy: the solver's (see `solve_edit`);
-            ridge is relative to tr(Q)/d.
+            ridge is relative to tr(Q)/d. `rank` is capped at the largest rank a layer allows,
+            min(key width, output width), e.g. 3 for 3 neurons at site "w_out" or "gate"; each layer's
+            `solution["rank"]` records the rank used.
         preserve: rows whose outputs the edit should leave alone: "harmless" prompts (the paper's
             utility anchor) and/or "pivot_harmful" (the English harmful prompts, to keep English safe).
         target: what the LRL rows should match. "neurons" (the paper): the pivot's pre-activations
@@ -367,9 +387,31 @@ def fit_edit(
             whole `Collection`, whose Gram matrices (collected with gram_positions="preserved") then serve
             preserve_positions="all".
     """
-    layers = sorted({int(layers)} if isinstance(layers, int) else {int(x) for x in layers})
-    if not layers:
-        raise EditError("no layers to edit")
+    layers = sorted(set(as_int_list("layers", layers, EditError)))
+    if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
+        raise EditError("prompts must be Prompt records (e.g. a PromptSet), not strings")
+    if isinstance(neurons, str):
+        check_choice("neurons", neurons, ("all",), EditError)
+    check_choice("edit site", site, KEY_SITE, EditError)
+    check_choice("method", method, ("soft", "nullspace"), EditError)
+    check_choice("position", position, ("last", "mean"), EditError)
+    preserve = as_str_list("preserve", preserve, EditError, allow_empty=True)
+    if rank is not None:
+        rank = check_positive_int("rank", rank, EditError)
+    gamma = check_number("gamma", gamma, EditError, minimum=0)
+    ridge = check_number("ridge", ridge, EditError, minimum=0)
+    refusal_boost = check_number("refusal_boost", refusal_boost, EditError)
+    position_weight = check_number("position_weight", position_weight, EditError)
+    batch_size = check_positive_int("batch_size", batch_size, EditError)
+    if rows is not None:  # precomputed rows must come from this model, at this position
+        given = rows.rows if isinstance(rows, Collection) else rows
+        if not isinstance(given, ActivationRows):
+            raise EditError(f"rows must be ActivationRows or a Collection from collect_activations, got {type(rows).__name__}")
+        if given.position != position:
+            raise EditError(f"the given rows were collected at position={given.position!r}, the edit is fitted at "
+                            f"position={position!r}; collect them again or pass position={given.position!r}")  # fmt: skip
+        if given.model and given.model != model_tag(model):
+            raise EditError("the given rows were collected on another model (model tag mismatch); collect them on this one")
     for layer in layers:
         if not 0 <= layer < model.cfg.n_layers:
             raise EditError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
@@ -433,7 +475,10 @@ def fit_edit(
             X_low, X_piv = take(low, key), take(piv, key)
             X_keep = take(keep, key) if keep else None
             w = _weight(model, layer, site).detach().to(torch.float64).cpu()
-            solve = dict(rank=rank, gamma=gamma, ridge=ridge, method=method,
+            # the rank is capped at what this layer's problem allows: min(key width, output width)
+            widths = {"w_out": (len(idx), len(idx) if target == "neurons" else model.cfg.d_model)}
+            limit = min(widths.get(site, (model.cfg.d_model, len(idx))))
+            solve = dict(rank=None if rank is None else min(rank, limit), gamma=gamma, ridge=ridge, method=method,
                          null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
             gram = None
             if preserve_positions == "all":  # every position but the harmful prompts' answer opening

@@ -69,7 +69,9 @@ def generate(
     the stored answers when the same weights, prompts and settings were generated before (never while a
     hook is attached, which the weights do not show)."""
     if isinstance(prompts, (str, bytes)):
-        raise TypeError("generate takes a list of prompts, not one string")
+        raise ValueError("generate takes a list of prompts, got one string; write generate(model, [text])")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
     texts = [p if isinstance(p, str) else p.text for p in prompts]
     if not texts:
         raise ValueError("no prompts given: the prompt list is empty")
@@ -168,6 +170,8 @@ def last_token_logits(
     model, texts: Sequence[str], *, batch_size: int = 16, system: str | None = None, progress: bool = False
 ) -> Float[Tensor, "n vocab"]:
     """Next-token logits at the first answer position of each chat-formatted prompt."""
+    if isinstance(texts, str):
+        raise ValueError("last_token_logits takes a list of texts, got one string")
     out = None
     for idx, batch in tqdm(list(length_sorted_batches(model.tokenizer, texts, batch_size, system=system)),
                            desc="scoring", disable=not progress, unit="batch"):  # fmt: skip

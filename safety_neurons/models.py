@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_out_dir, wrap_errors
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 """Decoder-only models with a gated (SwiGLU) MLP whose hook names this project relies on."""
 
@@ -81,6 +83,36 @@ class ModelLoadError(ValueError):
     """A model could not be found, verified or is not supported."""
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def check_dtype(dtype) -> torch.dtype:
+    """A floating torch dtype, or its name ("bfloat16")."""
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return getattr(torch, dtype.removeprefix("torch."))
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} (or the torch dtype)")
+
+
+def check_device(device) -> torch.device:
+    """A torch device that exists on this machine ("cpu", "cuda", "cuda:1", "mps")."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine; use device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available on this machine; use device='cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"unsupported device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return dev
+
+
 def cache_dir() -> Path:
     """Where converted models live: `$SAFETY_NEURONS_CACHE`, else `~/.cache/safety_neurons`."""
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "safety_neurons"
@@ -112,12 +144,18 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path, *, architecture: str | N
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf, out_dir = Path(gguf), Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError(f"{gguf}: not a GGUF file (its first bytes are not 'GGUF')")
+    # a truncated or corrupt file fails deep in the reader (struct.error, UnicodeDecodeError, reshape)
+    with wrap_errors(ModelLoadError, f"{gguf}: corrupt or truncated GGUF file", (Exception,)):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     arch = architecture or _GGUF_ARCHITECTURES.get(config.model_type)
     config.architectures = [arch] if arch else None
     _check_architecture(config, str(gguf))
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with wrap_errors(ModelLoadError, f"{gguf}: corrupt or truncated GGUF file", (Exception,)):
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from the config.
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -223,27 +261,35 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ModelLoadError(f"unknown dtype {dtype!r}")
-        dtype = getattr(torch, dtype)
+    if not isinstance(name, (str, os.PathLike)):
+        raise ModelLoadError(f"name must be a model alias, path or hub id, got {type(name).__name__} {name!r:.60}")
+    name = str(name)
+    dtype = check_dtype(dtype)
     split = device_map is not None or (n_devices is not None and n_devices > 1)
     if split and device is not None:
         raise ModelLoadError("give either device= (one device) or device_map= / n_devices= (a split), not both")
-    if n_devices is not None and n_devices < 1:
-        raise ModelLoadError(f"n_devices must be at least 1, got {n_devices}")
+    if n_devices is not None and (isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1):
+        raise ModelLoadError(f"n_devices must be an integer ≥ 1, got {n_devices!r}")
     if split and importlib.util.find_spec("accelerate") is None:
         raise ModelLoadError("splitting a model over devices needs accelerate: pip install accelerate")
+    if not split:
+        device = str(check_device("cpu" if device is None else device))
     source, _ = _resolve(name)
     try:
         config = AutoConfig.from_pretrained(source)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load {name!r}: {err}") from None
     _check_architecture(config, name)
-    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(source))
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                             "copy the tokenizer files of the base model into the folder")  # fmt: skip
+    with wrap_errors(ModelLoadError, f"could not load {name!r}", (OSError, ValueError, RuntimeError)):
+        tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(source))
+        if not split:
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
     if not split:
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
-        return bridge_from_hf(hf_model, tokenizer, name=source, device=device or "cpu")
+        return bridge_from_hf(hf_model, tokenizer, name=source, device=device)
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers(
@@ -270,6 +316,7 @@ def bridge_from_hf(hf_model, tokenizer, *, name: str = "model", device: str | to
 
     _check_architecture(hf_model.config, name)
     if device is not None:
+        device = str(check_device(device))
         hf_model = hf_model.to(device)
     hf_model = hf_model.eval()
     tokenizer = _prepare_tokenizer(tokenizer)
@@ -312,11 +359,14 @@ def export_hf(bridge, out_dir: str | Path) -> Path:
     """Save the bridge's current weights as a plain HF folder that `transformers` loads directly."""
     from transformers import AutoModelForCausalLM
 
-    out_dir = Path(out_dir)
+    from ._checks import atomic_dir
+
+    out_dir = check_out_dir("out_dir", out_dir, ModelLoadError)
     model = bridge.original_model
     plain = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
     plain.load_state_dict(hf_state_dict(bridge), strict=True)
-    plain.save_pretrained(out_dir)
-    if bridge.tokenizer is not None:
-        bridge.tokenizer.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as tmp:  # all or nothing: no half-written model folder after an error
+        plain.save_pretrained(tmp)
+        if bridge.tokenizer is not None:
+            bridge.tokenizer.save_pretrained(tmp)
     return out_dir

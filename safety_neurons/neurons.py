@@ -4,7 +4,8 @@ From the streamed harmful / harmless statistics of the MLP activations (`hook_po
 
 * Δ_j = mean_harmful(a_j) − mean_harmless(a_j)
 * z_j = (Δ_j − mean_k Δ_k) / std_k Δ_k        (within one layer)
-* d_j = Δ_j / s_j, s_j the pooled standard deviation (Cohen's d)
+* d_j = Δ_j / s_j, s_j the pooled standard deviation (Cohen's d; 0 where s_j is zero, so a
+  neuron that is constant within both groups is judged by z alone)
 * S = {z > τ_mag} ∪ {d > τ_stat}             (or the top-k / top fraction by z)
 
 A second ranking scores neurons by attribution: activation × gradient of a refusal metric.
@@ -179,7 +180,11 @@ def rank_neurons(
         )
         deltas.append(delta)
         zs.append(_zscore(delta))
-        ds.append(delta / pooled.sqrt().clamp(min=1e-12))
+        # Cohen's d is undefined where the pooled deviation is (numerically) zero: d = 0 there, so such a
+        # neuron can only be selected by its z-score (never a d of 1e12 from a constant group)
+        sd = pooled.sqrt()
+        floor = 1e-9 * sd.amax(-1, keepdim=True).clamp(min=1e-300)
+        ds.append(torch.where(sd > floor, delta / sd.clamp(min=1e-300), torch.zeros_like(delta)))
     delta, z, d = torch.stack(deltas), torch.stack(zs), torch.stack(ds)
     if positive_only:
         sel = select(z, d, tau_mag=tau_mag, tau_stat=tau_stat, top_k=top_k, top_frac=top_frac) & (delta > 0)

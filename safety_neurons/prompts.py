@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from ._checks import as_str_list, check_choice, check_int, str_or_list
+
 LANGS: tuple[str, ...] = ("en", "zh", "vi", "ja", "th", "id", "bn", "he")
 LANG_NAMES = {
     "en": "English", "zh": "Chinese", "vi": "Vietnamese", "ja": "Japanese",
@@ -30,11 +32,16 @@ class PromptSetError(ValueError):
     """A prompt set failed validation; the message lists every problem found."""
 
 
-def check_langs(langs: Iterable[str]) -> list[str]:
-    langs = [langs] if isinstance(langs, str) else list(langs)
+def check_langs(langs: Iterable[str], name: str = "langs") -> list[str]:
+    """A list of supported language codes (one code is taken as a list of one)."""
+    langs = str_or_list(name, langs, PromptSetError)
     unknown = [lang for lang in langs if lang not in LANGS]
     if unknown:
-        raise ValueError(f"unknown language {unknown}; supported: {', '.join(LANGS)}")
+        hint = [x for x in LANGS if x in {u.strip().casefold() for u in unknown}]
+        raise PromptSetError(
+            f"unknown language {unknown} in {name}; supported: {', '.join(LANGS)}"
+            + (f" (did you mean {hint}?)" if hint else "")
+        )
     return langs
 
 
@@ -121,6 +128,23 @@ def _balanced_head(prompts: list[Prompt], limit: int) -> list[Prompt]:
     return [p for p in prompts if id(p) in keep]
 
 
+_PAIRS = {"(": ")", "[": "]", "{": "}", "“": "”", "«": "»", "「": "」", "『": "』", "（": "）"}
+
+
+def _truncated(text: str) -> str | None:
+    """Why a text looks cut off (a CSV split at an unquoted comma, a broken export), or None."""
+    t = text.strip()
+    # a quote between two letters is an abbreviation mark (Hebrew gershayim: עו"ש), not a quotation
+    if len(re.findall(r'(?<!\w)"|"(?!\w)', t)) % 2:
+        return "an unmatched double quote"
+    for a, b in _PAIRS.items():
+        if t.count(a) > t.count(b):
+            return f"an unclosed {a!r}"
+    if t[-1] in ",;:-–—、，；：" and not t.endswith(("...", "…")):
+        return f"it ends with {t[-1]!r}"
+    return None
+
+
 def _words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.casefold()))
 
@@ -130,7 +154,12 @@ class PromptSet(Sequence[Prompt]):
     """An ordered, filterable collection of prompts that knows its parallel structure."""
 
     def __init__(self, prompts: Iterable[Prompt], name: str = "custom"):
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Iterable):
+            raise PromptSetError(f"PromptSet takes Prompt records, got {type(prompts).__name__}")
         self.prompts: list[Prompt] = list(prompts)
+        bad = next((p for p in self.prompts if not isinstance(p, Prompt)), None)
+        if bad is not None:
+            raise PromptSetError(f"PromptSet takes Prompt records, got a {type(bad).__name__}: {bad!r:.60}")
         self.name = name
 
     # sequence protocol
@@ -185,25 +214,31 @@ class PromptSet(Sequence[Prompt]):
         label: str | Iterable[str] | None = None,
         split: str | Iterable[str] | None = None,
         category: str | Iterable[str] | None = None,
-        ids: Iterable[str] | None = None,
+        ids: str | Iterable[str] | None = None,
         limit: int | None = None,
     ) -> "PromptSet":
         """Prompts matching every given field (a value or a list of values). `limit` keeps `limit`
         prompts of each (lang, label) group, taken round-robin across categories (the first of each
         category, then the second, …) so a small subset still covers every category; the choice
-        depends only on ids and categories, so limited subsets stay parallel across languages."""
+        depends only on ids and categories, so limited subsets stay parallel across languages.
+        Unknown languages, labels and splits are errors (not an empty set)."""
 
-        def as_set(v):
-            return None if v is None else ({v} if isinstance(v, str) else set(v))
+        def as_set(key, v):
+            return None if v is None else set(str_or_list(key, v, PromptSetError))
 
-        if lang is not None:
-            check_langs([lang] if isinstance(lang, str) else lang)
-        want = {"lang": as_set(lang), "label": as_set(label), "split": as_set(split), "category": as_set(category)}
-        for key, values in want.items():
-            allowed = {"label": LABELS, "split": None, "category": None, "lang": None}[key]
-            if values and allowed and not values <= set(allowed):
-                raise ValueError(f"unknown {key} {sorted(values - set(allowed))}; choose from {allowed}")
-        idset = None if ids is None else set(ids)
+        want = {"lang": as_set("lang", lang), "label": as_set("label", label), "split": as_set("split", split),
+                "category": as_set("category", category)}  # fmt: skip
+        if want["lang"]:
+            check_langs(sorted(want["lang"]), "lang")
+        # labels and splits have a fixed vocabulary (plus any split this set actually uses): a typo such
+        # as split="tset" must not quietly give an empty set
+        vocab = {"label": LABELS, "split": tuple(dict.fromkeys([*SPLITS, *(x for x in self.splits if x)]))}
+        for key, allowed in vocab.items():
+            for value in sorted(want[key] or ()):
+                check_choice(key, value, allowed, PromptSetError)
+        idset = None if ids is None else set(str_or_list("ids", ids, PromptSetError))
+        if limit is not None and check_int("limit", limit, PromptSetError) < 0:
+            raise PromptSetError(f"limit must be ≥ 0, got {limit}")
         out = [
             p
             for p in self
@@ -251,9 +286,13 @@ class PromptSet(Sequence[Prompt]):
             seen.add(key)
             if p.label not in LABELS:
                 found.append(f"{p.lang}/{p.id}: label {p.label!r} is not one of {LABELS}")
+            if p.split and p.split not in SPLITS:
+                found.append(f"{p.lang}/{p.id}: split {p.split!r} is not one of {SPLITS}")
             if not p.text or not p.text.strip():
                 found.append(f"{p.lang}/{p.id}: empty text")
                 continue
+            if why := _truncated(p.text):
+                found.append(f"{p.lang}/{p.id}: text looks truncated ({why})")
             norm = " ".join(p.text.casefold().split())
             if norm in by_lang_text[p.lang]:
                 found.append(f"{p.lang}/{p.id}: same text as {by_lang_text[p.lang][norm]}")
@@ -387,19 +426,59 @@ def _hub_file(repo_file: tuple[str, str], what: str) -> Path:
         ) from None
 
 
-def _read_table(path: Path) -> list[dict[str, str]]:
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f))
+def _read_table(path: Path, encoding: str = "utf-8-sig") -> list[tuple[int, dict]]:
+    """(line number, record) for each row of a CSV (csv module: quoting, embedded newlines) or JSONL
+    file (one JSON object a line). Malformed rows are errors naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptSetError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    kind = path.suffix.lower()
+    if kind not in (".csv", ".jsonl"):
+        raise PromptSetError(f"{path}: unknown file type {path.suffix!r}; give a .csv or a .jsonl file")
+    out: list[tuple[int, dict]] = []
+    try:
+        with open(path, encoding=encoding, newline="") as f:
+            if kind == ".jsonl":
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise PromptSetError(f"{path}:{n}: not valid JSON ({err.msg}, column {err.colno})") from None
+                    if not isinstance(rec, dict):
+                        raise PromptSetError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+                    out.append((n, rec))
+                return out
+            reader = csv.DictReader(f, restkey="\0extra")
+            try:
+                for row in reader:
+                    n = reader.line_num
+                    if "\0extra" in row:
+                        raise PromptSetError(
+                            f"{path}:{n}: {len(reader.fieldnames) + len(row[chr(0) + 'extra'])} fields, the header has "
+                            f"{len(reader.fieldnames)}: a text with commas must be quoted (\"like, this\")"
+                        )
+                    if any(v is None for v in row.values()):
+                        raise PromptSetError(f"{path}:{n}: fewer fields than the header's {len(reader.fieldnames)}")
+                    if any(row.values()):
+                        out.append((n, row))
+            except csv.Error as err:
+                raise PromptSetError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+    except UnicodeDecodeError as err:
+        raise PromptSetError(
+            f"{path}: not readable as {encoding} (byte {err.start}: {err.reason}); pass encoding=, e.g. 'cp1252'"
+        ) from None
+    except LookupError:
+        raise PromptSetError(f"unknown encoding {encoding!r}") from None
+    return out
 
 
 def load_multijail(path: str | Path | None = None, *, langs: Iterable[str] | None = None) -> PromptSet:
     """MultiJail (315 harmful requests, native-speaker translations): one column per language.
     Of its languages, en, zh, vi, th and bn are ours; all its prompts land in split 'test'."""
     path = Path(path) if path else _hub_file(MULTIJAIL_REPO, "MultiJail")
-    table = _read_table(path)
+    table = [row for _, row in _read_table(path)]
     if not table or "en" not in table[0]:
         raise PromptSetError(f"{path}: expected MultiJail columns (id, en, zh, vi, th, bn, …)")
     # its "id" column is the row number, not Indonesian (MultiJail has no Indonesian)
@@ -420,7 +499,7 @@ def load_multijail(path: str | Path | None = None, *, langs: Iterable[str] | Non
 def load_strongreject(path: str | Path | None = None) -> PromptSet:
     """StrongREJECT (313 English forbidden prompts) as harmful English prompts, split 'test'."""
     path = Path(path) if path else _hub_file(STRONGREJECT_REPO, "StrongREJECT")
-    table = _read_table(path)
+    table = [row for _, row in _read_table(path)]
     column = next((c for c in ("forbidden_prompt", "prompt") if table and c in table[0]), None)
     if column is None:
         raise PromptSetError(f"{path}: expected a 'forbidden_prompt' (or 'prompt') column")
@@ -433,33 +512,70 @@ def load_strongreject(path: str | Path | None = None) -> PromptSet:
     )
 
 
+FIELDS = ("id", "lang", "label", "text", "category", "split")
+
+
 def load_custom(
     path: str | Path,
     *,
     columns: Mapping[str, str] | None = None,
     defaults: Mapping[str, str] | None = None,
     name: str | None = None,
+    encoding: str = "utf-8-sig",
 ) -> PromptSet:
     """A user CSV or JSONL file. `columns` maps our fields (id, lang, label, text, category, split)
-    to the file's column names; `defaults` fills fields the file lacks (e.g. {"label": "harmful"})."""
+    to the file's column names; `defaults` fills fields the file lacks (e.g. {"label": "harmful"}).
+
+    Every row is checked as it is read, and any problem is a `PromptSetError` naming the file and
+    line: a row with more fields than the header (unquoted commas in a CSV text), empty text, a
+    language outside `LANGS`, a label other than 'harmful' / 'harmless' (exactly), a split outside
+    anchor / val / test, and the same (lang, id) twice. Ids default to row-00000, row-00001, …."""
     path = Path(path)
-    columns = {**{k: k for k in ("id", "lang", "label", "text", "category", "split")}, **(columns or {})}
+    for arg, mapping in (("columns", columns), ("defaults", defaults)):
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise PromptSetError(f"{arg} must be a dict of field → value, got {type(mapping).__name__}")
+        unknown = sorted(set(mapping or {}) - set(FIELDS))
+        if unknown:
+            raise PromptSetError(f"{arg}: unknown field(s) {unknown}; fields are {', '.join(FIELDS)}")
+        bad = [k for k, v in (mapping or {}).items() if not isinstance(v, str)]
+        if bad:
+            raise PromptSetError(f"{arg}[{bad[0]!r}] must be a string, got {(mapping or {})[bad[0]]!r}")
+    columns = {**{k: k for k in FIELDS}, **(columns or {})}
     defaults = dict(defaults or {})
-    table = _read_table(path)
+    table = _read_table(path, encoding)
     if not table:
         raise PromptSetError(f"{path}: no rows")
-    have = set(table[0])
+    have = set().union(*(row.keys() for _, row in table))
     for required in ("text", "lang", "label"):
         if columns[required] not in have and required not in defaults:
             raise PromptSetError(
                 f"{path}: no column {columns[required]!r} for field {required!r} (columns: {sorted(have)}); "
                 f"map it with columns={{'{required}': ...}} or give defaults={{'{required}': ...}}"
             )
-    prompts = []
-    for n, row in enumerate(table):
-        rec = {f: str(row[c]).strip() if c in row and row[c] is not None else defaults.get(f, "") for f, c in columns.items()}
-        rec["id"] = rec["id"] or f"row-{n:05d}"
+    prompts, problems, first_line = [], [], {}
+    for i, (n, row) in enumerate(table):
+        rec = {}
+        for f, c in columns.items():
+            value = row.get(c)
+            rec[f] = defaults.get(f, "") if value is None or value == "" else str(value).strip()
+        rec["id"] = rec["id"] or f"row-{i:05d}"
+        where = f"{path}:{n}"
+        if not rec["text"]:
+            problems.append(f"{where}: empty text")
+        if rec["lang"] not in LANGS:
+            problems.append(f"{where}: unknown language {rec['lang']!r}; supported: {', '.join(LANGS)}")
+        if rec["label"] not in LABELS:
+            hint = " (labels are lower case)" if rec["label"].casefold() in LABELS else ""
+            problems.append(f"{where}: label {rec['label']!r} is not one of {', '.join(LABELS)}{hint}")
+        if rec["split"] and rec["split"] not in SPLITS:
+            problems.append(f"{where}: split {rec['split']!r} is not one of {', '.join(SPLITS)} (or empty)")
+        key = (rec["lang"], rec["id"])
+        if key in first_line:
+            problems.append(f"{where}: duplicate id {rec['id']!r} in {rec['lang']} (first on line {first_line[key]})")
+        first_line.setdefault(key, n)
         prompts.append(Prompt(**rec))
-    out = PromptSet(prompts, name or path.stem)
-    check_langs(out.langs)
-    return out
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise PromptSetError(f"{path}: {len(problems)} problem(s):\n  {shown}{more}")
+    return PromptSet(prompts, name or path.stem)

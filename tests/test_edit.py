@@ -155,7 +155,9 @@ def test_clear_errors(tiny, prompts):
     with pytest.raises(sn.EditError, match="out of range"):
         sn.fit_edit(bridge, prompts, layers=9, neurons={9: S}, progress=False)
     with pytest.raises(ValueError, match="rank"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, rank=50, progress=False)
+        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, rank=0, progress=False)
+    capped = sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, rank=50, progress=False)  # capped, documented
+    assert capped.edits[0].solution["rank"] <= len(S)
     with pytest.raises(ValueError, match="unknown language"):
         sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, langs=["xx"], progress=False)
     with pytest.raises(sn.EditError, match="harmless"):

@@ -1,0 +1,228 @@
+"""Bad input gets a clear error naming the problem before any work is done, never a silently wrong result
+(issue 15). One test per class of bad input; each silently-wrong case of the issue fails on the old code."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
+
+import safety_neurons as sn
+from safety_neurons.cli import main
+
+S = [0, 3, 5, 7, 11]
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    tok = tiny_tokenizer()
+    return sn.bridge_from_hf(tiny_hf_model("qwen2", len(tok)), tok, name="tiny-qwen2")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return make_prompts(4)
+
+
+# --- a string where a list is expected ---------------------------------------------------------------------
+def test_string_layers_is_an_error_not_layers_1_and_2(bridge, prompts):
+    with pytest.raises(sn.EditError, match="layers.*string '12'"):
+        sn.fit_edit(bridge, prompts, layers="12", neurons=S, progress=False)
+
+
+def test_generate_refuses_one_string(bridge):
+    with pytest.raises(ValueError, match="one string"):
+        sn.generate(bridge, "w1 w2", progress=False)
+
+
+def test_filter_ids_takes_one_id():
+    p = sn.load_prompts(["en"])
+    one = p[0].id
+    assert p.filter(ids=one).ids == [one]
+
+
+@pytest.mark.parametrize("bad", [{"split": "tset"}, {"split": "Test"}, {"label": "Harmless"}, {"lang": "EN"}])
+def test_filter_unknown_vocabulary(bad):
+    with pytest.raises(sn.PromptSetError, match=repr(next(iter(bad.values())))):
+        sn.load_prompts(["en"]).filter(**bad)
+
+
+@pytest.mark.parametrize("call", [
+    lambda b, p: sn.collect_activations(b, p, batch_size=0, progress=False),
+    lambda b, p: sn.collect_activations(b, p, position="first", progress=False),
+    lambda b, p: sn.collect_activations(b, p, stats_layers="1", progress=False),
+    lambda b, p: sn.collect_activations(b, "w1 w2", progress=False),
+    lambda b, p: sn.collect_activations(b, [], progress=False),
+])  # fmt: skip
+def test_collect_bad_arguments(bridge, prompts, call):
+    with pytest.raises(ValueError, match="batch_size|position|string|strings|empty"):
+        call(bridge, prompts)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rank": 0}, "rank"), ({"rank": 2.5}, "rank"), ({"gamma": -1}, "gamma"), ({"ridge": float("nan")}, "ridge"),
+    ({"method": "exact"}, "method"), ({"position": "first"}, "position"), ({"batch_size": 0}, "batch_size"),
+    ({"neurons": "some"}, "neurons"), ({"preserve": "harmless"}, "preserve"), ({"layers": []}, "layers"),
+    ({"langs": ["xx"]}, "unknown language"), ({"site": "attn"}, "edit site"),
+])  # fmt: skip
+def test_fit_edit_bad_arguments(bridge, prompts, kwargs, match):
+    args = {"layers": 1, "neurons": S, "progress": False, **kwargs}
+    with pytest.raises(sn.EditError if match != "unknown language" else ValueError, match=match):
+        sn.fit_edit(bridge, prompts, **args)
+
+
+# --- defaults that fail on valid input ---------------------------------------------------------------------
+def test_default_rank_is_capped_for_three_neurons(bridge, prompts):
+    edit = sn.fit_edit(bridge, prompts, layers=1, neurons=[1, 2, 3], progress=False)
+    assert edit.edits[0].solution["rank"] <= 3 and edit.settings["rank"] == 32
+
+
+# --- precomputed rows from elsewhere ----------------------------------------------------------------------
+def test_rows_from_another_position_are_refused(bridge, prompts):
+    rows = sn.collect_activations(bridge, prompts, stats_site=None, rows=[("mlp_in", 1)], position="mean",
+                                  progress=False).rows  # fmt: skip
+    with pytest.raises(sn.EditError, match="position='mean'"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons=S, rows=rows, progress=False)
+
+
+def test_rows_from_another_model_are_refused(bridge, prompts):
+    tok = tiny_tokenizer()
+    other = sn.bridge_from_hf(tiny_hf_model("qwen2", len(tok), seed=1), tok, name="other")
+    rows = sn.collect_activations(other, prompts, stats_site=None, rows=[("mlp_in", 1)], progress=False).rows
+    with pytest.raises(sn.EditError, match="another model"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons=S, rows=rows, progress=False)
+
+
+# --- zero variance ------------------------------------------------------------------------------------------
+def test_zero_variance_gives_no_huge_cohens_d():
+    mean = torch.zeros(4, 1, 6, dtype=torch.float64)
+    mean[0, 0] = torch.tensor([1.0, 0.5, 0.2, 0.1, 0.05, 0.0])  # en harmful; en harmless = 0; constant groups
+    mean[2] = mean[0]
+    stats = sn.ActivationStats("act", "last", [0], [("en", "harmful"), ("en", "harmless"), ("zh", "harmful"),
+                               ("zh", "harmless")], torch.tensor([5, 5, 5, 5]), mean, torch.zeros_like(mean))  # fmt: skip
+    ranking = sn.rank_neurons(stats)
+    assert ranking.d.abs().max() < 1e6
+    assert ranking.selected.sum(-1).max() < 5  # not "every neuron with a positive gap"
+
+
+# --- data files ---------------------------------------------------------------------------------------------
+def _write(tmp_path, name, text, encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("a.csv", "id,lang,label,text\n1,en,harmful,How do I do this, step by step?\n", r"a\.csv:2:.*quoted"),
+    ("a.csv", "id,lang,label,text\n1,en,Harmless,Bake a cake\n", r"a\.csv:2:.*'Harmless'.*lower case"),
+    ("a.csv", "id,lang,label,text\n1,en,maybe,Bake a cake\n", r"'maybe' is not one of"),
+    ("a.csv", "id,lang,label,text\n1,en,harmless,Bake a cake\n1,en,harmless,Bake bread\n", r"duplicate id '1'.*line 2"),
+    ("a.csv", "id,lang,label,text\n1,fr,harmless,Bake a cake\n", r"unknown language 'fr'"),
+    ("a.csv", "id,lang,label,text\n1,en,harmless,\n", r"empty text"),
+    ("a.csv", "id,lang,label,text\n1,en\n", r"fewer fields"),
+    ("a.jsonl", '{"id": "1", "lang": "en", "label": "harmless", "text": "Bake"}\n{"id": "2", "lang"\n', r"a\.jsonl:2: not valid JSON"),
+    ("a.jsonl", '["en", "harmless"]\n', r"a\.jsonl:1: expected a JSON object"),
+    ("a.txt", "hello\n", r"unknown file type"),
+])  # fmt: skip
+def test_load_custom_bad_files(tmp_path, name, text, match):
+    with pytest.raises(sn.PromptSetError, match=match):
+        sn.load_custom(_write(tmp_path, name, text))
+
+
+def test_load_custom_quoting_and_encodings(tmp_path):
+    path = _write(tmp_path, "a.csv", 'id,lang,label,text\n1,en,harmful,"How, step by step?"\n')
+    assert sn.load_custom(path)[0].text == "How, step by step?"
+    latin = _write(tmp_path, "b.csv", "id,lang,label,text\n1,en,harmless,Caf\u00e9 menu\n", encoding="cp1252")
+    with pytest.raises(sn.PromptSetError, match=r"b\.csv.*encoding="):
+        sn.load_custom(latin)
+    assert sn.load_custom(latin, encoding="cp1252")[0].text == "Caf\u00e9 menu"
+
+
+def test_problems_flag_truncated_text():
+    ps = sn.PromptSet([sn.Prompt("1", "en", "harmless", 'Explain "why the sky is blue')])
+    assert any("truncated" in p for p in ps.problems())
+
+
+# --- artifacts on load and export -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def edit(bridge, prompts):
+    return sn.fit_edit(bridge, prompts, layers=1, neurons=S, rank=2, progress=False)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "edit.json").write_text("{not json"), r"edit\.json: not valid JSON"),
+    (lambda d: (d / "edit.json").write_text(json.dumps({k: v for k, v in json.loads((d / "edit.json").read_text()).items() if k != "uid"})),
+     r"edit\.json: missing field.*uid"),
+    (lambda d: (d / "edit.safetensors").write_bytes((d / "edit.safetensors").read_bytes()[:50]), r"edit\.safetensors"),
+    (lambda d: (d / "edit.safetensors").unlink(), r"edit\.safetensors: file not found"),
+])  # fmt: skip
+def test_damaged_edit_files(tmp_path, edit, damage, match):
+    folder = edit.save(tmp_path / "edit")
+    damage(folder)
+    with pytest.raises(sn.EditError, match=match):
+        sn.WeightEdit.load(folder)
+
+
+def test_changed_stats_hash_is_an_error(tmp_path, bridge, prompts):
+    stats = sn.collect_activations(bridge, prompts, progress=False).stats
+    folder = stats.save(tmp_path / "stats")
+    cfg = json.loads((folder / "stats.json").read_text())
+    cfg["sha256"] = "0" * 16
+    (folder / "stats.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"stats\.safetensors.*sha256"):
+        sn.ActivationStats.load(folder)
+
+
+@pytest.mark.parametrize("export", ["edit", "hf"])
+def test_export_to_an_existing_file_is_an_error(tmp_path, bridge, edit, export):
+    target = tmp_path / "model.bin"
+    target.write_text("keep me")
+    with pytest.raises(ValueError, match="not a folder"):
+        edit.export(bridge, target) if export == "edit" else sn.export_hf(bridge, target)
+    assert target.read_text() == "keep me" and not edit.is_applied(bridge)
+
+
+def test_save_leaves_nothing_half_written(tmp_path, edit):
+    edit.save(tmp_path / "e")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+# --- models --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", [b"GGUF\x03\x00\x00\x00\x01", b"GGUF" + bytes(range(256)) * 4, b"PK\x03\x04zip"])
+def test_corrupt_gguf(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(content)
+    with pytest.raises(sn.ModelLoadError, match="broken.gguf"):
+        sn.load_model(str(path))
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any((p / "config.json").exists() for p in cache.iterdir())
+
+
+def test_folder_without_tokenizer(tmp_path):
+    tiny_hf_model("llama", 300).config.save_pretrained(tmp_path)
+    with pytest.raises(sn.ModelLoadError, match="no tokenizer"):
+        sn.load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"device": "gpu"}, "device 'gpu'"), ({"dtype": 3}, "dtype 3"),
+                                           ({"dtype": "int8"}, "dtype 'int8'"), ({"dtype": torch.int64}, "dtype")])
+def test_bad_device_and_dtype(kwargs, match):
+    with pytest.raises(sn.ModelLoadError, match=match):
+        sn.load_model("smollm2-135m-instruct", **kwargs)
+
+
+# --- the command line -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, match", [
+    (["neurons", "--batch-size", "0"], "--batch-size"),
+    (["neurons", "--device", "gpu"], "device 'gpu'"),
+    (["neurons", "--model", "BROKEN"], "broken.gguf"),
+])  # fmt: skip
+def test_cli_one_line_errors(tmp_path, monkeypatch, capsys, argv, match):
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF\x03\x00")
+    argv = [str(tmp_path / "broken.gguf") if a == "BROKEN" else a for a in argv]
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert match in err
