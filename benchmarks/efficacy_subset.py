@@ -1,0 +1,48 @@
+"""The three-way efficacy table on one set of prompts for every condition: the no-edit run (15 harmful + 10
+harmless test prompts a language, `results/efficacy_none_3way.json`) beside the saved answers of the other
+conditions judged again (`results/efficacy_rest_3way.json`), restricted to the same prompts.
+
+    python benchmarks/efficacy_subset.py > benchmarks/results/efficacy_3way_subset.md
+
+KL and MC accuracy are those of each condition's own run (no edit: 10 MC questions a language; the others
+20, and KL on 15 harmless prompts a language); compliance, degenerate and over-refusal are recounted on the
+shared prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import safety_neurons as sn
+
+RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from efficacy import NON_EN, markdown, outcome_fields  # noqa: E402
+
+KEEP = ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mean_mc_accuracy")
+
+
+def main() -> None:
+    test = sn.load_prompts().filter(split="test")
+    shared = {(p.lang, p.id) for p in [*test.filter(label="harmful", limit=15), *test.filter(label="harmless", limit=10)]}
+    rows = json.loads((RESULTS / "efficacy_none_3way.json").read_text())["rows"]
+    rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
+    for r in rejudged["rows"]:
+        recs = [a for a in rejudged["answers"][r["key"]] if (a["lang"], a["id"]) in shared]
+        rows.append({k: r[k] for k in KEEP} | outcome_fields(sn.Evaluation.from_answers("phrase", recs)))
+    print(markdown(rows))
+    print("\n| condition | English harmful: refusal / compliance / degenerate | non-English harmful degenerate "
+          "| non-English harmless refused |\n|---|---|---|---|")
+    for r in rows:
+        c = r["counts"]
+        en = c["en"]["harmful"]
+        deg = sum(c[x]["harmful"]["degenerate"] for x in NON_EN), sum(sum(c[x]["harmful"].values()) for x in NON_EN)
+        ref = sum(c[x]["harmless"]["refusal"] for x in NON_EN), sum(sum(c[x]["harmless"].values()) for x in NON_EN)
+        print(f"| {r['condition']} | {en['refusal']} / {en['compliance']} / {en['degenerate']} "
+              f"| {sn.Rate(*deg)} | {sn.Rate(*ref)} |")
+
+
+if __name__ == "__main__":
+    main()
