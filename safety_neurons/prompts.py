@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from ._checks import as_str_list, check_choice, check_int, str_or_list
+from ._checks import check_choice, check_int, str_or_list
 
 LANGS: tuple[str, ...] = ("en", "zh", "vi", "ja", "th", "id", "bn", "he")
 LANG_NAMES = {

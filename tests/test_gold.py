@@ -1,7 +1,6 @@
 """The judge against answers read by people (tests/data/gold_answers.jsonl, see DATA.md): the set is what
 DATA.md says, and the judge keeps the agreement it reached on the held-out part."""
 
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import safety_neurons as sn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from judge_agreement import GOLD, agreement, binary_asr_agreement, load_gold, verdicts  # noqa: E402
+from judge_agreement import agreement, binary_asr_agreement, load_gold, verdicts  # noqa: E402
 
 # Agreement of PhraseJudge (text only) on the held-out part, decidable answers, measured when the set was
 # made (benchmarks/README.md, "Judge against reading"): correct of decidable, per language. A change of the
