@@ -164,6 +164,13 @@ def outcome_fields(ev: sn.Evaluation) -> dict:
     }
 
 
+def carried(row: dict) -> dict:
+    """The fields of a saved row that do not depend on the judge (settings, KL, MC accuracy, timings)."""
+    keys = ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mc_accuracy", "mean_mc_accuracy",
+            "fit_seconds", "seconds")  # fmt: skip
+    return {k: row[k] for k in keys if k in row}
+
+
 def rejudge(args) -> None:
     """Judge the saved answers of every condition again with today's judge (no model unless --misread)."""
     saved = json.loads(Path(args.rejudge).read_text())
@@ -180,9 +187,7 @@ def rejudge(args) -> None:
         recs = [{k: r[k] for k in ("id", "lang", "label", "prompt", "answer")}
                 | {"outcome": v.outcome, "kind": v.kind, "reason": v.reason} for r, v in zip(recs, verdicts)]  # fmt: skip
         ev = sn.Evaluation.from_answers(judge.name, recs)
-        keep = {k: row[k] for k in ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mc_accuracy",
-                                    "mean_mc_accuracy", "fit_seconds", "seconds") if k in row}  # fmt: skip
-        rows.append(keep | outcome_fields(ev) | {"rejudged_from": args.rejudge})
+        rows.append(carried(row) | outcome_fields(ev) | {"rejudged_from": args.rejudge})
         answers[row["key"]] = recs
     save(argparse.Namespace(**(saved["args"] | {"rejudged_from": args.rejudge, "out": args.out})), judge, rows, answers)
     print(markdown(rows))

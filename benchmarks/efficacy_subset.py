@@ -19,9 +19,7 @@ import safety_neurons as sn
 
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).parent))
-from efficacy import NON_EN, markdown, outcome_fields  # noqa: E402
-
-KEEP = ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mean_mc_accuracy")
+from efficacy import NON_EN, carried, markdown, outcome_fields  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +29,7 @@ def main() -> None:
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:
         recs = [a for a in rejudged["answers"][r["key"]] if (a["lang"], a["id"]) in shared]
-        rows.append({k: r[k] for k in KEEP} | outcome_fields(sn.Evaluation.from_answers("phrase", recs)))
+        rows.append(carried(r) | outcome_fields(sn.Evaluation.from_answers("phrase", recs)))
     print(markdown(rows))
     print("\n| condition | English harmful: refusal / compliance / degenerate | non-English harmful degenerate "
           "| non-English harmless refused |\n|---|---|---|---|")

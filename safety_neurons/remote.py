@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import _ORDER, SITES, ActivationRows, ActivationStats, Collection, _rows_key
+from .activations import _ORDER, SITES, ActivationRows, ActivationStats, Collection, GramPositions, Position, _rows_key
 from .chat import length_sorted_batches, template_suffix_length
 from .prompts import Prompt
 
@@ -90,8 +90,8 @@ def collect_nnsight(
     stats_layers: Iterable[int] | Literal["all"] = "all",
     rows: Iterable[tuple[str, int]] = (),
     gram: Iterable[tuple[str, int]] = (),
-    gram_positions: Literal["all", "preserved"] = "all",
-    position: Literal["last", "mean"] = "last",
+    gram_positions: GramPositions = "all",
+    position: Position = "last",
     batch_size: int = 16,
     system: str | None = None,
     remote: Remote = False,
