@@ -35,18 +35,26 @@ def _applied(intervention, model):
 class _StopRows:
     """HF stopping criterion: a row is done once `stop(row index, answer so far)` says its verdict is settled."""
 
-    def __init__(self, tok, width: int, idx: list[int], stop):
+    def __init__(self, tok, width: int, idx: list[int], stop, prefixes=None, budgets=None):
         self.tok, self.width, self.idx, self.stop = tok, width, idx, stop
+        self.prefixes = prefixes or [[] for _ in idx]  # answer tokens before the input's end (decoding on)
+        self.budgets = budgets  # new tokens each row may add (None: the batch's max_new_tokens)
         self.done: list[bool] = [False] * len(idx)
         self.length: list[int | None] = [None] * len(idx)  # new tokens when the row was stopped
 
     def __call__(self, input_ids, scores, **kwargs):
+        n = input_ids.shape[1] - self.width
         for row in range(len(self.idx)):
             if not self.done[row]:
-                text = self.tok.decode(input_ids[row, self.width :], skip_special_tokens=True)
+                if self.budgets is not None and n >= self.budgets[row]:
+                    self.done[row], self.length[row] = True, self.budgets[row]
+                    continue
+                if self.stop is None:
+                    continue
+                text = self.tok.decode(self.prefixes[row] + input_ids[row, self.width :].tolist(), skip_special_tokens=True)
                 if self.stop(self.idx[row], text.strip()):
                     # HF pads a finished row only when the model has an EOS token: cut it here ourselves
-                    self.done[row], self.length[row] = True, input_ids.shape[1] - self.width
+                    self.done[row], self.length[row] = True, n
         return torch.tensor(self.done, device=input_ids.device)
 
 
@@ -60,6 +68,7 @@ def generate(
     system: str | None = None,
     stop=None,
     cache: AnswerCache | None = None,
+    drafts: Sequence[str] | None = None,
     progress: bool = True,
     desc: str = "generating",
 ) -> list[str]:
@@ -67,7 +76,13 @@ def generate(
 
     `stop(i, answer_so_far) -> bool` ends row i early (its answer is kept as it is then). `cache` returns
     the stored answers when the same weights, prompts and settings were generated before (never while a
-    hook is attached, which the weights do not show)."""
+    hook is attached, which the weights do not show).
+
+    `drafts`: answers expected to be mostly right, e.g. the unedited model's when measuring an edit. One
+    teacher-forced pass checks each draft against this model's greedy choices; a row is decoded further
+    only from the first token where they differ (the token found there included), so the answers are the
+    greedy answers, found at the cost of one forward pass wherever the draft holds (speculative decoding
+    with the draft as the guess). Same answers as without drafts up to batch-composition rounding."""
     if isinstance(prompts, (str, bytes)):
         raise ValueError("generate takes a list of prompts, got one string; write generate(model, [text])")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -80,6 +95,11 @@ def generate(
         key = cache.key(model, texts, max_new_tokens=max_new_tokens, system=system, stop=stop)
         if key is not None and (hit := cache.get(key)) is not None:
             return hit
+    if drafts is not None:
+        out = _generate_from_drafts(model, texts, drafts, max_new_tokens, batch_size, system, stop, progress, desc)
+        if key is not None:
+            cache.put(key, out)
+        return out
     from transformers import StoppingCriteriaList
 
     tok = model.tokenizer
@@ -100,6 +120,102 @@ def generate(
             out[i] = tok.decode(row[: rows.length[r] if rows else None], skip_special_tokens=True).strip()
     if key is not None:
         cache.put(key, out)
+    return out
+
+
+def _eos_ids(model) -> set[int]:
+    tok, cfg = model.tokenizer, model.original_model.generation_config
+    ids = cfg.eos_token_id if cfg.eos_token_id is not None else tok.eos_token_id
+    return set(ids if isinstance(ids, list) else [ids]) - {None}
+
+
+@torch.no_grad()
+def _greedy_choices(model, seqs: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int, progress: bool,
+                    desc: str) -> list[list[int]]:  # fmt: skip
+    """For each sequence, the model's greedy next token after every position from `starts[i] − 1` on (the
+    last prompt token: the first answer token's prediction) to the end: one forward pass, the unembedding
+    only where it is needed."""
+    from .chat import sorted_batches
+
+    hf = model.original_model
+    body, head = hf.get_decoder(), hf.get_output_embeddings()
+    out: list[list[int]] = [[] for _ in seqs]
+    n_batches = -(-len(seqs) // batch_size)
+    for idx, batch in tqdm(sorted_batches(seqs, model.tokenizer, batch_size), total=n_batches, desc=desc,
+                           disable=not progress, unit="batch"):  # fmt: skip
+        batch = batch.to(model.cfg.device)
+        hidden = body(input_ids=batch.input_ids, **batch.model_kwargs()).last_hidden_state
+        width = batch.input_ids.shape[1]
+        for r, i in enumerate(idx):
+            first = width - len(seqs[i]) + starts[i] - 1
+            out[i] = head(hidden[r, first:]).argmax(-1).tolist()
+    return out
+
+
+def _generate_from_drafts(model, texts, drafts, max_new_tokens, batch_size, system, stop, progress, desc):
+    from .chat import encode_chat
+
+    if isinstance(drafts, str) or len(drafts) != len(texts):
+        raise ValueError(f"drafts must be one answer per prompt ({len(texts)}), got {type(drafts).__name__}"
+                         f"{'' if isinstance(drafts, str) else f' of {len(drafts)}'}")  # fmt: skip
+    tok = model.tokenizer
+    eos = _eos_ids(model)
+    prompts = encode_chat(tok, texts, system=system)
+    guess = [tok(d or "", add_special_tokens=False).input_ids[:max_new_tokens] for d in drafts]
+    choices = _greedy_choices(model, [p + g for p, g in zip(prompts, guess)], [len(p) for p in prompts],
+                              batch_size, progress, f"{desc}: checking drafts")  # fmt: skip
+    out: list[str | None] = [None] * len(texts)
+    resume: list[int] = []  # rows to decode further, from their verified prefix (the first wrong token fixed)
+    prefix: list[list[int]] = [[] for _ in texts]
+    for i, (g, c) in enumerate(zip(guess, choices)):
+        answer: list[int] = []
+        for j in range(max_new_tokens):
+            nxt = g[j] if j < len(g) and c[j] == g[j] else (c[j] if j <= len(g) else None)
+            if nxt is None or nxt in eos:
+                break
+            answer.append(nxt)
+            if stop is not None and stop(i, tok.decode(answer, skip_special_tokens=True).strip()):
+                break
+            if j >= len(g) or c[j] != g[j]:  # the draft is wrong (or ended early) here: decode on after this token
+                if len(answer) < max_new_tokens:
+                    resume.append(i)
+                break
+        prefix[i] = answer
+        if not resume or resume[-1] != i:
+            out[i] = tok.decode(answer, skip_special_tokens=True).strip()
+    if resume:
+        seqs = [prompts[i] + prefix[i] for i in resume]
+        more = _decode(model, seqs, [prefix[i] for i in resume], [max_new_tokens - len(prefix[i]) for i in resume],
+                       batch_size, stop and (lambda r, text: stop(resume[r], text)), progress, f"{desc}: decoding on")  # fmt: skip
+        for r, i in enumerate(resume):
+            out[i] = more[r]
+    return out
+
+
+@torch.no_grad()
+def _decode(model, seqs, prefixes, budgets, batch_size, stop, progress, desc) -> list[str]:
+    """Greedy continuations of token sequences whose answers already hold `prefixes` (their text is what
+    `stop` and the result see), each row at most `budgets[i]` tokens more."""
+    from transformers import StoppingCriteriaList
+
+    from .chat import sorted_batches
+
+    tok, hf = model.tokenizer, model.original_model
+    out = [""] * len(seqs)
+    n_batches = -(-len(seqs) // batch_size)
+    for idx, batch in tqdm(sorted_batches(seqs, tok, batch_size), total=n_batches, desc=desc, disable=not progress,
+                           unit="batch"):  # fmt: skip
+        batch = batch.to(model.cfg.device)
+        width = batch.input_ids.shape[1]
+        rows = _StopRows(tok, width, idx, stop, [prefixes[i] for i in idx], [budgets[i] for i in idx])
+        ids = hf.generate(
+            batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max(budgets[i] for i in idx),
+            do_sample=False, pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None,
+            stopping_criteria=StoppingCriteriaList([rows]),
+        )  # fmt: skip
+        for r, (i, row) in enumerate(zip(idx, ids[:, width:])):
+            new = row[: rows.length[r]].tolist()
+            out[i] = tok.decode(prefixes[i] + new, skip_special_tokens=True).strip()
     return out
 
 
@@ -444,12 +560,15 @@ def evaluate(
     max_new_tokens: int = 24,
     batch_size: int = 16,
     cache: AnswerCache | None = None,
+    drafts: "Evaluation | Sequence[str] | None" = None,
     progress: bool = True,
     desc: str = "generating",
 ) -> Evaluation:
     """Generate greedy answers for harmful and harmless prompts and judge them (refusal, compliance or
     degenerate), per language. Rows stop early once a refusal phrase has settled their verdict. `cache`
-    reuses the answers of the same weights, prompts and decoding (`AnswerCache`)."""
+    reuses the answers of the same weights, prompts and decoding (`AnswerCache`). `drafts` (another
+    evaluation of the same prompts, e.g. the unedited model's, or one answer per prompt) makes it fast
+    without changing the answers: see `generate`."""
     judge = judge or PhraseJudge()
     prompts = list(prompts)
     if not prompts:
@@ -457,9 +576,12 @@ def evaluate(
     bad = sorted({p.label for p in prompts} - set(LABELS))
     if bad:
         raise ValueError(f"prompt labels must be {' or '.join(LABELS)}; got {bad}")
+    if isinstance(drafts, Evaluation):
+        given = {(r["lang"], r["label"], r["id"]): r["answer"] for r in drafts.records}
+        drafts = [given.get((p.lang, p.label, p.id), "") for p in prompts]
     stop = _refusal_settled(judge, [p.lang for p in prompts]) if isinstance(judge, PhraseJudge) else None
     answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
-                       cache=cache, progress=progress, desc=desc)  # fmt: skip
+                       cache=cache, drafts=drafts, progress=progress, desc=desc)  # fmt: skip
     refs = english_references(prompts)
     verdicts: list[Verdict] = judge.judge([p.text for p in prompts], answers, [p.lang for p in prompts], refs)
     records = [

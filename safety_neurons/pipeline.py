@@ -129,19 +129,19 @@ def select_layers(model, config: RunConfig, anchor, ranking, collection, val_har
     prompts, texts_s = val_harmful + val_harmless, [p.text for p in val_harmless]
     non_en = [x for x in LANGS if x != "en" and any(p.lang == x for p in val_harmful)]
 
-    def judged(desc, cache=None):
+    def judged(desc, cache=None, drafts=None):
         ev = evaluate(model, prompts, judge=judge, max_new_tokens=config.select_tokens, batch_size=config.batch_size,
-                      cache=cache, desc=desc)  # fmt: skip
-        return ev.mean_asr(non_en), ev.languages["en"].asr if "en" in ev.languages else 0.0, ev.mean_over_refusal()
+                      cache=cache, drafts=drafts, desc=desc)  # fmt: skip
+        return ev, ev.mean_asr(non_en), ev.languages["en"].asr if "en" in ev.languages else 0.0, ev.mean_over_refusal()
 
-    asr_b, en_b, over_b = judged("validation answers, no edit", cache)
+    unedited, asr_b, en_b, over_b = judged("validation answers, no edit", cache)
     logits_s = last_token_logits(model, texts_s, batch_size=config.batch_size)
     records = []
     for layers in config.candidates:
         label = "L" + "+".join(map(str, layers))
         edit = _fit(model, config, anchor, ranking, collection, layers)
         with edit.applied(model):
-            asr, en, over = judged(f"validation answers, edit at {label}")
+            _, asr, en, over = judged(f"validation answers, edit at {label}", drafts=unedited)
             kl = kl_from_logits(logits_s, last_token_logits(model, texts_s, batch_size=config.batch_size)).mean().item()
         records.append({
             "label": label, "layers": layers, "layer": layers[-1],
@@ -278,7 +278,7 @@ def run(config: RunConfig) -> dict:
     acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
     with edit.applied(model):
         after = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
-                         batch_size=config.batch_size, desc="answers after the edit")  # fmt: skip
+                         batch_size=config.batch_size, drafts=before, desc="answers after the edit")  # fmt: skip
         acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
     kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size, progress=True)
     kl = {lang: kl_rows["first"][[i for i, p in enumerate(test_s) if p.lang == lang]].mean().item()

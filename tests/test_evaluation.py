@@ -205,3 +205,63 @@ def test_relevance_check_scores_pmi_and_marks_misreadings(tiny):
     assert v.compliance, v.reason
     with pytest.raises(ValueError, match="references"):
         judge.judge(["x"], ["Sure"], ["en"])
+
+
+# --- drafts: the greedy answers at the cost of one pass where a draft holds --------------------------------
+def test_drafts_give_the_greedy_answers_whatever_the_drafts(tiny):
+    bridge, _, _ = tiny
+    prompts = make_prompts(4)
+    plain = ev.generate(bridge, prompts, max_new_tokens=8, progress=False)
+    words = [a.split() for a in plain]
+    drafts = [
+        plain[0],  # right
+        " ".join(words[1][:3]),  # right but short
+        " ".join(words[2][:2] + ["w7", "w7", "w7"]),  # wrong from its third word on
+        "",  # empty
+        "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11",  # wrong and too long
+    ] + [a + " w5 w5" for a in plain[5:]]  # right, then more than the model says
+    assert ev.generate(bridge, prompts, max_new_tokens=8, drafts=drafts, progress=False) == plain
+
+    def stop(i, text):
+        return i % 2 == 0 and len(text.split()) >= 3
+
+    cut = ev.generate(bridge, prompts, max_new_tokens=8, stop=stop, progress=False)
+    assert ev.generate(bridge, prompts, max_new_tokens=8, stop=stop, drafts=drafts, progress=False) == cut
+    assert ev.generate(bridge, prompts, max_new_tokens=8, drafts=plain, progress=False) == plain
+
+
+def test_drafts_of_an_edited_model_give_its_own_answers(tiny):
+    """The use: the unedited model's answers as drafts of the edited model's."""
+    bridge, hf, _ = tiny
+    prompts = make_prompts(4)
+    base = ev.generate(bridge, prompts, max_new_tokens=6, progress=False)
+    with torch.no_grad():
+        hf.model.layers[1].mlp.down_proj.weight.mul_(3.0)
+    try:
+        edited = ev.generate(bridge, prompts, max_new_tokens=6, progress=False)
+        assert edited != base  # the test means something only if answers change
+        assert ev.generate(bridge, prompts, max_new_tokens=6, drafts=base, progress=False) == edited
+    finally:
+        with torch.no_grad():
+            hf.model.layers[1].mlp.down_proj.weight.div_(3.0)
+
+
+def test_drafts_must_be_one_per_prompt(tiny):
+    bridge, _, _ = tiny
+    with pytest.raises(ValueError, match="one answer per prompt"):
+        ev.generate(bridge, make_prompts(1), drafts=["a"], progress=False)
+    with pytest.raises(ValueError, match="one answer per prompt"):
+        ev.generate(bridge, make_prompts(1), drafts="a", progress=False)
+
+
+def test_right_drafts_need_no_decoding(monkeypatch):
+    bridge = rigged("I", "qwen2")  # answers of plain words (a special token in an answer is lost in its text)
+    prompts = make_prompts(3)
+    plain = ev.generate(bridge, prompts, max_new_tokens=6, progress=False)
+    assert plain[0] == "I I I I I I"
+
+    def no_generate(*args, **kwargs):
+        raise AssertionError("decoded although every draft was right")
+
+    monkeypatch.setattr(bridge.original_model, "generate", no_generate)
+    assert ev.generate(bridge, prompts, max_new_tokens=6, drafts=plain, progress=False) == plain
