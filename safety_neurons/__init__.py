@@ -12,7 +12,7 @@ from .activations import (
     merge_collections,
     merge_stats,
 )
-from .baselines import NeuronScaling, RefusalDirection
+from .baselines import BaselineError, NeuronScaling, RefusalDirection
 from .chat import TokenBatch, chat_strings, tokenize_chat
 from .distributed import collect_sharded
 from .edit import EditError, LayerEdit, WeightEdit, fit_edit
@@ -28,7 +28,7 @@ from .models import (
     hf_state_dict,
     load_model,
 )
-from .neurons import SafetyNeurons, rank_by_attribution, rank_neurons
+from .neurons import NeuronsError, SafetyNeurons, rank_by_attribution, rank_neurons
 from .prompts import (
     LANGS,
     MCQuestion,

@@ -33,7 +33,7 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
+from ._checks import (as_indices, as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
                       check_positive_int, read_json, read_tensors, require)
 from .activations import ActivationRows, Collection, collect_activations, model_tag
 from .neurons import SafetyNeurons
@@ -286,15 +286,13 @@ def _neurons_for(neurons, layer: int, d_mlp: int, neuron_langs: Sequence[str] | 
     elif isinstance(neurons, Mapping):
         if layer not in neurons:
             raise EditError(f"no neuron set given for layer {layer}")
-        idx = torch.as_tensor(neurons[layer], dtype=torch.long).flatten()
+        idx = as_indices(f"neurons[{layer}]", neurons[layer], EditError, size=d_mlp)
     else:
-        idx = torch.as_tensor(neurons, dtype=torch.long).flatten()
+        idx = as_indices("neurons", neurons, EditError, size=d_mlp)
     if idx.numel() == 0:
         raise EditError(
             f"empty neuron set at layer {layer}: nothing to edit (lower the thresholds, use top_k, or neurons='all')"
         )
-    if idx.min() < 0 or idx.max() >= d_mlp:
-        raise EditError(f"neuron indices at layer {layer} must be in [0, {d_mlp})")
     return idx.unique()
 
 

@@ -226,3 +226,113 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys, argv, match):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert match in err
+
+
+# --- every saved artifact is checked on load ---------------------------------------------------------------
+def _ranking(bridge, prompts):
+    return sn.rank_neurons(sn.collect_activations(bridge, prompts, progress=False).stats)
+
+
+def _direction(bridge, prompts):
+    return sn.RefusalDirection.fit(bridge, prompts, layer=1, langs=["en"], progress=False)
+
+
+def _drop(field):
+    def damage(folder, json_name, tensor_name):
+        cfg = json.loads((folder / json_name).read_text())
+        del cfg[field]
+        (folder / json_name).write_text(json.dumps(cfg))
+
+    return damage
+
+
+def _change_tensor(folder, json_name, tensor_name):  # same keys and shapes, other values
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(folder / tensor_name)
+    key = sorted(t)[0]
+    t[key] = t[key].clone()
+    t[key].view(-1)[0] = 1 - t[key].view(-1)[0] if t[key].dtype == torch.bool else t[key].view(-1)[0] + 1
+    save_file(t, folder / tensor_name)
+
+
+ARTIFACTS = {  # make, class, error, json file, tensor file
+    "ranking": (_ranking, sn.SafetyNeurons, sn.NeuronsError, "neurons.json", "neurons.safetensors"),
+    "direction": (_direction, sn.RefusalDirection, sn.BaselineError, "direction.json", "direction.safetensors"),
+    "stats": (lambda b, p: sn.collect_activations(b, p, progress=False).stats, sn.ActivationStats,
+              sn.ActivationError, "stats.json", "stats.safetensors"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(ARTIFACTS))
+@pytest.mark.parametrize("damage, match", [
+    (lambda f, j, t: (f / j).write_text("{not json"), r"{json}: not valid JSON"),
+    (lambda f, j, t: (f / j).unlink(), r"{json}: file not found"),
+    (lambda f, j, t: (f / t).unlink(), r"{tensors}: file not found"),
+    (lambda f, j, t: (f / t).write_bytes((f / t).read_bytes()[:40]), r"{tensors}: not a readable safetensors"),
+    (_drop("sha256"), r"{json}: missing field.*sha256"),
+    (_change_tensor, r"{tensors}: the tensors do not match the sha256"),
+])  # fmt: skip
+def test_damaged_artifacts(tmp_path, bridge, prompts, kind, damage, match):
+    make, cls, error, json_name, tensor_name = ARTIFACTS[kind]
+    folder = make(bridge, prompts).save(tmp_path / kind)
+    assert cls.load(folder) is not None  # intact: loads
+    damage(folder, json_name, tensor_name)
+    with pytest.raises(error, match=match.format(json=json_name, tensors=tensor_name).replace(".", r"\.", 1)):
+        cls.load(folder)
+
+
+def test_ranking_round_trip_and_shape_check(tmp_path, bridge, prompts):
+    ranking = _ranking(bridge, prompts)
+    loaded = sn.SafetyNeurons.load(ranking.save(tmp_path / "r"))
+    assert torch.equal(loaded.selected, ranking.selected) and loaded.langs == ranking.langs
+    cfg = json.loads((tmp_path / "r" / "neurons.json").read_text())
+    cfg["layers"] = cfg["layers"][:-1]  # a changed integrity field: the layers no longer match the tensors
+    (tmp_path / "r" / "neurons.json").write_text(json.dumps(cfg))
+    with pytest.raises(sn.NeuronsError, match=r"neurons\.safetensors: tensor shapes"):
+        sn.SafetyNeurons.load(tmp_path / "r")
+
+
+def test_direction_of_another_model_is_refused(bridge, prompts):
+    direction = _direction(bridge, prompts)
+    direction.direction = torch.ones(7)
+    with pytest.raises(sn.BaselineError, match="width 32"):
+        with direction.applied(bridge):
+            pass
+
+
+# --- neuron indices and layers must be integers ------------------------------------------------------------
+@pytest.mark.parametrize("bad", [[1.5, 2.0], [1.0, 2.0], torch.tensor([1.5, 2.0]), torch.tensor([1.0, 3.0]),
+                                 [True, False], torch.tensor([True, False]), "12", [0, 48]])  # fmt: skip
+def test_float_or_bool_neuron_indices_are_refused(bridge, prompts, bad):
+    with pytest.raises(sn.EditError, match="neurons"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons=bad, progress=False)
+    with pytest.raises(sn.EditError, match=r"neurons\[1\]"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons={1: bad}, progress=False)
+    with pytest.raises(sn.BaselineError, match="neurons"):
+        with sn.NeuronScaling({1: bad}).applied(bridge):
+            pass
+
+
+def test_integer_tensors_and_arrays_are_indices(bridge, prompts):
+    import numpy as np
+
+    a = sn.fit_edit(bridge, prompts, layers=1, neurons=torch.tensor(S), rank=2, progress=False)
+    b = sn.fit_edit(bridge, prompts, layers=1, neurons=np.array(S), rank=2, progress=False)
+    assert a.edits[0].neurons.tolist() == b.edits[0].neurons.tolist() == S
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda b, p, r: sn.NeuronScaling({1.0: [1]}), sn.BaselineError),
+    (lambda b, p, r: sn.NeuronScaling({5: [1]}).applied(b).__enter__(), sn.BaselineError),
+    (lambda b, p, r: sn.RefusalDirection.fit(b, p, layer=1.5, progress=False), sn.BaselineError),
+    (lambda b, p, r: sn.RefusalDirection.fit(b, p, layer=3, progress=False), sn.BaselineError),
+    (lambda b, p, r: sn.rank_by_attribution(b, p, layers=[0.5], progress=False), sn.NeuronsError),
+    (lambda b, p, r: sn.rank_by_attribution(b, p, layers=[True], progress=False), sn.NeuronsError),
+    (lambda b, p, r: r.neurons("en", 1.0), sn.NeuronsError),
+    (lambda b, p, r: r.union(True), sn.NeuronsError),
+    (lambda b, p, r: r.jaccard(7), sn.NeuronsError),
+])  # fmt: skip
+def test_float_and_bool_layers_are_refused(bridge, prompts, call, error):
+    with pytest.raises(error, match="layer"):
+        call(bridge, prompts, _ranking(bridge, prompts))
