@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ._checks import (atomic_dir, check_choice, check_int, check_out_dir, check_positive_int, content_hash,
                       read_json, read_tensors, require)
-from .chat import length_sorted_batches, template_suffix_length
+from .chat import length_sorted_batches, prompt_names, template_suffix_length
 from .prompts import Prompt
 
 SITES: dict[str, str] = {
@@ -379,7 +379,8 @@ def collect_activations(
     texts = [p.text for p in prompts]
     kept_rows: dict[tuple[str, int], Tensor] = {}
     n_batches = -(-len(prompts) // batch_size)
-    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system)
+    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
+                                    names=prompt_names(prompts))  # fmt: skip
     with model.hooks(fwd_hooks=fwd_hooks):
         for idx, batch in tqdm(batches, total=n_batches, desc="collecting activations", disable=not progress, unit="batch"):
             batch = batch.to(device)

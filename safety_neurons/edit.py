@@ -36,6 +36,7 @@ from torch import Tensor
 from ._checks import (as_indices, as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
                       check_positive_int, read_json, read_tensors, require)
 from .activations import ActivationRows, Collection, collect_activations, model_tag
+from .chat import check_lengths, encode_chat, prompt_names
 from .neurons import SafetyNeurons
 from .prompts import Prompt, check_langs
 from .solver import solve_edit
@@ -414,6 +415,7 @@ def fit_edit(
         if not 0 <= layer < model.cfg.n_layers:
             raise EditError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
     prompts = list(prompts)
+    check_lengths(encode_chat(model.tokenizer, [p.text for p in prompts]), model.cfg.n_ctx, prompt_names(prompts))
     check_langs([pivot])
     langs = [x for x in dict.fromkeys(p.lang for p in prompts) if x != pivot] if langs is None else check_langs(langs)
     if pivot in langs:

@@ -19,12 +19,35 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import TokenBatch, length_sorted_batches
+from ._checks import check_choice, check_positive_int
+from .chat import TokenBatch, length_sorted_batches, prompt_names
 from .judges import OUTCOMES, Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
 from .rates import Rate
 from .refusal import refusal_score, refusal_token_ids
 from .scoring import continuation_logprobs
+
+
+class EvaluationError(ValueError):
+    """A measurement cannot be made as asked (a bad argument: wrong type, empty input, out-of-range value)."""
+
+
+def _prompt_list(name: str, prompts, *, texts_ok: bool = False) -> list:
+    """`prompts` as a non-empty list of Prompt records (or of strings, when `texts_ok`)."""
+    kinds = (Prompt, str) if texts_ok else (Prompt,)
+    what = "Prompt records or strings" if texts_ok else "Prompt records (e.g. a PromptSet)"
+    if isinstance(prompts, (str, bytes)):
+        raise EvaluationError(f"{name} must be a list of {what}, got one string; write [{str(prompts)[:20]!r}…]")
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise EvaluationError(f"{name} must be a list of {what}, got {type(prompts).__name__}") from None
+    if not prompts:
+        raise EvaluationError(f"no {name} given: the list is empty")
+    bad = next((p for p in prompts if not isinstance(p, kinds)), None)
+    if bad is not None:
+        raise EvaluationError(f"{name} must hold {what}, got {type(bad).__name__} {str(bad)[:40]!r}")
+    return prompts
 
 
 def _applied(intervention, model):
@@ -69,12 +92,13 @@ def generate(
     the stored answers when the same weights, prompts and settings were generated before (never while a
     hook is attached, which the weights do not show)."""
     if isinstance(prompts, (str, bytes)):
-        raise ValueError("generate takes a list of prompts, got one string; write generate(model, [text])")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
+        raise EvaluationError("generate takes a list of prompts, got one string; write generate(model, [text])")
+    prompts = _prompt_list("prompts", prompts, texts_ok=True)
+    max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens, EvaluationError)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
     texts = [p if isinstance(p, str) else p.text for p in prompts]
-    if not texts:
-        raise ValueError("no prompts given: the prompt list is empty")
+    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
+                                    names=prompt_names(prompts), reserve=max_new_tokens)  # fmt: skip
     key = None
     if cache is not None:
         key = cache.key(model, texts, max_new_tokens=max_new_tokens, system=system, stop=stop)
@@ -86,8 +110,7 @@ def generate(
     out: list[str] = [""] * len(texts)
     hf = model.original_model
     n_batches = -(-len(texts) // batch_size)
-    for idx, batch in tqdm(length_sorted_batches(tok, texts, batch_size, system=system), total=n_batches,
-                           desc=desc, disable=not progress, unit="batch"):  # fmt: skip
+    for idx, batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, unit="batch"):  # fmt: skip
         batch = batch.to(model.cfg.device)
         width = batch.input_ids.shape[1]
         rows = _StopRows(tok, width, idx, stop) if stop is not None else None
@@ -167,14 +190,19 @@ class AnswerCache:
 # --- the generation-free proxy ---------------------------------------------------------------------------
 @torch.no_grad()
 def last_token_logits(
-    model, texts: Sequence[str], *, batch_size: int = 16, system: str | None = None, progress: bool = False
+    model, texts: Sequence[str], *, batch_size: int = 16, system: str | None = None, progress: bool = False,
+    names: Sequence[str] | None = None,
 ) -> Float[Tensor, "n vocab"]:
-    """Next-token logits at the first answer position of each chat-formatted prompt."""
-    if isinstance(texts, str):
-        raise ValueError("last_token_logits takes a list of texts, got one string")
+    """Next-token logits at the first answer position of each chat-formatted prompt (`names` name them in
+    errors)."""
+    texts = _prompt_list("texts", texts, texts_ok=True)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
+    names = names or prompt_names(texts)
+    texts = [t if isinstance(t, str) else t.text for t in texts]
+    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
+                                    names=names)  # fmt: skip
     out = None
-    for idx, batch in tqdm(list(length_sorted_batches(model.tokenizer, texts, batch_size, system=system)),
-                           desc="scoring", disable=not progress, unit="batch"):  # fmt: skip
+    for idx, batch in tqdm(list(batches), desc="scoring", disable=not progress, unit="batch"):  # fmt: skip
         batch = batch.to(model.cfg.device)
         logits = model(batch.input_ids, logits_to_keep=1, **batch.model_kwargs())[:, -1].float().cpu()
         if out is None:
@@ -185,7 +213,9 @@ def last_token_logits(
 
 def refusal_scores(model, prompts: Sequence[Prompt], *, batch_size: int = 16, progress: bool = False) -> Tensor:
     """Refusal log-odds at the first answer position (teacher-forced, no generation), one per prompt."""
-    logits = last_token_logits(model, [p.text for p in prompts], batch_size=batch_size, progress=progress)
+    prompts = _prompt_list("prompts", prompts)
+    logits = last_token_logits(model, [p.text for p in prompts], batch_size=batch_size, progress=progress,
+                               names=prompt_names(prompts))  # fmt: skip
     return refusal_score(logits, refusal_token_ids(model.tokenizer))
 
 
@@ -208,12 +238,20 @@ def kl_divergence(
 ) -> dict[str, Tensor]:
     """KL(base ‖ edited) of next-token distributions, per prompt, at the first answer position and
     averaged over the first `k` answer tokens (teacher-forced on the base model's greedy answer)."""
+    prompts = _prompt_list("prompts", prompts)
+    k = check_positive_int("k", k, EvaluationError)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
+    if intervention is not None and not callable(getattr(intervention, "applied", None)):
+        raise EvaluationError(f"intervention must be a WeightEdit, a baseline (with .applied(model)) or None, "
+                              f"got {type(intervention).__name__}")  # fmt: skip
     tok = model.tokenizer
     texts = [p.text for p in prompts]
     first = torch.zeros(len(texts))
     over_k = torch.zeros(len(texts))
     hf = model.original_model
-    for idx, batch in tqdm(list(length_sorted_batches(tok, texts, batch_size)), desc="KL",
+    batches = length_sorted_batches(tok, texts, batch_size, n_ctx=model.cfg.n_ctx, names=prompt_names(prompts),
+                                    reserve=k - 1)  # fmt: skip
+    for idx, batch in tqdm(list(batches), desc="KL",
                            disable=not progress, unit="batch"):  # fmt: skip
         batch = batch.to(model.cfg.device)
         width = batch.input_ids.shape[1]
@@ -253,7 +291,8 @@ def option_logprobs(
     pairs = [(qi, k) for qi, q in enumerate(questions) for k in range(len(q.choices))]
     scores = continuation_logprobs(model, [questions[qi].question for qi, _ in pairs],
                                    [questions[qi].choices[k] for qi, k in pairs], batch_size=batch_size,
-                                   progress=progress, desc="scoring options")  # fmt: skip
+                                   progress=progress, desc="scoring options",
+                                   names=[f"{questions[qi].lang}/{questions[qi].id} option {k}" for qi, k in pairs])  # fmt: skip
     out = torch.full((len(questions), max(len(q.choices) for q in questions)), float("-inf"))
     for (qi, k), score in zip(pairs, scores.tolist()):
         out[qi, k] = score
@@ -277,16 +316,24 @@ def mc_accuracy(
     * ``scoring="letter"``: the option letter with the highest next-token logit after the question, the
       lettered options and an English instruction line (MMLU style).
     """
+    if isinstance(questions, (str, bytes)) or not all(isinstance(q, MCQuestion) for q in questions):
+        raise EvaluationError("questions must be a list of MCQuestion records (e.g. load_utility())")
+    questions = list(questions)
     if not questions:
-        raise ValueError("no questions given")
-    if scoring not in MC_SCORING:
-        raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(MC_SCORING)}")
+        raise EvaluationError("no questions given: the list is empty")
+    check_choice("scoring", scoring, MC_SCORING, EvaluationError)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
+    bad = next((q for q in questions if not 0 <= q.answer < len(q.choices)), None)
+    if bad is not None:
+        raise EvaluationError(f"question {bad.lang}/{bad.id}: answer {bad.answer} is not one of its "
+                              f"{len(bad.choices)} options")  # fmt: skip
     if scoring == "cloze":
         picks = option_logprobs(model, questions, batch_size=batch_size, progress=progress).argmax(-1)
     else:
         tok = model.tokenizer
         letters = [tok(letter, add_special_tokens=False).input_ids[0] for letter in "ABCD"]
-        logits = last_token_logits(model, [mc_prompt(q) for q in questions], batch_size=batch_size, progress=progress)
+        logits = last_token_logits(model, [mc_prompt(q) for q in questions], batch_size=batch_size, progress=progress,
+                                   names=[f"{q.lang}/{q.id}" for q in questions])  # fmt: skip
         picks = logits[:, letters].argmax(-1)
     correct: dict[str, list[bool]] = defaultdict(list)
     for q, pick in zip(questions, picks.tolist()):
@@ -313,7 +360,7 @@ class LanguageResult:
             counts = getattr(self, label)
             unknown = set(counts) - set(OUTCOMES)
             if unknown:
-                raise ValueError(f"{self.lang} {label}: unknown outcomes {sorted(unknown)}; allowed: {', '.join(OUTCOMES)}")
+                raise EvaluationError(f"{self.lang} {label}: unknown outcomes {sorted(unknown)}; allowed: {', '.join(OUTCOMES)}")
             setattr(self, label, {o: int(counts.get(o, 0)) for o in OUTCOMES})
 
     @property
@@ -327,7 +374,7 @@ class LanguageResult:
     def rate(self, label: str, outcome: str) -> Rate:
         """How many `label` answers had `outcome`, of how many (a `Rate`: share and Wilson interval)."""
         if label not in LABELS or outcome not in OUTCOMES:
-            raise ValueError(f"label must be one of {LABELS} and outcome one of {OUTCOMES}; got {label!r}, {outcome!r}")
+            raise EvaluationError(f"label must be one of {LABELS} and outcome one of {OUTCOMES}; got {label!r}, {outcome!r}")
         counts = getattr(self, label)
         return Rate(counts[outcome], sum(counts.values()))
 
@@ -370,7 +417,7 @@ class Evaluation:
         langs = list(self.languages) if langs is None else list(langs)
         missing = [x for x in langs if x not in self.languages]
         if missing:
-            raise ValueError(f"no results for {missing}; this evaluation has {list(self.languages)}")
+            raise EvaluationError(f"no results for {missing}; this evaluation has {list(self.languages)}")
         return langs
 
     def _mean(self, attr: str, langs: Sequence[str] | None) -> float | None:
@@ -451,12 +498,12 @@ def evaluate(
     degenerate), per language. Rows stop early once a refusal phrase has settled their verdict. `cache`
     reuses the answers of the same weights, prompts and decoding (`AnswerCache`)."""
     judge = judge or PhraseJudge()
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given: the prompt list is empty")
+    if not isinstance(judge, Judge):
+        raise EvaluationError(f"judge must be a Judge (PhraseJudge, GuardJudge, …), got {type(judge).__name__}")
+    prompts = _prompt_list("prompts", prompts)
     bad = sorted({p.label for p in prompts} - set(LABELS))
     if bad:
-        raise ValueError(f"prompt labels must be {' or '.join(LABELS)}; got {bad}")
+        raise EvaluationError(f"prompt labels must be {' or '.join(LABELS)}; got {bad}")
     stop = _refusal_settled(judge, [p.lang for p in prompts]) if isinstance(judge, PhraseJudge) else None
     answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
                        cache=cache, progress=progress, desc=desc)  # fmt: skip

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ._checks import (as_layers, as_str_list, atomic_dir, check_int, check_number, check_out_dir, check_positive_int,
                       content_hash, read_json, read_tensors, require)
 from .activations import ActivationStats, hook_name
-from .chat import tokenize_chat
+from .chat import check_lengths, encode_chat, prompt_names, tokenize_chat
 from .prompts import Prompt, check_langs
 
 
@@ -247,6 +247,7 @@ def rank_by_attribution(
     Score of neuron j = mean over harmful prompts of a_j × ∂m/∂a_j at the last prompt token, where m is
     the log-probability of a refusal opening at the first answer position (see `refusal_logprob`).
     One forward and one backward pass per batch; backward hooks are TransformerLens hook points.
+    `top_k` is capped at the model's d_mlp (every neuron of a layer).
     """
     from .refusal import refusal_logprob, refusal_token_ids
 
@@ -259,8 +260,8 @@ def rank_by_attribution(
     batch_size = check_positive_int("batch_size", batch_size, NeuronsError)
     top_k = check_positive_int("top_k", top_k, NeuronsError)
     layers = list(range(model.cfg.n_layers)) if layers is None else as_layers("layers", layers, model.cfg.n_layers, NeuronsError)
-    if top_k > model.cfg.d_mlp:
-        raise NeuronsError(f"top_k must be between 1 and d_mlp={model.cfg.d_mlp}, got {top_k}")
+    top_k = min(top_k, model.cfg.d_mlp)  # documented: a layer has only d_mlp neurons to choose from
+    check_lengths(encode_chat(model.tokenizer, [p.text for p in harmful]), model.cfg.n_ctx, prompt_names(harmful))
     token_ids = refusal_token_ids(model.tokenizer)
     d_mlp = model.cfg.d_mlp
     total = torch.zeros(len(langs), len(layers), d_mlp, dtype=torch.float64)

@@ -336,3 +336,40 @@ def test_integer_tensors_and_arrays_are_indices(bridge, prompts):
 def test_float_and_bool_layers_are_refused(bridge, prompts, call, error):
     with pytest.raises(error, match="layer"):
         call(bridge, prompts, _ranking(bridge, prompts))
+
+
+# --- prompts beyond the model's context window ---------------------------------------------------------------
+LONG = sn.Prompt("long-1", "en", "harmful", " ".join(["w1"] * 300))  # the tiny models' window is 256 tokens
+
+
+@pytest.fixture
+def no_forward(bridge):
+    """Fails the test if the model runs a forward pass."""
+
+    def hook(*args):
+        raise AssertionError("a forward pass ran before the error")
+
+    handle = bridge.original_model.get_input_embeddings().register_forward_pre_hook(hook)
+    yield
+    handle.remove()
+
+
+@pytest.mark.parametrize("call", [
+    lambda b, p: sn.generate(b, p + [LONG], progress=False),
+    lambda b, p: sn.evaluate(b, p + [LONG], progress=False),
+    lambda b, p: sn.collect_activations(b, p + [LONG], progress=False),
+    lambda b, p: sn.refusal_scores(b, p + [LONG]),
+    lambda b, p: sn.kl_divergence(b, None, p + [LONG]),
+    lambda b, p: sn.rank_by_attribution(b, p + [LONG], progress=False),
+    lambda b, p: sn.fit_edit(b, p + [LONG], layers=1, neurons=S, progress=False),
+    lambda b, p: sn.mc_accuracy(b, [sn.MCQuestion("long-1", "en", "x", LONG.text, ("A", "B", "C", "D"), 0)]),
+])  # fmt: skip
+def test_prompt_longer_than_the_context_window(bridge, prompts, no_forward, call):
+    with pytest.raises(sn.PromptTooLongError, match=r"prompt en/long-1( option 0)? is \d+ tokens long.*context window is 256"):
+        call(bridge, prompts)
+
+
+def test_generation_must_fit_the_window_too(bridge, no_forward):
+    text = " ".join(["w1"] * 240)  # fits alone, not with 24 new tokens
+    with pytest.raises(sn.PromptTooLongError, match=r"prompt #0 .* \+ 24 to generate"):
+        sn.generate(bridge, [text], progress=False)
