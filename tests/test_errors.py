@@ -373,3 +373,65 @@ def test_generation_must_fit_the_window_too(bridge, no_forward):
     text = " ".join(["w1"] * 240)  # fits alone, not with 24 new tokens
     with pytest.raises(sn.PromptTooLongError, match=r"prompt #0 .* \+ 24 to generate"):
         sn.generate(bridge, [text], progress=False)
+
+
+# --- measurements, judges and baselines check their arguments ------------------------------------------------
+Q = sn.MCQuestion("q-1", "en", "x", "w1 w2 ?", ("A", "B", "C", "D"), 0)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda b, p: sn.kl_divergence(b, None, p, k=0), sn.EvaluationError, "k must be"),
+    (lambda b, p: sn.kl_divergence(b, None, p, k=1.5), sn.EvaluationError, "k must be"),
+    (lambda b, p: sn.kl_divergence(b, None, p, batch_size=0), sn.EvaluationError, "batch_size"),
+    (lambda b, p: sn.kl_divergence(b, None, []), sn.EvaluationError, "empty"),
+    (lambda b, p: sn.kl_divergence(b, None, "w1 w2"), sn.EvaluationError, "one string"),
+    (lambda b, p: sn.kl_divergence(b, "edit", p), sn.EvaluationError, "intervention"),
+    (lambda b, p: sn.kl_divergence(b, None, ["w1 w2"]), sn.EvaluationError, "Prompt records"),
+    (lambda b, p: sn.mc_accuracy(b, []), sn.EvaluationError, "empty"),
+    (lambda b, p: sn.mc_accuracy(b, [Q], scoring="letters"), sn.EvaluationError, "scoring 'letters'"),
+    (lambda b, p: sn.mc_accuracy(b, [Q], batch_size=0), sn.EvaluationError, "batch_size"),
+    (lambda b, p: sn.mc_accuracy(b, p), sn.EvaluationError, "MCQuestion"),
+    (lambda b, p: sn.mc_accuracy(b, [sn.MCQuestion("q", "en", "x", "w1", ("A", "B"), 3)]), sn.EvaluationError, "answer 3"),
+    (lambda b, p: sn.generate(b, p, batch_size=0), sn.EvaluationError, "batch_size"),
+    (lambda b, p: sn.generate(b, [1, 2]), sn.EvaluationError, "int"),
+    (lambda b, p: sn.refusal_scores(b, []), sn.EvaluationError, "empty"),
+    (lambda b, p: sn.evaluate(b, p, judge="phrases"), sn.EvaluationError, "judge must be"),
+    (lambda b, p: sn.NeuronScaling([1, 2]), sn.BaselineError, "neurons must be"),
+    (lambda b, p: sn.NeuronScaling({}), sn.BaselineError, "neurons must be"),
+    (lambda b, p: sn.NeuronScaling({1: [1]}, alpha="2"), sn.BaselineError, "alpha"),
+    (lambda b, p: sn.NeuronScaling({1: [48]}).applied(b).__enter__(), sn.BaselineError, "out of range"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, langs="en", progress=False), sn.BaselineError, "langs"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, langs=["xx"], progress=False), ValueError, "unknown language"),
+    (lambda b, p: sn.RefusalDirection.fit(b, [x for x in p if x.label == "harmful"], layer=1, progress=False),
+     sn.BaselineError, "en harmless"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, langs=["en", "th"], progress=False), sn.BaselineError,
+     "th harmful"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, batch_size=0, progress=False), sn.BaselineError, "batch_size"),
+    (lambda b, p: sn.NeuronScaling.from_ranking("ranking"), sn.BaselineError, "ranking must be"),
+])  # fmt: skip
+def test_measurement_and_baseline_arguments(bridge, prompts, call, error, match):
+    with pytest.raises(error, match=match):
+        call(bridge, prompts)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((["p1", "p2"], ["a1"], ["en", "en"]), "same length"),
+    ((["p1"], ["a1"], ["en", "zh"]), "same length"),
+    ((["p1"], ["a1"], ["xx"]), "unknown language code 'xx'"),
+    ((["p1"], ["a1"], [None]), "unknown language code None"),
+    (("p1", ["a1"], ["en"]), "prompts must be a sequence"),
+    ((["p1"], None, ["en"]), "answers must be a list"),
+    ((["p1"], [3], ["en"]), "answer is int"),
+])  # fmt: skip
+def test_judge_arguments(args, match):
+    with pytest.raises(sn.JudgeError, match=match):
+        sn.PhraseJudge().judge(*args)
+    with pytest.raises(TypeError if "must be" in match else ValueError):  # still what it was before
+        sn.PhraseJudge().judge(*args)
+
+
+def test_judge_references_must_match_the_answers():
+    from safety_neurons.judges import _check_references
+
+    with pytest.raises(sn.JudgeError, match="2 references for 1 answers"):
+        _check_references(["r1", "r2"], ["a1"])
