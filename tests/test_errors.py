@@ -435,3 +435,86 @@ def test_judge_references_must_match_the_answers():
 
     with pytest.raises(sn.JudgeError, match="2 references for 1 answers"):
         _check_references(["r1", "r2"], ["a1"])
+
+
+# --- the run's whole configuration is checked before any work; its folder is all or nothing -----------------
+from safety_neurons import pipeline  # noqa: E402
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"layers": [5]}, r"layers: layers \[5\] out of range: .* 3 layers"),
+    ({}, r"candidates .*layers \[19, 21\] out of range"),
+    ({"layers": [1.5]}, "integer"),
+    ({"layers": "12"}, "string '12'"),
+    ({"candidates": []}, "candidates is empty"),
+    ({"langs": ["xx"]}, "unknown language"),
+    ({"langs": ["en"]}, "pivot"),
+    ({"site": "attn"}, "unknown site 'attn'"),
+    ({"target": "gap"}, "unknown target 'gap'"),
+    ({"neurons": "zh"}, "unknown neurons 'zh'"),
+    ({"preserve": "harmless"}, "preserve must be a list"),
+    ({"preserve": ["safe"]}, "unknown preserve option 'safe'"),
+    ({"mc_scoring": "Cloze"}, "did you mean 'cloze'"),
+    ({"anchor": 0}, "anchor must be"),
+    ({"rank": 2.0}, "rank must be an integer"),
+    ({"kl_cap": 0}, "kl_cap must be > 0"),
+    ({"gamma": float("nan")}, "gamma must be finite"),
+    ({"site": "gate", "target": "language_gap"}, "needs site='w_out'"),
+    ({"max_new_tokens": 250, "layers": [1]}, r"prompt .* \+ 250 to generate.*256"),
+])  # fmt: skip
+def test_run_config_is_checked_against_the_model(bridge, kwargs, match):
+    config = pipeline.RunConfig(**kwargs)
+    splits = pipeline._splits(config, sn.load_prompts()) if isinstance(config.anchor, int) and config.anchor > 0 else None
+    with pytest.raises(ValueError, match=match):
+        config.check(bridge, splits)
+
+
+def test_run_config_langs_must_be_in_the_prompt_set(bridge):
+    config = pipeline.RunConfig(layers=[1], langs=["th"])
+    splits = pipeline._splits(config, sn.load_prompts(["en", "zh"]))
+    with pytest.raises(pipeline.RunConfigError, match=r"no anchor prompts in \['th'\]"):
+        config.check(bridge, splits)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--layers", "5"], "layers [5] out of range"),
+    (["--quick"], "candidates"),
+    (["--layers", "1", "--max-new-tokens", "300"], "+ 300 to generate"),
+])  # fmt: skip
+def test_cli_run_checks_the_config_against_the_model_in_one_line(tmp_path, monkeypatch, capsys, bridge, argv, match):
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: bridge)
+    monkeypatch.setattr(pipeline, "collect_sharded", lambda *a, **k: pytest.fail("work started"), raising=False)
+    monkeypatch.setattr(pipeline.distributed, "collect_sharded", lambda *a, **k: pytest.fail("work started"))
+    out = tmp_path / "out"
+    assert main(["run", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and match in err
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_no_half_written_results_folder(tmp_path, monkeypatch, bridge):
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: bridge)
+    config = dict(layers=[1], anchor=3, val=1, test=1, test_harmless=1, mc=1, max_new_tokens=4, rank=2)  # fmt: skip
+
+    def broken_report(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "_write_report", broken_report)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.run(pipeline.RunConfig(out=str(tmp_path / "new"), **config))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no folder, no temporary left over
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text('{"previous": true}')
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.run(pipeline.RunConfig(out=str(old), **config))
+    assert sorted(p.name for p in old.iterdir()) == ["results.json"]
+    assert json.loads((old / "results.json").read_text()) == {"previous": True}
+
+    monkeypatch.setattr(pipeline, "_write_report", lambda *args: None)
+    results = pipeline.run(pipeline.RunConfig(out=str(tmp_path / "new"), **config))
+    names = {p.name for p in (tmp_path / "new").iterdir()}
+    assert {"results.json", "results.md", "generations.jsonl", "edit", "neurons"} <= names
+    assert results["edited_layers"] == [1] and sn.WeightEdit.load(tmp_path / "new" / "edit").uid == results["edit"]["uid"]
