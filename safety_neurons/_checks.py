@@ -43,6 +43,31 @@ def str_or_list(name: str, value, error: type[Exception] = ValueError) -> list[s
     return [value] if isinstance(value, str) else as_str_list(name, value, error)
 
 
+def as_records(name: str, value, kind: type | tuple, error: type[Exception] = ValueError, *,
+               allow_empty: bool = False) -> list:  # fmt: skip
+    """A list of `kind` records (e.g. Prompt) from a list, tuple or PromptSet. A string, a number or a
+    record of another kind is refused, and so is an empty list unless `allow_empty`."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    what = " or ".join(k.__name__ for k in kinds)
+    if isinstance(value, (str, bytes)):
+        raise error(f"{name} must be a list of {what} records, got the string {_show(value)}")
+    if not isinstance(value, Iterable) or isinstance(value, kinds):
+        raise error(f"{name} must be a list of {what} records, got {type(value).__name__} {_show(value)}")
+    out = list(value)
+    bad = next((v for v in out if not isinstance(v, kinds)), None)
+    if bad is not None:
+        raise error(f"{name} must hold {what} records only, got {type(bad).__name__} {_show(bad)}")
+    if not out and not allow_empty:
+        raise error(f"no {name} given: the list is empty")
+    return out
+
+
+def as_path(name: str, value, error: type[Exception] = ValueError) -> Path:
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise error(f"{name} must be a file path, got {type(value).__name__} {_show(value)}")
+    return Path(value).expanduser()
+
+
 def check_int(name: str, value, error: type[Exception] = ValueError) -> int:
     """An integer (bool and float are refused: 2.5 layers or True neurons are mistakes)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

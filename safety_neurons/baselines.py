@@ -19,7 +19,7 @@ from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_indices, as_layers, as_str_list, atomic_dir, check_int, check_number, check_out_dir,
+from ._checks import (as_indices, as_layers, as_records, as_str_list, atomic_dir, check_int, check_number, check_out_dir,
                       check_positive_int, content_hash, read_json, read_tensors, require)
 from .activations import collect_activations, hook_name
 from .neurons import SafetyNeurons
@@ -110,8 +110,7 @@ class RefusalDirection(_HookIntervention):
         batch_size: int = 16,
         progress: bool = True,
     ) -> "RefusalDirection":
-        if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
-            raise BaselineError("prompts must be Prompt records (e.g. a PromptSet), not strings")
+        prompts = as_records("prompts", prompts, Prompt, BaselineError)
         layer = as_layers("layer", check_int("layer", layer, BaselineError), model.cfg.n_layers, BaselineError)[0]
         langs = check_langs(as_str_list("langs", langs, BaselineError))
         coeff = check_number("coeff", coeff, BaselineError)

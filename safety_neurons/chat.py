@@ -9,6 +9,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from ._checks import as_str_list
+
 
 @dataclass
 class TokenBatch:
@@ -32,6 +34,7 @@ def chat_strings(tokenizer, texts: Sequence[str], *, system: str | None = None) 
     """Each user message rendered with the tokenizer's chat template and the generation prompt."""
     if isinstance(texts, str):
         raise TypeError("chat_strings takes a list of messages, not one string")
+    texts = as_str_list("texts", texts, TypeError, allow_empty=True)
     if len(texts) == 0:
         raise ValueError("no prompts given: the list of texts is empty")
     if not getattr(tokenizer, "chat_template", None):

@@ -33,7 +33,7 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_indices, as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
+from ._checks import (as_indices, as_int_list, as_records, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
                       check_positive_int, read_json, read_tensors, require)
 from .activations import ActivationRows, Collection, collect_activations, model_tag
 from .chat import check_lengths, encode_chat, prompt_names
@@ -387,8 +387,7 @@ def fit_edit(
             preserve_positions="all".
     """
     layers = sorted(set(as_int_list("layers", layers, EditError)))
-    if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
-        raise EditError("prompts must be Prompt records (e.g. a PromptSet), not strings")
+    prompts = as_records("prompts", prompts, Prompt, EditError)
     if isinstance(neurons, str):
         check_choice("neurons", neurons, ("all",), EditError)
     check_choice("edit site", site, KEY_SITE, EditError)

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_positive_int
+from ._checks import as_records, check_choice, check_positive_int
 from .chat import TokenBatch, length_sorted_batches, prompt_names
 from .judges import OUTCOMES, Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
@@ -34,20 +34,7 @@ class EvaluationError(ValueError):
 
 def _prompt_list(name: str, prompts, *, texts_ok: bool = False) -> list:
     """`prompts` as a non-empty list of Prompt records (or of strings, when `texts_ok`)."""
-    kinds = (Prompt, str) if texts_ok else (Prompt,)
-    what = "Prompt records or strings" if texts_ok else "Prompt records (e.g. a PromptSet)"
-    if isinstance(prompts, (str, bytes)):
-        raise EvaluationError(f"{name} must be a list of {what}, got one string; write [{str(prompts)[:20]!r}…]")
-    try:
-        prompts = list(prompts)
-    except TypeError:
-        raise EvaluationError(f"{name} must be a list of {what}, got {type(prompts).__name__}") from None
-    if not prompts:
-        raise EvaluationError(f"no {name} given: the list is empty")
-    bad = next((p for p in prompts if not isinstance(p, kinds)), None)
-    if bad is not None:
-        raise EvaluationError(f"{name} must hold {what}, got {type(bad).__name__} {str(bad)[:40]!r}")
-    return prompts
+    return as_records(name, prompts, (Prompt, str) if texts_ok else Prompt, EvaluationError)
 
 
 def _applied(intervention, model):
@@ -316,11 +303,7 @@ def mc_accuracy(
     * ``scoring="letter"``: the option letter with the highest next-token logit after the question, the
       lettered options and an English instruction line (MMLU style).
     """
-    if isinstance(questions, (str, bytes)) or not all(isinstance(q, MCQuestion) for q in questions):
-        raise EvaluationError("questions must be a list of MCQuestion records (e.g. load_utility())")
-    questions = list(questions)
-    if not questions:
-        raise EvaluationError("no questions given: the list is empty")
+    questions = as_records("questions", questions, MCQuestion, EvaluationError)
     check_choice("scoring", scoring, MC_SCORING, EvaluationError)
     batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
     bad = next((q for q in questions if not 0 <= q.answer < len(q.choices)), None)
@@ -497,7 +480,7 @@ def evaluate(
     """Generate greedy answers for harmful and harmless prompts and judge them (refusal, compliance or
     degenerate), per language. Rows stop early once a refusal phrase has settled their verdict. `cache`
     reuses the answers of the same weights, prompts and decoding (`AnswerCache`)."""
-    judge = judge or PhraseJudge()
+    judge = PhraseJudge() if judge is None else judge
     if not isinstance(judge, Judge):
         raise EvaluationError(f"judge must be a Judge (PhraseJudge, GuardJudge, …), got {type(judge).__name__}")
     prompts = _prompt_list("prompts", prompts)

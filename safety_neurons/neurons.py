@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import (as_layers, as_str_list, atomic_dir, check_int, check_number, check_out_dir, check_positive_int,
+from ._checks import (as_layers, as_records, as_str_list, atomic_dir, check_int, check_number, check_out_dir, check_positive_int,
                       content_hash, read_json, read_tensors, require)
 from .activations import ActivationStats, hook_name
 from .chat import check_lengths, encode_chat, prompt_names, tokenize_chat
@@ -251,8 +251,7 @@ def rank_by_attribution(
     """
     from .refusal import refusal_logprob, refusal_token_ids
 
-    if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
-        raise NeuronsError("prompts must be Prompt records (e.g. a PromptSet), not strings")
+    prompts = as_records("prompts", prompts, Prompt, NeuronsError)
     harmful = [p for p in prompts if p.label == "harmful"]
     if not harmful:
         raise NeuronsError("attribution needs harmful prompts; none given")

@@ -294,6 +294,8 @@ def run(config: RunConfig) -> dict:
         timings[name] = round(now - clock, 1)
         clock = now
 
+    if not isinstance(config, RunConfig):
+        raise RunConfigError(f"config must be a RunConfig, got {type(config).__name__}")
     config.check()  # every setting before the model is loaded, and again against it before any forward pass
     out = Path(config.out)
     main = distributed.is_main()  # under torchrun every rank collects its shard; rank 0 does the rest

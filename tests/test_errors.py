@@ -384,7 +384,7 @@ Q = sn.MCQuestion("q-1", "en", "x", "w1 w2 ?", ("A", "B", "C", "D"), 0)
     (lambda b, p: sn.kl_divergence(b, None, p, k=1.5), sn.EvaluationError, "k must be"),
     (lambda b, p: sn.kl_divergence(b, None, p, batch_size=0), sn.EvaluationError, "batch_size"),
     (lambda b, p: sn.kl_divergence(b, None, []), sn.EvaluationError, "empty"),
-    (lambda b, p: sn.kl_divergence(b, None, "w1 w2"), sn.EvaluationError, "one string"),
+    (lambda b, p: sn.kl_divergence(b, None, "w1 w2"), sn.EvaluationError, "the string"),
     (lambda b, p: sn.kl_divergence(b, "edit", p), sn.EvaluationError, "intervention"),
     (lambda b, p: sn.kl_divergence(b, None, ["w1 w2"]), sn.EvaluationError, "Prompt records"),
     (lambda b, p: sn.mc_accuracy(b, []), sn.EvaluationError, "empty"),
