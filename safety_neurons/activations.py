@@ -225,6 +225,10 @@ class ActivationStats:
         if content_hash({k: t[k] for k in ("count", "mean", "m2")}) != cfg["sha256"]:
             raise ActivationError(f"{tensor_file}: the tensors do not match the sha256 recorded in {cfg_file.name}")
         groups = [tuple(g) for g in cfg["groups"]]
+        shape = (len(groups), len(cfg["layers"]))
+        if tuple(t["count"].shape) != shape[:1] or any(tuple(t[k].shape[:2]) != shape for k in ("mean", "m2")):
+            raise ActivationError(f"{tensor_file}: tensor shapes {tuple(t['mean'].shape)} do not match the "
+                                  f"{shape[0]} groups × {shape[1]} layers in {cfg_file.name}")  # fmt: skip
         return cls(cfg["site"], cfg["position"], cfg["layers"], groups, t["count"], t["mean"], t["m2"])
 
 

@@ -146,7 +146,8 @@ class RefusalDirection(_HookIntervention):
         """Write direction.safetensors and direction.json (with a content hash) into `path`, atomically."""
         path = check_out_dir("path", path, BaselineError)
         tensors = {"direction": self.direction.contiguous()}
-        cfg = {"layer": self.layer, "norm": self.norm, "coeff": self.coeff, "sha256": content_hash(tensors)}
+        cfg = {"layer": self.layer, "norm": self.norm, "coeff": self.coeff,
+               "sha256": content_hash(tensors, _direction_meta(self.layer, self.norm))}  # fmt: skip
         with atomic_dir(path) as tmp:
             save_file(tensors, tmp / "direction.safetensors")
             (tmp / "direction.json").write_text(json.dumps(cfg), encoding="utf-8")
@@ -162,6 +163,11 @@ class RefusalDirection(_HookIntervention):
         require(cfg, ("layer", "norm", "coeff", "sha256"), cfg_file, BaselineError)
         t = read_tensors(tensor_file, BaselineError)
         require(t, ("direction",), tensor_file, BaselineError)
-        if content_hash({"direction": t["direction"]}) != cfg["sha256"]:
-            raise BaselineError(f"{tensor_file}: the tensors do not match the sha256 recorded in {cfg_file.name}")
+        if content_hash({"direction": t["direction"]}, _direction_meta(cfg["layer"], cfg["norm"])) != cfg["sha256"]:
+            raise BaselineError(f"{tensor_file}: the tensors (or the layer and norm) do not match the sha256 recorded "
+                                f"in {cfg_file.name}")  # fmt: skip
         return cls(cfg["layer"], t["direction"], cfg["norm"], cfg["coeff"])
+
+
+def _direction_meta(layer, norm) -> str:  # what a direction's hash covers besides the tensor
+    return json.dumps({"layer": layer, "norm": float(norm)})

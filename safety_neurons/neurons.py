@@ -112,12 +112,16 @@ class SafetyNeurons:
     # --- files -----------------------------------------------------------------------------------
     _TENSORS = ("delta", "z", "d", "selected")
 
+    @staticmethod
+    def _meta(langs, layers) -> str:  # what the hash covers besides the tensors
+        return json.dumps({"langs": list(langs), "layers": [int(x) for x in layers]})
+
     def save(self, path: str | Path) -> Path:
         """Write neurons.safetensors and neurons.json (with a content hash) into the folder `path`, atomically."""
         path = check_out_dir("path", path, NeuronsError)
         tensors = {k: getattr(self, k).contiguous() for k in self._TENSORS}
         cfg = {"langs": self.langs, "layers": self.layers, "settings": self.settings,
-               "shape": list(self.delta.shape), "sha256": content_hash(tensors)}  # fmt: skip
+               "shape": list(self.delta.shape), "sha256": content_hash(tensors, self._meta(self.langs, self.layers))}  # fmt: skip
         with atomic_dir(path) as tmp:
             save_file(tensors, tmp / "neurons.safetensors")
             (tmp / "neurons.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
@@ -137,8 +141,9 @@ class SafetyNeurons:
         if cfg["shape"] != shape or any(list(t[k].shape) != shape for k in cls._TENSORS):
             raise NeuronsError(f"{tensor_file}: tensor shapes {[list(t[k].shape) for k in cls._TENSORS]} do not match "
                                f"the {len(cfg['langs'])} languages × {len(cfg['layers'])} layers in {cfg_file.name}")
-        if content_hash({k: t[k] for k in cls._TENSORS}) != cfg["sha256"]:
-            raise NeuronsError(f"{tensor_file}: the tensors do not match the sha256 recorded in {cfg_file.name}")
+        if content_hash({k: t[k] for k in cls._TENSORS}, cls._meta(cfg["langs"], cfg["layers"])) != cfg["sha256"]:
+            raise NeuronsError(f"{tensor_file}: the tensors (or the languages and layers) do not match the sha256 "
+                               f"recorded in {cfg_file.name}")  # fmt: skip
         return cls(cfg["langs"], cfg["layers"], *(t[k] for k in cls._TENSORS), cfg["settings"])
 
 

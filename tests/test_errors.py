@@ -271,7 +271,7 @@ ARTIFACTS = {  # make, class, error, json file, tensor file
     (lambda f, j, t: (f / t).unlink(), r"{tensors}: file not found"),
     (lambda f, j, t: (f / t).write_bytes((f / t).read_bytes()[:40]), r"{tensors}: not a readable safetensors"),
     (_drop("sha256"), r"{json}: missing field.*sha256"),
-    (_change_tensor, r"{tensors}: the tensors do not match the sha256"),
+    (_change_tensor, r"{tensors}: the tensors.* do not match the sha256"),
 ])  # fmt: skip
 def test_damaged_artifacts(tmp_path, bridge, prompts, kind, damage, match):
     make, cls, error, json_name, tensor_name = ARTIFACTS[kind]
@@ -291,6 +291,21 @@ def test_ranking_round_trip_and_shape_check(tmp_path, bridge, prompts):
     (tmp_path / "r" / "neurons.json").write_text(json.dumps(cfg))
     with pytest.raises(sn.NeuronsError, match=r"neurons\.safetensors: tensor shapes"):
         sn.SafetyNeurons.load(tmp_path / "r")
+
+
+@pytest.mark.parametrize("kind, field, value, match", [
+    ("ranking", "langs", ["zh", "en"], "languages and layers"),
+    ("direction", "layer", 2, "layer and norm"),
+    ("stats", "layers", [0, 1], "tensor shapes"),
+])  # fmt: skip
+def test_changed_integrity_field_is_an_error(tmp_path, bridge, prompts, kind, field, value, match):
+    make, cls, error, json_name, tensor_name = ARTIFACTS[kind]
+    folder = make(bridge, prompts).save(tmp_path / kind)
+    cfg = json.loads((folder / json_name).read_text())
+    cfg[field] = value
+    (folder / json_name).write_text(json.dumps(cfg))
+    with pytest.raises(error, match=match):
+        cls.load(folder)
 
 
 def test_direction_of_another_model_is_refused(bridge, prompts):
