@@ -533,3 +533,28 @@ def test_a_failed_run_leaves_no_half_written_results_folder(tmp_path, monkeypatc
     names = {p.name for p in (tmp_path / "new").iterdir()}
     assert {"results.json", "results.md", "generations.jsonl", "edit", "neurons"} <= names
     assert results["edited_layers"] == [1] and sn.WeightEdit.load(tmp_path / "new" / "edit").uid == results["edit"]["uid"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--batch-size", "0"], "batch_size must be an integer ≥ 1, got 0"),
+    (["--kl-cap", "-1"], "kl_cap must be > 0"),
+    (["--out", "FILE"], "exists and is not a folder"),
+])  # fmt: skip
+def test_cli_run_checks_settings_before_loading_the_model(tmp_path, monkeypatch, capsys, argv, match):
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "file").write_text("x")
+    argv = [str(tmp_path / "file") if a == "FILE" else a for a in argv]
+    assert main(["run", *argv] + ([] if "--out" in argv else ["--out", str(tmp_path / "out")])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err
+
+
+def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):
+    from safety_neurons import cli
+
+    def fail(args):
+        raise FileNotFoundError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "_data", fail)
+    assert main(["data"]) == 2
+    assert capsys.readouterr().err.strip() == "safety-neurons: error: first line second line"
