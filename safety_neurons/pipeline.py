@@ -134,9 +134,8 @@ class RunConfig:
             raise E(f"target={self.target!r} writes to the residual stream: it needs site='w_out', not {self.site!r}")
         if self.refusal_boost and self.target not in ("residual", "language_gap"):
             raise E(f"refusal_boost={self.refusal_boost} needs target 'residual' or 'language_gap', not {self.target!r}")
-        if self.langs is not None:
-            if "en" in check_langs(self.langs):
-                raise E("langs: English is the pivot language the edit copies; it cannot be a language to fix")
+        if self.langs is not None and "en" in check_langs(self.langs):
+            raise E("langs: English is the pivot language the edit copies; it cannot be a language to fix")
         layer_sets = [self.layers] if self.layers is not None else self.candidates
         if not layer_sets:
             raise E("candidates is empty: give candidate layer sets or fixed layers")

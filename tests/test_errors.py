@@ -8,6 +8,7 @@ import torch
 from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
+from safety_neurons import pipeline
 from safety_neurons.cli import main
 
 S = [0, 3, 5, 7, 11]
@@ -250,7 +251,7 @@ def _change_tensor(folder, json_name, tensor_name):  # same keys and shapes, oth
     from safetensors.torch import load_file, save_file
 
     t = load_file(folder / tensor_name)
-    key = sorted(t)[0]
+    key = min(t)
     t[key] = t[key].clone()
     t[key].view(-1)[0] = 1 - t[key].view(-1)[0] if t[key].dtype == torch.bool else t[key].view(-1)[0] + 1
     save_file(t, folder / tensor_name)
@@ -299,7 +300,7 @@ def test_ranking_round_trip_and_shape_check(tmp_path, bridge, prompts):
     ("stats", "layers", [0, 1], "tensor shapes"),
 ])  # fmt: skip
 def test_changed_integrity_field_is_an_error(tmp_path, bridge, prompts, kind, field, value, match):
-    make, cls, error, json_name, tensor_name = ARTIFACTS[kind]
+    make, cls, error, json_name, _ = ARTIFACTS[kind]
     folder = make(bridge, prompts).save(tmp_path / kind)
     cfg = json.loads((folder / json_name).read_text())
     cfg[field] = value
@@ -311,9 +312,8 @@ def test_changed_integrity_field_is_an_error(tmp_path, bridge, prompts, kind, fi
 def test_direction_of_another_model_is_refused(bridge, prompts):
     direction = _direction(bridge, prompts)
     direction.direction = torch.ones(7)
-    with pytest.raises(sn.BaselineError, match="width 32"):
-        with direction.applied(bridge):
-            pass
+    with pytest.raises(sn.BaselineError, match="width 32"), direction.applied(bridge):
+        pass
 
 
 # --- neuron indices and layers must be integers ------------------------------------------------------------
@@ -324,9 +324,8 @@ def test_float_or_bool_neuron_indices_are_refused(bridge, prompts, bad):
         sn.fit_edit(bridge, prompts, layers=1, neurons=bad, progress=False)
     with pytest.raises(sn.EditError, match=r"neurons\[1\]"):
         sn.fit_edit(bridge, prompts, layers=1, neurons={1: bad}, progress=False)
-    with pytest.raises(sn.BaselineError, match="neurons"):
-        with sn.NeuronScaling({1: bad}).applied(bridge):
-            pass
+    with pytest.raises(sn.BaselineError, match="neurons"), sn.NeuronScaling({1: bad}).applied(bridge):
+        pass
 
 
 def test_integer_tensors_and_arrays_are_indices(bridge, prompts):
@@ -453,7 +452,6 @@ def test_judge_references_must_match_the_answers():
 
 
 # --- the run's whole configuration is checked before any work; its folder is all or nothing -----------------
-from safety_neurons import pipeline  # noqa: E402
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -510,7 +508,7 @@ def test_cli_run_checks_the_config_against_the_model_in_one_line(tmp_path, monke
 def test_a_failed_run_leaves_no_half_written_results_folder(tmp_path, monkeypatch, bridge):
     monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: bridge)
-    config = dict(layers=[1], anchor=3, val=1, test=1, test_harmless=1, mc=1, max_new_tokens=4, rank=2)  # fmt: skip
+    config = {"layers": [1], "anchor": 3, "val": 1, "test": 1, "test_harmless": 1, "mc": 1, "max_new_tokens": 4, "rank": 2}
 
     def broken_report(*args):
         raise OSError("disk full")
