@@ -68,6 +68,15 @@ def as_path(name: str, value, error: type[Exception] = ValueError) -> Path:
     return Path(value).expanduser()
 
 
+def check_model(model, error: type[Exception] = ValueError, name: str = "model"):
+    """A model as `load_model` / `bridge_from_hf` give it (a TransformerBridge: a tokenizer and a config)."""
+    cfg = getattr(model, "cfg", None)
+    if getattr(model, "tokenizer", None) is None or not all(hasattr(cfg, a) for a in ("n_layers", "d_mlp", "d_model")):
+        raise error(f"{name} must be a model from load_model or bridge_from_hf (a TransformerBridge), "
+                    f"got {type(model).__name__} {_show(model)}")  # fmt: skip
+    return model
+
+
 def check_int(name: str, value, error: type[Exception] = ValueError) -> int:
     """An integer (bool and float are refused: 2.5 layers or True neurons are mistakes)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

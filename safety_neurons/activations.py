@@ -29,8 +29,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import (as_int_list, as_records, atomic_dir, check_choice, check_int, check_out_dir, check_positive_int, content_hash,
-                      read_json, read_tensors, require)
+from ._checks import (as_int_list, as_records, atomic_dir, check_choice, check_int, check_model, check_out_dir,
+                      check_positive_int, content_hash, read_json, read_tensors, require)
 from .chat import length_sorted_batches, prompt_names, template_suffix_length
 from .prompts import Prompt
 
@@ -315,6 +315,7 @@ def collect_activations(
             template's tokens after the message (`chat.template_suffix_length`) where its answer opens.
         position: "last" prompt token or "mean" over the prompt's real tokens.
     """
+    check_model(model, ActivationError)
     prompts = as_records("prompts", prompts, Prompt, ActivationError)
     _rows_key(prompts)
     check_choice("position", position, ("last", "mean"), ActivationError)

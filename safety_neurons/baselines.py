@@ -19,8 +19,9 @@ from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_indices, as_layers, as_records, as_str_list, atomic_dir, check_int, check_number, check_out_dir,
-                      check_positive_int, content_hash, read_json, read_tensors, require)
+from ._checks import (as_indices, as_layers, as_records, as_str_list, atomic_dir, check_int, check_model,
+                      check_number, check_out_dir, check_positive_int, content_hash, read_json, read_tensors,
+                      require)
 from .activations import collect_activations, hook_name
 from .neurons import SafetyNeurons
 from .prompts import Prompt, check_langs
@@ -40,6 +41,7 @@ class _HookIntervention:
     @contextmanager
     def applied(self, model):
         """`with intervention.applied(model): ...` — hooks are removed on exit."""
+        check_model(model, BaselineError)
         self._check_model(model)
         with model.hooks(fwd_hooks=self.fwd_hooks()):
             yield model
@@ -110,6 +112,7 @@ class RefusalDirection(_HookIntervention):
         batch_size: int = 16,
         progress: bool = True,
     ) -> "RefusalDirection":
+        check_model(model, BaselineError)
         prompts = as_records("prompts", prompts, Prompt, BaselineError)
         layer = as_layers("layer", check_int("layer", layer, BaselineError), model.cfg.n_layers, BaselineError)[0]
         langs = check_langs(as_str_list("langs", langs, BaselineError))

@@ -33,8 +33,8 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_indices, as_int_list, as_records, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
-                      check_positive_int, read_json, read_tensors, require)
+from ._checks import (as_indices, as_int_list, as_records, as_str_list, atomic_dir, check_choice, check_model,
+                      check_number, check_out_dir, check_positive_int, read_json, read_tensors, require)
 from .activations import ActivationRows, Collection, collect_activations, model_tag
 from .chat import check_lengths, encode_chat, prompt_names
 from .neurons import SafetyNeurons
@@ -142,6 +142,7 @@ class WeightEdit:
         return h.hexdigest()
 
     def _registry(self, model) -> dict:
+        check_model(model, EditError)
         if not hasattr(model, "_safety_neurons_applied"):
             model._safety_neurons_applied = {}
         return model._safety_neurons_applied
@@ -386,6 +387,7 @@ def fit_edit(
             whole `Collection`, whose Gram matrices (collected with gram_positions="preserved") then serve
             preserve_positions="all".
     """
+    check_model(model, EditError)
     layers = sorted(set(as_int_list("layers", layers, EditError)))
     prompts = as_records("prompts", prompts, Prompt, EditError)
     if isinstance(neurons, str):

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import as_records, check_choice, check_positive_int
+from ._checks import as_records, check_choice, check_model, check_positive_int, str_or_list
 from .chat import TokenBatch, length_sorted_batches, prompt_names
 from .judges import OUTCOMES, Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
@@ -78,6 +78,7 @@ def generate(
     `stop(i, answer_so_far) -> bool` ends row i early (its answer is kept as it is then). `cache` returns
     the stored answers when the same weights, prompts and settings were generated before (never while a
     hook is attached, which the weights do not show)."""
+    check_model(model, EvaluationError)
     if isinstance(prompts, (str, bytes)):
         raise EvaluationError("generate takes a list of prompts, got one string; write generate(model, [text])")
     prompts = _prompt_list("prompts", prompts, texts_ok=True)
@@ -182,6 +183,7 @@ def last_token_logits(
 ) -> Float[Tensor, "n vocab"]:
     """Next-token logits at the first answer position of each chat-formatted prompt (`names` name them in
     errors)."""
+    check_model(model, EvaluationError)
     texts = _prompt_list("texts", texts, texts_ok=True)
     batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
     names = names or prompt_names(texts)
@@ -225,6 +227,7 @@ def kl_divergence(
 ) -> dict[str, Tensor]:
     """KL(base ‖ edited) of next-token distributions, per prompt, at the first answer position and
     averaged over the first `k` answer tokens (teacher-forced on the base model's greedy answer)."""
+    check_model(model, EvaluationError)
     prompts = _prompt_list("prompts", prompts)
     k = check_positive_int("k", k, EvaluationError)
     batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
@@ -303,6 +306,7 @@ def mc_accuracy(
     * ``scoring="letter"``: the option letter with the highest next-token logit after the question, the
       lettered options and an English instruction line (MMLU style).
     """
+    check_model(model, EvaluationError)
     questions = as_records("questions", questions, MCQuestion, EvaluationError)
     check_choice("scoring", scoring, MC_SCORING, EvaluationError)
     batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
@@ -397,7 +401,7 @@ class Evaluation:
     settings: dict = field(default_factory=dict)
 
     def _langs(self, langs: Sequence[str] | None) -> list[str]:
-        langs = list(self.languages) if langs is None else list(langs)
+        langs = list(self.languages) if langs is None else str_or_list("langs", langs, EvaluationError)
         missing = [x for x in langs if x not in self.languages]
         if missing:
             raise EvaluationError(f"no results for {missing}; this evaluation has {list(self.languages)}")
@@ -480,6 +484,7 @@ def evaluate(
     """Generate greedy answers for harmful and harmless prompts and judge them (refusal, compliance or
     degenerate), per language. Rows stop early once a refusal phrase has settled their verdict. `cache`
     reuses the answers of the same weights, prompts and decoding (`AnswerCache`)."""
+    check_model(model, EvaluationError)
     judge = PhraseJudge() if judge is None else judge
     if not isinstance(judge, Judge):
         raise EvaluationError(f"judge must be a Judge (PhraseJudge, GuardJudge, …), got {type(judge).__name__}")

@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import (as_layers, as_records, as_str_list, atomic_dir, check_int, check_number, check_out_dir, check_positive_int,
-                      content_hash, read_json, read_tensors, require)
+from ._checks import (as_layers, as_records, as_str_list, atomic_dir, check_int, check_model, check_number,
+                      check_out_dir, check_positive_int, content_hash, read_json, read_tensors, require)
 from .activations import ActivationStats, hook_name
 from .chat import check_lengths, encode_chat, prompt_names, tokenize_chat
 from .prompts import Prompt, check_langs
@@ -81,6 +81,12 @@ class SafetyNeurons:
 
     def overlap_with(self, other: "SafetyNeurons") -> dict[str, float]:
         """Per language, the Jaccard overlap of this ranking's sets with `other`'s (over all layers)."""
+        if not isinstance(other, SafetyNeurons):
+            raise NeuronsError(f"other must be SafetyNeurons, got {type(other).__name__}")
+        missing = [layer for layer in self.layers if layer not in other.layers]
+        if missing or self.delta.shape[-1] != other.delta.shape[-1]:
+            raise NeuronsError(f"other ranks other layers or widths: no layers {missing[:5]}, "
+                               f"width {other.delta.shape[-1]} vs {self.delta.shape[-1]}")  # fmt: skip
         out = {}
         for lang in self.langs:
             if lang in other.langs:
@@ -256,6 +262,7 @@ def rank_by_attribution(
     """
     from .refusal import refusal_logprob, refusal_token_ids
 
+    check_model(model, NeuronsError)
     prompts = as_records("prompts", prompts, Prompt, NeuronsError)
     harmful = [p for p in prompts if p.label == "harmful"]
     if not harmful:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import distributed
 from ._checks import (as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
-                      check_positive_int)
+                      check_model, check_positive_int)
 from .activations import collect_activations
 from .chat import check_lengths, encode_chat, prompt_names
 from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
@@ -142,7 +142,7 @@ class RunConfig:
         layer_sets = [as_int_list("layers" if self.layers is not None else "candidates", ls, E) for ls in layer_sets]
         check_out_dir("out", self.out, E)
         if model is not None:
-            n = model.cfg.n_layers
+            n = check_model(model, E).cfg.n_layers
             bad = sorted({layer for ls in layer_sets for layer in ls if not 0 <= layer < n})
             if bad:
                 which = "layers" if self.layers is not None else "candidates (the default is for the packaged Qwen model)"
@@ -150,7 +150,8 @@ class RunConfig:
         if splits is not None:
             missing = [x for x in (self.langs or NON_EN) if not any(p.lang == x for p in splits["anchor"])]
             if missing:
-                raise E(f"langs: no anchor prompts in {missing}; the prompt set has {sorted({p.lang for p in splits['anchor']})}")
+                have = sorted({p.lang for p in splits["anchor"]})
+                raise E(f"langs: no anchor prompts in {missing}; the prompt set has {have}")
             if model is not None:
                 reserve = {"anchor": 0, "val_h": self.select_tokens, "val_s": self.select_tokens,
                            "test_h": self.max_new_tokens, "test_s": self.max_new_tokens}  # fmt: skip

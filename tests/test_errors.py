@@ -556,3 +556,18 @@ def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_data", fail)
     assert main(["data"]) == 2
     assert capsys.readouterr().err.strip() == "safety-neurons: error: first line second line"
+
+
+def test_evaluation_langs_take_one_code(bridge, prompts):
+    ev = sn.evaluate(bridge, prompts, max_new_tokens=2, progress=False)
+    assert ev.mean_asr("en") == ev.mean_asr(["en"])  # not the languages 'e' and 'n'
+    with pytest.raises(sn.EvaluationError, match="no results for"):
+        ev.mean_asr(["th"])
+
+
+def test_overlap_with_another_layer_set_is_an_error(bridge, prompts):
+    ranking = _ranking(bridge, prompts)
+    other = sn.SafetyNeurons(ranking.langs, [0], ranking.delta[:, :1], ranking.z[:, :1], ranking.d[:, :1],
+                             ranking.selected[:, :1])  # fmt: skip
+    with pytest.raises(sn.NeuronsError, match=r"no layers \[1, 2\]"):
+        ranking.overlap_with(other)

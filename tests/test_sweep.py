@@ -114,6 +114,26 @@ def test_the_sweep_covers_the_public_functions():
     assert not public - covered - {"solve_edit"}, public - covered  # solve_edit: tensors only, tests/test_solver.py
 
 
+MODEL_CASES = [(name, bad) for name, (fn, args) in SPECS.items()
+               if ("prompts" in args and name != "PhraseJudge.judge") or name in ("mc_accuracy", "NeuronScaling")
+               for bad in ("None", "str", "dict")] + [("RunConfig.check", "str")]  # check(None): no model to check against
+
+
+@pytest.mark.parametrize("name, bad", MODEL_CASES, ids=[f"{n}-model-{b}" for n, b in MODEL_CASES])
+def test_not_a_model_gets_a_clear_error(ctx, tmp_path, name, bad):
+    fn, args = SPECS[name]
+    kwargs = {k: _value(v, ctx, tmp_path) for k, v in args.items()}
+    with pytest.raises(ValueError, match="model"):
+        fn(BAD[bad], **kwargs)
+
+
+@pytest.mark.parametrize("call", [lambda e, b: e.apply(b), lambda e, b: e.export(b, "/tmp/none"),
+                                  lambda e, b: sn.export_hf(b, "/tmp/none"), lambda e, b: sn.hf_state_dict(b)])
+def test_edits_and_exports_need_a_model(ctx, call):
+    with pytest.raises(ValueError, match="must be a model"):
+        call(ctx["edit"], "model.gguf")
+
+
 @pytest.mark.parametrize("name, arg, bad", CASES, ids=[f"{n}-{a}-{b}" for n, a, b in CASES])
 def test_bad_argument_gets_a_clear_error(ctx, tmp_path, name, arg, bad):
     fn, args = SPECS[name]
