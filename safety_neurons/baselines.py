@@ -19,7 +19,7 @@ from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_indices, as_layers, as_records, as_str_list, atomic_dir, check_int, check_model,
+from ._checks import (as_indices, as_int_list, as_layers, as_records, as_str_list, atomic_dir, check_int, check_model,
                       check_number, check_out_dir, check_positive_int, content_hash, read_json, read_tensors,
                       require)
 from .activations import collect_activations, hook_name
@@ -65,7 +65,7 @@ class NeuronScaling(_HookIntervention):
     def from_ranking(cls, ranking: SafetyNeurons, *, lang: str = "en", alpha: float = 2.0, layers=None):
         if not isinstance(ranking, SafetyNeurons):
             raise BaselineError(f"ranking must be SafetyNeurons (rank_neurons(...)), got {type(ranking).__name__}")
-        layers = ranking.layers if layers is None else as_layers("layers", layers, max(ranking.layers) + 1, BaselineError)
+        layers = ranking.layers if layers is None else as_int_list("layers", layers, BaselineError)
         chosen = {layer: ranking.neurons(lang, layer).tolist() for layer in layers}
         chosen = {layer: idx for layer, idx in chosen.items() if idx}
         if not chosen:
