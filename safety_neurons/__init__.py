@@ -12,12 +12,12 @@ from .activations import (
     merge_collections,
     merge_stats,
 )
-from .baselines import NeuronScaling, RefusalDirection
-from .chat import TokenBatch, chat_strings, tokenize_chat
+from .baselines import BaselineError, NeuronScaling, RefusalDirection
+from .chat import PromptTooLongError, TokenBatch, chat_strings, tokenize_chat
 from .distributed import collect_sharded
 from .edit import EditError, LayerEdit, WeightEdit, fit_edit
-from .evaluation import AnswerCache, Evaluation, LanguageResult, evaluate, generate, kl_divergence, mc_accuracy, refusal_scores
-from .judges import GuardJudge, Judge, PhraseJudge, RelevanceCheck, Verdict
+from .evaluation import AnswerCache, Evaluation, EvaluationError, LanguageResult, evaluate, generate, kl_divergence, mc_accuracy, refusal_scores
+from .judges import GuardJudge, Judge, JudgeError, PhraseJudge, RelevanceCheck, Verdict
 from .rates import Rate, wilson
 from .models import (
     DEFAULT_MODEL,
@@ -28,7 +28,7 @@ from .models import (
     hf_state_dict,
     load_model,
 )
-from .neurons import SafetyNeurons, rank_by_attribution, rank_neurons
+from .neurons import NeuronsError, SafetyNeurons, rank_by_attribution, rank_neurons
 from .prompts import (
     LANGS,
     MCQuestion,

@@ -43,6 +43,40 @@ def str_or_list(name: str, value, error: type[Exception] = ValueError) -> list[s
     return [value] if isinstance(value, str) else as_str_list(name, value, error)
 
 
+def as_records(name: str, value, kind: type | tuple, error: type[Exception] = ValueError, *,
+               allow_empty: bool = False) -> list:  # fmt: skip
+    """A list of `kind` records (e.g. Prompt) from a list, tuple or PromptSet. A string, a number or a
+    record of another kind is refused, and so is an empty list unless `allow_empty`."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    what = " or ".join(k.__name__ for k in kinds)
+    if isinstance(value, (str, bytes)):
+        raise error(f"{name} must be a list of {what} records, got the string {_show(value)}")
+    if not isinstance(value, Iterable) or isinstance(value, kinds):
+        raise error(f"{name} must be a list of {what} records, got {type(value).__name__} {_show(value)}")
+    out = list(value)
+    bad = next((v for v in out if not isinstance(v, kinds)), None)
+    if bad is not None:
+        raise error(f"{name} must hold {what} records only, got {type(bad).__name__} {_show(bad)}")
+    if not out and not allow_empty:
+        raise error(f"no {name} given: the list is empty")
+    return out
+
+
+def as_path(name: str, value, error: type[Exception] = ValueError) -> Path:
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise error(f"{name} must be a file path, got {type(value).__name__} {_show(value)}")
+    return Path(value).expanduser()
+
+
+def check_model(model, error: type[Exception] = ValueError, name: str = "model"):
+    """A model as `load_model` / `bridge_from_hf` give it (a TransformerBridge: a tokenizer and a config)."""
+    cfg = getattr(model, "cfg", None)
+    if getattr(model, "tokenizer", None) is None or not all(hasattr(cfg, a) for a in ("n_layers", "d_mlp", "d_model")):
+        raise error(f"{name} must be a model from load_model or bridge_from_hf (a TransformerBridge), "
+                    f"got {type(model).__name__} {_show(model)}")  # fmt: skip
+    return model
+
+
 def check_int(name: str, value, error: type[Exception] = ValueError) -> int:
     """An integer (bool and float are refused: 2.5 layers or True neurons are mistakes)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -57,18 +91,54 @@ def check_positive_int(name: str, value, error: type[Exception] = ValueError, *,
     return value
 
 
-def as_int_list(name: str, value, error: type[Exception] = ValueError) -> list[int]:
-    """One integer or a non-empty list of integers, as a list. A string ('12') is refused."""
+def as_int_list(name: str, value, error: type[Exception] = ValueError, *, allow_empty: bool = False) -> list[int]:
+    """One integer or a non-empty list of integers, as a list. A string ('12') is refused, and so are
+    floats (1.5 would be truncated), bools and float / bool tensors."""
     if isinstance(value, str):
         raise error(f"{name} must be an integer or a list of integers, got the string {_show(value)}")
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return [int(value)]
+    dtype = getattr(value, "dtype", None)  # a tensor or an array: its dtype decides, not its items
+    if dtype is not None and not _integer_dtype(dtype):
+        raise error(f"{name} must hold integers, got a {dtype} {type(value).__name__}")
+    if dtype is not None and getattr(value, "ndim", 1) == 0:
+        return [int(value)]
     if not isinstance(value, Iterable):
         raise error(f"{name} must be an integer or a list of integers, got {type(value).__name__} {_show(value)}")
+    if dtype is not None:
+        return [int(v) for v in value.reshape(-1).tolist()]
     out = [check_int(f"each of {name}", v, error) for v in value]
-    if not out:
+    if not out and not allow_empty:
         raise error(f"{name} is empty")
     return out
+
+
+def as_layers(name: str, value, n_layers: int, error: type[Exception] = ValueError) -> list[int]:
+    """One layer or a list of layers, sorted and unique, each in [0, n_layers)."""
+    layers = sorted(set(as_int_list(name, value, error)))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise error(f"{name} {bad} out of range: the model has {n_layers} layers (0…{n_layers - 1})")
+    return layers
+
+
+def _integer_dtype(dtype) -> bool:
+    text = str(dtype).removeprefix("torch.")
+    return text.startswith(("int", "uint", "long", "short")) and text != "bool"
+
+
+def as_indices(name: str, value, error: type[Exception] = ValueError, *, size: int | None = None):
+    """Integer indices (an integer, a list of integers, an integer tensor or array) as a sorted, unique 1-D
+    long tensor, each in [0, size) when `size` is given. Floats and bools are refused (a float index would
+    be truncated, a bool list is a mask); an empty set is returned as is, for the caller to judge."""
+    import torch
+
+    idx = as_int_list(name, value, error, allow_empty=True)
+    if size is not None:
+        bad = [i for i in idx if not 0 <= i < size]
+        if bad:
+            raise error(f"{name}: indices {_show(bad)} out of range; allowed 0…{size - 1}")
+    return torch.tensor(sorted(set(idx)), dtype=torch.long)
 
 
 def check_number(name: str, value, error: type[Exception] = ValueError, *, minimum: float | None = None,

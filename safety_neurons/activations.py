@@ -29,9 +29,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import (atomic_dir, check_choice, check_int, check_out_dir, check_positive_int, content_hash,
-                      read_json, read_tensors, require)
-from .chat import length_sorted_batches, template_suffix_length
+from ._checks import (as_int_list, as_records, atomic_dir, check_choice, check_int, check_model, check_out_dir,
+                      check_positive_int, content_hash, read_json, read_tensors, require)
+from .chat import length_sorted_batches, prompt_names, template_suffix_length
 from .prompts import Prompt
 
 SITES: dict[str, str] = {
@@ -48,9 +48,8 @@ GramPositions = Literal["all", "preserved"]
 
 
 def hook_name(site: str, layer: int) -> str:
-    if site not in SITES:
-        raise ActivationError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
-    return f"blocks.{layer}.{SITES[site]}"
+    check_choice("site", site, SITES, ActivationError)
+    return f"blocks.{check_positive_int('layer', layer, ActivationError, minimum=0)}.{SITES[site]}"
 
 
 def site_width(model, site: str) -> int:
@@ -84,9 +83,7 @@ class ActivationError(ValueError):
 
 
 def _check_layers(model, layers: Iterable[int]) -> list[int]:
-    if isinstance(layers, str):
-        raise ActivationError(f"layers must be integers, got the string {layers!r}")
-    layers = sorted(set(check_int("layer", layer, ActivationError) for layer in layers))
+    layers = sorted(set(as_int_list("layers", layers, ActivationError, allow_empty=True)))
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad:
         raise ActivationError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
@@ -228,6 +225,10 @@ class ActivationStats:
         if content_hash({k: t[k] for k in ("count", "mean", "m2")}) != cfg["sha256"]:
             raise ActivationError(f"{tensor_file}: the tensors do not match the sha256 recorded in {cfg_file.name}")
         groups = [tuple(g) for g in cfg["groups"]]
+        shape = (len(groups), len(cfg["layers"]))
+        if tuple(t["count"].shape) != shape[:1] or any(tuple(t[k].shape[:2]) != shape for k in ("mean", "m2")):
+            raise ActivationError(f"{tensor_file}: tensor shapes {tuple(t['mean'].shape)} do not match the "
+                                  f"{shape[0]} groups × {shape[1]} layers in {cfg_file.name}")  # fmt: skip
         return cls(cfg["site"], cfg["position"], cfg["layers"], groups, t["count"], t["mean"], t["m2"])
 
 
@@ -314,10 +315,8 @@ def collect_activations(
             template's tokens after the message (`chat.template_suffix_length`) where its answer opens.
         position: "last" prompt token or "mean" over the prompt's real tokens.
     """
-    if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
-        raise ActivationError("prompts must be a list of Prompt records (e.g. a PromptSet), not strings")
-    if len(prompts) == 0:
-        raise ActivationError("no prompts given: the prompt list is empty")
+    check_model(model, ActivationError)
+    prompts = as_records("prompts", prompts, Prompt, ActivationError)
     _rows_key(prompts)
     check_choice("position", position, ("last", "mean"), ActivationError)
     check_positive_int("batch_size", batch_size, ActivationError)
@@ -379,7 +378,8 @@ def collect_activations(
     texts = [p.text for p in prompts]
     kept_rows: dict[tuple[str, int], Tensor] = {}
     n_batches = -(-len(prompts) // batch_size)
-    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system)
+    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
+                                    names=prompt_names(prompts))  # fmt: skip
     with model.hooks(fwd_hooks=fwd_hooks):
         for idx, batch in tqdm(batches, total=n_batches, desc="collecting activations", disable=not progress, unit="batch"):
             batch = batch.to(device)
@@ -433,8 +433,7 @@ def _join_layers(parts: Sequence[ActivationStats]) -> ActivationStats:
 
 def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
     """The statistics of all parts' prompts together: `ActivationStats.merge` from left to right."""
-    if not parts:
-        raise ValueError("merge_stats: nothing to merge")
+    parts = as_records("parts", parts, ActivationStats, ActivationError)
     out = parts[0]
     for st in parts[1:]:
         out = out.merge(st)
@@ -447,8 +446,7 @@ def merge_collections(parts: Sequence[Collection]) -> Collection:
     Statistics merge exactly (Chan et al.), Gram matrices and token counts add, and rows are concatenated in
     the parts' order (their `prompts` likewise): collecting shards and merging equals one pass over all prompts.
     """
-    if not parts:
-        raise ValueError("merge_collections: nothing to merge")
+    parts = as_records("parts", parts, Collection, ActivationError)
     first = parts[0]
     for c in parts[1:]:
         if c.gram_positions != first.gram_positions or set(c.gram) != set(first.gram):

@@ -9,28 +9,40 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
+from ._checks import (as_indices, as_int_list, as_layers, as_records, as_str_list, atomic_dir, check_int, check_model,
+                      check_number, check_out_dir, check_positive_int, content_hash, read_json, read_tensors,
+                      require)
 from .activations import collect_activations, hook_name
 from .neurons import SafetyNeurons
-from .prompts import Prompt
+from .prompts import Prompt, check_langs
+
+
+class BaselineError(ValueError):
+    """A baseline cannot be built, applied or read as asked (a bad argument, or a damaged or changed folder)."""
 
 
 class _HookIntervention:
     def fwd_hooks(self) -> list:
         raise NotImplementedError
 
+    def _check_model(self, model) -> None:
+        pass
+
     @contextmanager
     def applied(self, model):
         """`with intervention.applied(model): ...` — hooks are removed on exit."""
+        check_model(model, BaselineError)
+        self._check_model(model)
         with model.hooks(fwd_hooks=self.fwd_hooks()):
             yield model
 
@@ -42,14 +54,29 @@ class NeuronScaling(_HookIntervention):
     neurons: dict[int, list[int]]
     alpha: float = 2.0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.neurons, Mapping) or not self.neurons:
+            raise BaselineError(f"neurons must be a non-empty {{layer: indices}} map, got {type(self.neurons).__name__}")
+        self.neurons = {check_int("layer", layer, BaselineError): as_indices(f"neurons[{layer}]", idx, BaselineError).tolist()
+                        for layer, idx in self.neurons.items()}  # fmt: skip
+        self.alpha = check_number("alpha", self.alpha, BaselineError)
+
     @classmethod
     def from_ranking(cls, ranking: SafetyNeurons, *, lang: str = "en", alpha: float = 2.0, layers=None):
-        layers = ranking.layers if layers is None else layers
+        if not isinstance(ranking, SafetyNeurons):
+            raise BaselineError(f"ranking must be SafetyNeurons (rank_neurons(...)), got {type(ranking).__name__}")
+        layers = ranking.layers if layers is None else as_int_list("layers", layers, BaselineError)
         chosen = {layer: ranking.neurons(lang, layer).tolist() for layer in layers}
         chosen = {layer: idx for layer, idx in chosen.items() if idx}
         if not chosen:
-            raise ValueError(f"no {lang} safety neurons selected at layers {list(layers)}")
+            raise BaselineError(f"no {lang} safety neurons selected at layers {list(layers)}")
         return cls(chosen, alpha)
+
+    def _check_model(self, model) -> None:
+        cfg = model.cfg
+        for layer, idx in self.neurons.items():
+            as_layers("layer", layer, cfg.n_layers, BaselineError)
+            as_indices(f"neurons[{layer}]", idx, BaselineError, size=cfg.d_mlp)
 
     def fwd_hooks(self) -> list:
         def make(idx):
@@ -85,16 +112,25 @@ class RefusalDirection(_HookIntervention):
         batch_size: int = 16,
         progress: bool = True,
     ) -> "RefusalDirection":
+        check_model(model, BaselineError)
+        prompts = as_records("prompts", prompts, Prompt, BaselineError)
+        layer = as_layers("layer", check_int("layer", layer, BaselineError), model.cfg.n_layers, BaselineError)[0]
+        langs = check_langs(as_str_list("langs", langs, BaselineError))
+        coeff = check_number("coeff", coeff, BaselineError)
+        batch_size = check_positive_int("batch_size", batch_size, BaselineError)
         chosen = [p for p in prompts if p.lang in langs]
-        labels = {p.label for p in chosen}
-        if labels != {"harmful", "harmless"}:
-            raise ValueError(f"a refusal direction needs harmful and harmless prompts in {list(langs)}; have {labels}")
+        have = {(p.lang, p.label) for p in chosen}
+        missing = [f"{x} {label}" for x in langs for label in ("harmful", "harmless") if (x, label) not in have]
+        if missing:
+            raise BaselineError(f"a refusal direction needs harmful and harmless prompts in {langs}; none for {missing}")
         stats = collect_activations(
             model, chosen, stats_site="resid", stats_layers=[layer], batch_size=batch_size, progress=progress
         ).stats
         diff = sum(stats.group_mean(lang, "harmful")[0] - stats.group_mean(lang, "harmless")[0] for lang in langs)
         diff = diff / len(langs)
         norm = float(diff.norm())
+        if not norm > 0:
+            raise BaselineError(f"harmful and harmless prompts have the same mean at layer {layer}: no direction")
         return cls(layer, (diff / norm).to(torch.float32), norm, coeff)
 
     def fwd_hooks(self) -> list:
@@ -103,15 +139,38 @@ class RefusalDirection(_HookIntervention):
 
         return [(hook_name("resid", self.layer), hook)]
 
+    def _check_model(self, model) -> None:
+        as_layers("layer", self.layer, model.cfg.n_layers, BaselineError)
+        if self.direction.shape != (model.cfg.d_model,):
+            raise BaselineError(f"the direction has shape {tuple(self.direction.shape)}; this model's residual stream "
+                                f"has width {model.cfg.d_model} (fitted on another model?)")  # fmt: skip
+
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"direction": self.direction.contiguous()}, path / "direction.safetensors")
-        (path / "direction.json").write_text(json.dumps({"layer": self.layer, "norm": self.norm, "coeff": self.coeff}))
+        """Write direction.safetensors and direction.json (with a content hash) into `path`, atomically."""
+        path = check_out_dir("path", path, BaselineError)
+        tensors = {"direction": self.direction.contiguous()}
+        cfg = {"layer": self.layer, "norm": self.norm, "coeff": self.coeff,
+               "sha256": content_hash(tensors, _direction_meta(self.layer, self.norm))}  # fmt: skip
+        with atomic_dir(path) as tmp:
+            save_file(tensors, tmp / "direction.safetensors")
+            (tmp / "direction.json").write_text(json.dumps(cfg), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "RefusalDirection":
+        """Read a saved direction; a damaged file, a missing field or a content hash that does not match
+        is a `BaselineError` naming the file."""
         path = Path(path)
-        cfg = json.loads((path / "direction.json").read_text())
-        return cls(cfg["layer"], load_file(path / "direction.safetensors")["direction"], cfg["norm"], cfg["coeff"])
+        cfg_file, tensor_file = path / "direction.json", path / "direction.safetensors"
+        cfg = read_json(cfg_file, BaselineError)
+        require(cfg, ("layer", "norm", "coeff", "sha256"), cfg_file, BaselineError)
+        t = read_tensors(tensor_file, BaselineError)
+        require(t, ("direction",), tensor_file, BaselineError)
+        if content_hash({"direction": t["direction"]}, _direction_meta(cfg["layer"], cfg["norm"])) != cfg["sha256"]:
+            raise BaselineError(f"{tensor_file}: the tensors (or the layer and norm) do not match the sha256 recorded "
+                                f"in {cfg_file.name}")  # fmt: skip
+        return cls(cfg["layer"], t["direction"], cfg["norm"], cfg["coeff"])
+
+
+def _direction_meta(layer, norm) -> str:  # what a direction's hash covers besides the tensor
+    return json.dumps({"layer": layer, "norm": float(norm)})

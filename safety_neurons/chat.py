@@ -9,6 +9,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from ._checks import as_str_list
+
 
 @dataclass
 class TokenBatch:
@@ -32,6 +34,7 @@ def chat_strings(tokenizer, texts: Sequence[str], *, system: str | None = None) 
     """Each user message rendered with the tokenizer's chat template and the generation prompt."""
     if isinstance(texts, str):
         raise TypeError("chat_strings takes a list of messages, not one string")
+    texts = as_str_list("texts", texts, TypeError, allow_empty=True)
     if len(texts) == 0:
         raise ValueError("no prompts given: the list of texts is empty")
     if not getattr(tokenizer, "chat_template", None):
@@ -82,15 +85,44 @@ def tokenize_chat(tokenizer, texts: Sequence[str], *, system: str | None = None)
     return pad_left(encode_chat(tokenizer, texts, system=system), tokenizer)
 
 
+class PromptTooLongError(ValueError):
+    """A chat-formatted prompt (with the tokens still to generate) does not fit the model's context window."""
+
+
+def prompt_names(prompts: Sequence) -> list[str]:
+    """How an error names each prompt: `lang/id` for a `Prompt`, its position and opening for a string."""
+    return [f"{p.lang}/{p.id}" if hasattr(p, "id") else f"#{i} ({str(p)[:30]!r})" for i, p in enumerate(prompts)]
+
+
+def check_lengths(sequences: Sequence[Sequence[int]], n_ctx: int | None, names: Sequence[str] | None = None,
+                  *, reserve: int = 0) -> None:  # fmt: skip
+    """The rule for inputs beyond the model's limits: every sequence, plus the `reserve` tokens still to
+    generate, must fit the context window `n_ctx` (the model config's max_position_embeddings); the first one
+    that does not is a `PromptTooLongError` naming it and its length, before any forward pass. Nothing is
+    cut silently: a cut prompt would be another request."""
+    if not n_ctx:
+        return
+    for i, seq in enumerate(sequences):
+        if len(seq) + reserve > n_ctx:
+            name = names[i] if names is not None else f"#{i}"
+            extra = f" + {reserve} to generate" if reserve else ""
+            raise PromptTooLongError(f"prompt {name} is {len(seq)} tokens long chat-formatted{extra}; the model's "
+                                     f"context window is {n_ctx} tokens: shorten the prompt or leave it out")  # fmt: skip
+
+
 def length_sorted_batches(
-    tokenizer, texts: Sequence[str], batch_size: int, *, system: str | None = None
-) -> Iterator[tuple[list[int], TokenBatch]]:
+    tokenizer, texts: Sequence[str], batch_size: int, *, system: str | None = None, n_ctx: int | None = None,
+    names: Sequence[str] | None = None, reserve: int = 0,
+) -> Iterator[tuple[list[int], TokenBatch]]:  # fmt: skip
     """Chat-formatted batches of similar length (far less padding), with each row's index in `texts`.
 
     Translations differ several-fold in token count (Bengali or Thai against English), so batching in
-    the given order would spend most of the compute on padding.
+    the given order would spend most of the compute on padding. With `n_ctx`, every prompt (plus `reserve`
+    tokens to generate) must fit the context window (`check_lengths`; `names` name the prompts).
     """
-    return sorted_batches(encode_chat(tokenizer, texts, system=system), tokenizer, batch_size)
+    sequences = encode_chat(tokenizer, texts, system=system)
+    check_lengths(sequences, n_ctx, prompt_names(texts) if names is None else names, reserve=reserve)
+    return sorted_batches(sequences, tokenizer, batch_size)
 
 
 def sorted_batches(

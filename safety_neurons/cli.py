@@ -102,13 +102,7 @@ def _data(args) -> int:
 def _run(args) -> int:
     from .pipeline import RunConfig, run
 
-    from ._checks import check_out_dir, check_positive_int
-
-    for name in ("batch_size", "anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank"):
-        check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
-    check_out_dir("--out", args.out)
-    config = RunConfig.from_args(args)
-    run(config)
+    run(RunConfig.from_args(args))  # checks every setting first, and again against the model before any work
     return 0
 
 
@@ -144,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, KeyError, OSError) as err:  # errors it knows: one line, no traceback
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"safety-neurons: error: {message}", file=sys.stderr)
+        print(f"safety-neurons: error: {' '.join(str(message).split())}", file=sys.stderr)  # one line
         return 2
     finally:
         distributed.shutdown()

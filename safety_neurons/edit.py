@@ -33,9 +33,10 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
-                      check_positive_int, read_json, read_tensors, require)
+from ._checks import (as_indices, as_int_list, as_records, as_str_list, atomic_dir, check_choice, check_model,
+                      check_number, check_out_dir, check_positive_int, read_json, read_tensors, require)
 from .activations import ActivationRows, Collection, collect_activations, model_tag
+from .chat import check_lengths, encode_chat, prompt_names
 from .neurons import SafetyNeurons
 from .prompts import Prompt, check_langs
 from .solver import solve_edit
@@ -141,6 +142,7 @@ class WeightEdit:
         return h.hexdigest()
 
     def _registry(self, model) -> dict:
+        check_model(model, EditError)
         if not hasattr(model, "_safety_neurons_applied"):
             model._safety_neurons_applied = {}
         return model._safety_neurons_applied
@@ -286,15 +288,13 @@ def _neurons_for(neurons, layer: int, d_mlp: int, neuron_langs: Sequence[str] | 
     elif isinstance(neurons, Mapping):
         if layer not in neurons:
             raise EditError(f"no neuron set given for layer {layer}")
-        idx = torch.as_tensor(neurons[layer], dtype=torch.long).flatten()
+        idx = as_indices(f"neurons[{layer}]", neurons[layer], EditError, size=d_mlp)
     else:
-        idx = torch.as_tensor(neurons, dtype=torch.long).flatten()
+        idx = as_indices("neurons", neurons, EditError, size=d_mlp)
     if idx.numel() == 0:
         raise EditError(
             f"empty neuron set at layer {layer}: nothing to edit (lower the thresholds, use top_k, or neurons='all')"
         )
-    if idx.min() < 0 or idx.max() >= d_mlp:
-        raise EditError(f"neuron indices at layer {layer} must be in [0, {d_mlp})")
     return idx.unique()
 
 
@@ -387,9 +387,9 @@ def fit_edit(
             whole `Collection`, whose Gram matrices (collected with gram_positions="preserved") then serve
             preserve_positions="all".
     """
+    check_model(model, EditError)
     layers = sorted(set(as_int_list("layers", layers, EditError)))
-    if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
-        raise EditError("prompts must be Prompt records (e.g. a PromptSet), not strings")
+    prompts = as_records("prompts", prompts, Prompt, EditError)
     if isinstance(neurons, str):
         check_choice("neurons", neurons, ("all",), EditError)
     check_choice("edit site", site, KEY_SITE, EditError)
@@ -416,6 +416,7 @@ def fit_edit(
         if not 0 <= layer < model.cfg.n_layers:
             raise EditError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
     prompts = list(prompts)
+    check_lengths(encode_chat(model.tokenizer, [p.text for p in prompts]), model.cfg.n_ctx, prompt_names(prompts))
     check_langs([pivot])
     langs = [x for x in dict.fromkeys(p.lang for p in prompts) if x != pivot] if langs is None else check_langs(langs)
     if pivot in langs:

@@ -19,12 +19,22 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import TokenBatch, length_sorted_batches
+from ._checks import as_records, check_choice, check_model, check_positive_int, str_or_list
+from .chat import TokenBatch, length_sorted_batches, prompt_names
 from .judges import OUTCOMES, Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
 from .rates import Rate
 from .refusal import refusal_score, refusal_token_ids
 from .scoring import continuation_logprobs
+
+
+class EvaluationError(ValueError):
+    """A measurement cannot be made as asked (a bad argument: wrong type, empty input, out-of-range value)."""
+
+
+def _prompt_list(name: str, prompts, *, texts_ok: bool = False) -> list:
+    """`prompts` as a non-empty list of Prompt records (or of strings, when `texts_ok`)."""
+    return as_records(name, prompts, (Prompt, str) if texts_ok else Prompt, EvaluationError)
 
 
 def _applied(intervention, model):
@@ -83,13 +93,15 @@ def generate(
     only from the first token where they differ (the token found there included), so the answers are the
     greedy answers, found at the cost of one forward pass wherever the draft holds (speculative decoding
     with the draft as the guess). Same answers as without drafts up to batch-composition rounding."""
+    check_model(model, EvaluationError)
     if isinstance(prompts, (str, bytes)):
-        raise ValueError("generate takes a list of prompts, got one string; write generate(model, [text])")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
+        raise EvaluationError("generate takes a list of prompts, got one string; write generate(model, [text])")
+    prompts = _prompt_list("prompts", prompts, texts_ok=True)
+    max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens, EvaluationError)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
     texts = [p if isinstance(p, str) else p.text for p in prompts]
-    if not texts:
-        raise ValueError("no prompts given: the prompt list is empty")
+    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
+                                    names=prompt_names(prompts), reserve=max_new_tokens)  # fmt: skip
     key = None
     if cache is not None:
         key = cache.key(model, texts, max_new_tokens=max_new_tokens, system=system, stop=stop)
@@ -106,8 +118,7 @@ def generate(
     out: list[str] = [""] * len(texts)
     hf = model.original_model
     n_batches = -(-len(texts) // batch_size)
-    for idx, batch in tqdm(length_sorted_batches(tok, texts, batch_size, system=system), total=n_batches,
-                           desc=desc, disable=not progress, unit="batch"):  # fmt: skip
+    for idx, batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, unit="batch"):  # fmt: skip
         batch = batch.to(model.cfg.device)
         width = batch.input_ids.shape[1]
         rows = _StopRows(tok, width, idx, stop) if stop is not None else None
@@ -156,7 +167,7 @@ def _generate_from_drafts(model, texts, drafts, max_new_tokens, batch_size, syst
     from .chat import encode_chat
 
     if isinstance(drafts, str) or len(drafts) != len(texts):
-        raise ValueError(f"drafts must be one answer per prompt ({len(texts)}), got {type(drafts).__name__}"
+        raise EvaluationError(f"drafts must be one answer per prompt ({len(texts)}), got {type(drafts).__name__}"
                          f"{'' if isinstance(drafts, str) else f' of {len(drafts)}'}")  # fmt: skip
     tok = model.tokenizer
     eos = _eos_ids(model)
@@ -283,14 +294,20 @@ class AnswerCache:
 # --- the generation-free proxy ---------------------------------------------------------------------------
 @torch.no_grad()
 def last_token_logits(
-    model, texts: Sequence[str], *, batch_size: int = 16, system: str | None = None, progress: bool = False
+    model, texts: Sequence[str], *, batch_size: int = 16, system: str | None = None, progress: bool = False,
+    names: Sequence[str] | None = None,
 ) -> Float[Tensor, "n vocab"]:
-    """Next-token logits at the first answer position of each chat-formatted prompt."""
-    if isinstance(texts, str):
-        raise ValueError("last_token_logits takes a list of texts, got one string")
+    """Next-token logits at the first answer position of each chat-formatted prompt (`names` name them in
+    errors)."""
+    check_model(model, EvaluationError)
+    texts = _prompt_list("texts", texts, texts_ok=True)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
+    names = names or prompt_names(texts)
+    texts = [t if isinstance(t, str) else t.text for t in texts]
+    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
+                                    names=names)  # fmt: skip
     out = None
-    for idx, batch in tqdm(list(length_sorted_batches(model.tokenizer, texts, batch_size, system=system)),
-                           desc="scoring", disable=not progress, unit="batch"):  # fmt: skip
+    for idx, batch in tqdm(list(batches), desc="scoring", disable=not progress, unit="batch"):  # fmt: skip
         batch = batch.to(model.cfg.device)
         logits = model(batch.input_ids, logits_to_keep=1, **batch.model_kwargs())[:, -1].float().cpu()
         if out is None:
@@ -301,7 +318,9 @@ def last_token_logits(
 
 def refusal_scores(model, prompts: Sequence[Prompt], *, batch_size: int = 16, progress: bool = False) -> Tensor:
     """Refusal log-odds at the first answer position (teacher-forced, no generation), one per prompt."""
-    logits = last_token_logits(model, [p.text for p in prompts], batch_size=batch_size, progress=progress)
+    prompts = _prompt_list("prompts", prompts)
+    logits = last_token_logits(model, [p.text for p in prompts], batch_size=batch_size, progress=progress,
+                               names=prompt_names(prompts))  # fmt: skip
     return refusal_score(logits, refusal_token_ids(model.tokenizer))
 
 
@@ -324,12 +343,21 @@ def kl_divergence(
 ) -> dict[str, Tensor]:
     """KL(base ‖ edited) of next-token distributions, per prompt, at the first answer position and
     averaged over the first `k` answer tokens (teacher-forced on the base model's greedy answer)."""
+    check_model(model, EvaluationError)
+    prompts = _prompt_list("prompts", prompts)
+    k = check_positive_int("k", k, EvaluationError)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
+    if intervention is not None and not callable(getattr(intervention, "applied", None)):
+        raise EvaluationError(f"intervention must be a WeightEdit, a baseline (with .applied(model)) or None, "
+                              f"got {type(intervention).__name__}")  # fmt: skip
     tok = model.tokenizer
     texts = [p.text for p in prompts]
     first = torch.zeros(len(texts))
     over_k = torch.zeros(len(texts))
     hf = model.original_model
-    for idx, batch in tqdm(list(length_sorted_batches(tok, texts, batch_size)), desc="KL",
+    batches = length_sorted_batches(tok, texts, batch_size, n_ctx=model.cfg.n_ctx, names=prompt_names(prompts),
+                                    reserve=k - 1)  # fmt: skip
+    for idx, batch in tqdm(list(batches), desc="KL",
                            disable=not progress, unit="batch"):  # fmt: skip
         batch = batch.to(model.cfg.device)
         width = batch.input_ids.shape[1]
@@ -369,7 +397,8 @@ def option_logprobs(
     pairs = [(qi, k) for qi, q in enumerate(questions) for k in range(len(q.choices))]
     scores = continuation_logprobs(model, [questions[qi].question for qi, _ in pairs],
                                    [questions[qi].choices[k] for qi, k in pairs], batch_size=batch_size,
-                                   progress=progress, desc="scoring options")  # fmt: skip
+                                   progress=progress, desc="scoring options",
+                                   names=[f"{questions[qi].lang}/{questions[qi].id} option {k}" for qi, k in pairs])  # fmt: skip
     out = torch.full((len(questions), max(len(q.choices) for q in questions)), float("-inf"))
     for (qi, k), score in zip(pairs, scores.tolist()):
         out[qi, k] = score
@@ -393,16 +422,21 @@ def mc_accuracy(
     * ``scoring="letter"``: the option letter with the highest next-token logit after the question, the
       lettered options and an English instruction line (MMLU style).
     """
-    if not questions:
-        raise ValueError("no questions given")
-    if scoring not in MC_SCORING:
-        raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(MC_SCORING)}")
+    check_model(model, EvaluationError)
+    questions = as_records("questions", questions, MCQuestion, EvaluationError)
+    check_choice("scoring", scoring, MC_SCORING, EvaluationError)
+    batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
+    bad = next((q for q in questions if not 0 <= q.answer < len(q.choices)), None)
+    if bad is not None:
+        raise EvaluationError(f"question {bad.lang}/{bad.id}: answer {bad.answer} is not one of its "
+                              f"{len(bad.choices)} options")  # fmt: skip
     if scoring == "cloze":
         picks = option_logprobs(model, questions, batch_size=batch_size, progress=progress).argmax(-1)
     else:
         tok = model.tokenizer
         letters = [tok(letter, add_special_tokens=False).input_ids[0] for letter in "ABCD"]
-        logits = last_token_logits(model, [mc_prompt(q) for q in questions], batch_size=batch_size, progress=progress)
+        logits = last_token_logits(model, [mc_prompt(q) for q in questions], batch_size=batch_size, progress=progress,
+                                   names=[f"{q.lang}/{q.id}" for q in questions])  # fmt: skip
         picks = logits[:, letters].argmax(-1)
     correct: dict[str, list[bool]] = defaultdict(list)
     for q, pick in zip(questions, picks.tolist()):
@@ -429,7 +463,7 @@ class LanguageResult:
             counts = getattr(self, label)
             unknown = set(counts) - set(OUTCOMES)
             if unknown:
-                raise ValueError(f"{self.lang} {label}: unknown outcomes {sorted(unknown)}; allowed: {', '.join(OUTCOMES)}")
+                raise EvaluationError(f"{self.lang} {label}: unknown outcomes {sorted(unknown)}; allowed: {', '.join(OUTCOMES)}")
             setattr(self, label, {o: int(counts.get(o, 0)) for o in OUTCOMES})
 
     @property
@@ -443,7 +477,7 @@ class LanguageResult:
     def rate(self, label: str, outcome: str) -> Rate:
         """How many `label` answers had `outcome`, of how many (a `Rate`: share and Wilson interval)."""
         if label not in LABELS or outcome not in OUTCOMES:
-            raise ValueError(f"label must be one of {LABELS} and outcome one of {OUTCOMES}; got {label!r}, {outcome!r}")
+            raise EvaluationError(f"label must be one of {LABELS} and outcome one of {OUTCOMES}; got {label!r}, {outcome!r}")
         counts = getattr(self, label)
         return Rate(counts[outcome], sum(counts.values()))
 
@@ -483,10 +517,10 @@ class Evaluation:
     settings: dict = field(default_factory=dict)
 
     def _langs(self, langs: Sequence[str] | None) -> list[str]:
-        langs = list(self.languages) if langs is None else list(langs)
+        langs = list(self.languages) if langs is None else str_or_list("langs", langs, EvaluationError)
         missing = [x for x in langs if x not in self.languages]
         if missing:
-            raise ValueError(f"no results for {missing}; this evaluation has {list(self.languages)}")
+            raise EvaluationError(f"no results for {missing}; this evaluation has {list(self.languages)}")
         return langs
 
     def _mean(self, attr: str, langs: Sequence[str] | None) -> float | None:
@@ -569,15 +603,16 @@ def evaluate(
     reuses the answers of the same weights, prompts and decoding (`AnswerCache`). `drafts` (another
     evaluation of the same prompts, e.g. the unedited model's, or one answer per prompt) makes it fast
     without changing the answers: see `generate`."""
-    judge = judge or PhraseJudge()
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given: the prompt list is empty")
+    check_model(model, EvaluationError)
+    judge = PhraseJudge() if judge is None else judge
+    if not isinstance(judge, Judge):
+        raise EvaluationError(f"judge must be a Judge (PhraseJudge, GuardJudge, …), got {type(judge).__name__}")
+    prompts = _prompt_list("prompts", prompts)
     bad = sorted({p.label for p in prompts} - set(LABELS))
     if bad:
-        raise ValueError(f"prompt labels must be {' or '.join(LABELS)}; got {bad}")
+        raise EvaluationError(f"prompt labels must be {' or '.join(LABELS)}; got {bad}")
     if isinstance(drafts, Evaluation):
-        given = {(r["lang"], r["label"], r["id"]): r["answer"] for r in drafts.records}
+        given = {(r["lang"], r["label"], r["id"]): r["answer"] for r in drafts.answers}
         drafts = [given.get((p.lang, p.label, p.id), "") for p in prompts]
     stop = _refusal_settled(judge, [p.lang for p in prompts]) if isinstance(judge, PhraseJudge) else None
     answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,

@@ -193,24 +193,33 @@ class Verdict:
         return self.compliance if self.harmful is None else (self.harmful and not self.refusal)
 
 
+class JudgeError(ValueError, TypeError):
+    """A judge cannot judge as asked: mismatched lengths, an unknown language, a value of the wrong type.
+    (Also a TypeError, as wrong types were before.)"""
+
+
 def _check_inputs(prompts: Sequence[str], answers: Sequence[str], langs: Sequence[str]) -> None:
     for name, seq in (("prompts", prompts), ("answers", answers), ("langs", langs)):
         if isinstance(seq, (str, bytes)):
-            raise TypeError(f"{name} must be a sequence of strings, not a single string")
+            raise JudgeError(f"{name} must be a sequence of strings, not a single string; write [{seq[:30]!r}]")
+        if not isinstance(seq, Sequence):
+            raise JudgeError(f"{name} must be a list of strings, got {type(seq).__name__}")
     if not (len(prompts) == len(answers) == len(langs)):
-        raise ValueError(
+        raise JudgeError(
             "prompts, answers and langs must have the same length; got "
             f"{len(prompts)}, {len(answers)} and {len(langs)}"
         )
     for i, (p, a, lang) in enumerate(zip(prompts, answers, langs)):
-        if not isinstance(p, str) or not isinstance(a, str):
-            raise TypeError(f"item {i}: prompt and answer must be str")
+        for name, value in (("prompt", p), ("answer", a)):
+            if not isinstance(value, str):
+                raise JudgeError(f"item {i}: prompt and answer must be str; the {name} is {type(value).__name__} "
+                                 f"{str(value)[:30]!r}")  # fmt: skip
         _check_lang(lang)
 
 
 def _check_lang(lang: str) -> None:
-    if lang not in LANGS:
-        raise ValueError(f"unknown language code {lang!r}; allowed codes: {', '.join(LANGS)}")
+    if not isinstance(lang, str) or lang not in LANGS:
+        raise JudgeError(f"unknown language code {lang!r}; allowed codes: {', '.join(LANGS)}")
 
 
 class Judge(ABC):
@@ -864,7 +873,7 @@ class PhraseJudge(Judge):
         compliance."""
         _check_inputs(prompts, answers, langs)
         if self.relevance is not None and references is None:
-            raise ValueError("this judge checks for misreadings: pass references (the English requests)")
+            raise JudgeError("this judge checks for misreadings: pass references (the English requests)")
         out: list[Verdict] = []
         for prompt, answer, lang in zip(prompts, answers, langs):
             hit = self.match(answer, lang)
@@ -893,12 +902,14 @@ class PhraseJudge(Judge):
 
 def _check_references(references: Sequence[str], answers: Sequence[str]) -> None:
     if isinstance(references, (str, bytes)):
-        raise TypeError("references must be a sequence of strings, not a single string")
+        raise JudgeError("references must be a sequence of strings, not a single string")
+    if not isinstance(references, Sequence):
+        raise JudgeError(f"references must be a list of strings, got {type(references).__name__}")
     if len(references) != len(answers):
-        raise ValueError(f"{len(references)} references for {len(answers)} answers")
+        raise JudgeError(f"{len(references)} references for {len(answers)} answers")
     for i, r in enumerate(references):
         if not isinstance(r, str) or not r.strip():
-            raise ValueError(f"reference {i} is empty or not a string: every answer needs its English request")
+            raise JudgeError(f"reference {i} is empty or not a string: every answer needs its English request")
 
 
 # ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_out_dir, wrap_errors
+from ._checks import check_model, check_out_dir, wrap_errors
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 """Decoder-only models with a gated (SwiGLU) MLP whose hook names this project relies on."""
@@ -338,7 +338,7 @@ def hf_state_dict(bridge) -> dict[str, torch.Tensor]:
     The bridge registers its own components inside the HF modules, so the raw state dict carries
     `._original_component` infixes and extra aliases; this keeps exactly the HF model's own keys.
     """
-    model = bridge.original_model
+    model = check_model(bridge, ModelLoadError, "bridge").original_model
     found = {k.replace("._original_component", ""): v for k, v in model.state_dict().items()}
     wanted = _plain_keys(model.config)
     missing = [k for k in wanted if k not in found]
@@ -361,6 +361,7 @@ def export_hf(bridge, out_dir: str | Path) -> Path:
 
     from ._checks import atomic_dir
 
+    check_model(bridge, ModelLoadError, "bridge")
     out_dir = check_out_dir("out_dir", out_dir, ModelLoadError)
     model = bridge.original_model
     plain = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)

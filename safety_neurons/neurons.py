@@ -20,13 +20,19 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import (as_layers, as_records, as_str_list, atomic_dir, check_int, check_model, check_number,
+                      check_out_dir, check_positive_int, content_hash, read_json, read_tensors, require)
 from .activations import ActivationStats, hook_name
-from .chat import tokenize_chat
+from .chat import check_lengths, encode_chat, prompt_names, tokenize_chat
 from .prompts import Prompt, check_langs
+
+
+class NeuronsError(ValueError):
+    """A ranking cannot be made or read as asked (a bad argument, or a damaged or changed ranking folder)."""
 
 
 @dataclass
@@ -44,9 +50,9 @@ class SafetyNeurons:
     # --- access ----------------------------------------------------------------------------------
     def _li(self, lang: str, layer: int) -> tuple[int, int]:
         if lang not in self.langs:
-            raise KeyError(f"no ranking for language {lang!r}; have {self.langs}")
-        if layer not in self.layers:
-            raise KeyError(f"no ranking for layer {layer}; have layers {self.layers[0]}…{self.layers[-1]}")
+            raise NeuronsError(f"no ranking for language {lang!r}; have {self.langs}")
+        if check_int("layer", layer, NeuronsError) not in self.layers:
+            raise NeuronsError(f"no ranking for layer {layer}; have layers {self.layers[0]}…{self.layers[-1]}")
         return self.langs.index(lang), self.layers.index(layer)
 
     def neurons(self, lang: str, layer: int) -> Int[Tensor, " m"]:
@@ -57,7 +63,7 @@ class SafetyNeurons:
 
     def union(self, layer: int, langs: Iterable[str] | None = None) -> Int[Tensor, " m"]:
         """Neurons selected at `layer` by any of `langs` (default: all), sorted by index."""
-        langs = self.langs if langs is None else list(langs)
+        langs = self.langs if langs is None else as_str_list("langs", langs, NeuronsError)
         mask = torch.stack([self.selected[self._li(lang, layer)] for lang in langs]).any(0)
         return mask.nonzero().flatten()
 
@@ -66,7 +72,7 @@ class SafetyNeurons:
 
     def jaccard(self, layer: int | None = None) -> Float[Tensor, "lang lang"]:
         """|A∩B| / |A∪B| between languages' sets, at one layer or over all (layer, neuron) pairs."""
-        sel = self.selected.flatten(1) if layer is None else self.selected[:, self.layers.index(layer)]
+        sel = self.selected.flatten(1) if layer is None else self.selected[:, self._li(self.langs[0], layer)[1]]
         sel = sel.to(torch.float64)
         inter = sel @ sel.T
         sizes = sel.sum(1)
@@ -75,6 +81,12 @@ class SafetyNeurons:
 
     def overlap_with(self, other: "SafetyNeurons") -> dict[str, float]:
         """Per language, the Jaccard overlap of this ranking's sets with `other`'s (over all layers)."""
+        if not isinstance(other, SafetyNeurons):
+            raise NeuronsError(f"other must be SafetyNeurons, got {type(other).__name__}")
+        missing = [layer for layer in self.layers if layer not in other.layers]
+        if missing or self.delta.shape[-1] != other.delta.shape[-1]:
+            raise NeuronsError(f"other ranks other layers or widths: no layers {missing[:5]}, "
+                               f"width {other.delta.shape[-1]} vs {self.delta.shape[-1]}")  # fmt: skip
         out = {}
         for lang in self.langs:
             if lang in other.langs:
@@ -104,21 +116,41 @@ class SafetyNeurons:
         )
 
     # --- files -----------------------------------------------------------------------------------
+    _TENSORS = ("delta", "z", "d", "selected")
+
+    @staticmethod
+    def _meta(langs, layers) -> str:  # what the hash covers besides the tensors
+        return json.dumps({"langs": list(langs), "layers": [int(x) for x in layers]})
+
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {"delta": self.delta, "z": self.z, "d": self.d, "selected": self.selected}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, path / "neurons.safetensors")
-        cfg = {"langs": self.langs, "layers": self.layers, "settings": self.settings}
-        (path / "neurons.json").write_text(json.dumps(cfg, indent=2))
+        """Write neurons.safetensors and neurons.json (with a content hash) into the folder `path`, atomically."""
+        path = check_out_dir("path", path, NeuronsError)
+        tensors = {k: getattr(self, k).contiguous() for k in self._TENSORS}
+        cfg = {"langs": self.langs, "layers": self.layers, "settings": self.settings,
+               "shape": list(self.delta.shape), "sha256": content_hash(tensors, self._meta(self.langs, self.layers))}  # fmt: skip
+        with atomic_dir(path) as tmp:
+            save_file(tensors, tmp / "neurons.safetensors")
+            (tmp / "neurons.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "SafetyNeurons":
+        """Read a saved ranking; a damaged file, a missing field, or tensors that do not match the recorded
+        shape and content hash are a `NeuronsError` naming the file."""
         path = Path(path)
-        cfg = json.loads((path / "neurons.json").read_text())
-        t = load_file(path / "neurons.safetensors")
-        return cls(cfg["langs"], cfg["layers"], t["delta"], t["z"], t["d"], t["selected"], cfg["settings"])
+        cfg_file, tensor_file = path / "neurons.json", path / "neurons.safetensors"
+        cfg = read_json(cfg_file, NeuronsError)
+        require(cfg, ("langs", "layers", "settings", "shape", "sha256"), cfg_file, NeuronsError)
+        t = read_tensors(tensor_file, NeuronsError)
+        require(t, cls._TENSORS, tensor_file, NeuronsError)
+        shape = [len(cfg["langs"]), len(cfg["layers"]), cfg["shape"][-1]]
+        if cfg["shape"] != shape or any(list(t[k].shape) != shape for k in cls._TENSORS):
+            raise NeuronsError(f"{tensor_file}: tensor shapes {[list(t[k].shape) for k in cls._TENSORS]} do not match "
+                               f"the {len(cfg['langs'])} languages × {len(cfg['layers'])} layers in {cfg_file.name}")
+        if content_hash({k: t[k] for k in cls._TENSORS}, cls._meta(cfg["langs"], cfg["layers"])) != cfg["sha256"]:
+            raise NeuronsError(f"{tensor_file}: the tensors (or the languages and layers) do not match the sha256 "
+                               f"recorded in {cfg_file.name}")  # fmt: skip
+        return cls(cfg["langs"], cfg["layers"], *(t[k] for k in cls._TENSORS), cfg["settings"])
 
 
 def _zscore(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
@@ -136,17 +168,20 @@ def select(
 ) -> Bool[Tensor, "... d"]:
     """The selection rule: thresholds (default) or the top-k / top fraction by z per layer."""
     width = z.shape[-1]
+    for name, tau in (("tau_mag", tau_mag), ("tau_stat", tau_stat)):
+        if tau is not None:
+            check_number(name, tau, NeuronsError)
     if top_frac is not None:
-        if not 0 < top_frac <= 1:
-            raise ValueError(f"top_frac must be in (0, 1], got {top_frac}")
+        if not 0 < check_number("top_frac", top_frac, NeuronsError) <= 1:
+            raise NeuronsError(f"top_frac must be in (0, 1], got {top_frac}")
         top_k = max(1, round(top_frac * width))
     if top_k is not None:
-        if not 1 <= top_k <= width:
-            raise ValueError(f"top_k must be between 1 and {width}, got {top_k}")
+        if not 1 <= check_int("top_k", top_k, NeuronsError) <= width:
+            raise NeuronsError(f"top_k must be between 1 and {width}, got {top_k}")
         idx = z.topk(top_k, dim=-1).indices
         return torch.zeros_like(z, dtype=torch.bool).scatter_(-1, idx, True)
     if tau_mag is None and tau_stat is None:
-        raise ValueError("give tau_mag and/or tau_stat, or top_k / top_frac")
+        raise NeuronsError("give tau_mag and/or tau_stat, or top_k / top_frac")
     sel = torch.zeros_like(z, dtype=torch.bool)
     if tau_mag is not None:
         sel |= z > tau_mag
@@ -168,12 +203,19 @@ def rank_neurons(
     """Rank every neuron of every layer for each language from harmful vs harmless statistics."""
     from .prompts import LANGS
 
+    if not isinstance(stats, ActivationStats):
+        raise NeuronsError(f"stats must be ActivationStats (collect_activations(...).stats), got {type(stats).__name__}")
+    if langs is not None:
+        langs = as_str_list("langs", langs, NeuronsError)
+        missing = [x for x in check_langs(langs) if x not in stats.langs]
+        if missing:
+            raise NeuronsError(f"no statistics for language {missing[0]!r}; collected: {stats.langs}")
     langs = check_langs([x for x in LANGS if x in stats.langs] if langs is None else langs)
     deltas, zs, ds = [], [], []
     for lang in langs:
         n_h, n_s = stats.group_count(lang, "harmful"), stats.group_count(lang, "harmless")
         if n_h < 2 or n_s < 2:
-            raise ValueError(f"{lang}: need at least 2 harmful and 2 harmless prompts, have {n_h} and {n_s}")
+            raise NeuronsError(f"{lang}: need at least 2 harmful and 2 harmless prompts, have {n_h} and {n_s}")
         delta = stats.group_mean(lang, "harmful") - stats.group_mean(lang, "harmless")
         pooled = ((n_h - 1) * stats.group_var(lang, "harmful") + (n_s - 1) * stats.group_var(lang, "harmless")) / (
             n_h + n_s - 2
@@ -216,14 +258,21 @@ def rank_by_attribution(
     Score of neuron j = mean over harmful prompts of a_j × ∂m/∂a_j at the last prompt token, where m is
     the log-probability of a refusal opening at the first answer position (see `refusal_logprob`).
     One forward and one backward pass per batch; backward hooks are TransformerLens hook points.
+    `top_k` is capped at the model's d_mlp (every neuron of a layer).
     """
     from .refusal import refusal_logprob, refusal_token_ids
 
+    check_model(model, NeuronsError)
+    prompts = as_records("prompts", prompts, Prompt, NeuronsError)
     harmful = [p for p in prompts if p.label == "harmful"]
     if not harmful:
-        raise ValueError("attribution needs harmful prompts; none given")
+        raise NeuronsError("attribution needs harmful prompts; none given")
     langs = check_langs(dict.fromkeys(p.lang for p in harmful))
-    layers = list(range(model.cfg.n_layers)) if layers is None else sorted(set(layers))
+    batch_size = check_positive_int("batch_size", batch_size, NeuronsError)
+    top_k = check_positive_int("top_k", top_k, NeuronsError)
+    layers = list(range(model.cfg.n_layers)) if layers is None else as_layers("layers", layers, model.cfg.n_layers, NeuronsError)
+    top_k = min(top_k, model.cfg.d_mlp)  # documented: a layer has only d_mlp neurons to choose from
+    check_lengths(encode_chat(model.tokenizer, [p.text for p in harmful]), model.cfg.n_ctx, prompt_names(harmful))
     token_ids = refusal_token_ids(model.tokenizer)
     d_mlp = model.cfg.d_mlp
     total = torch.zeros(len(langs), len(layers), d_mlp, dtype=torch.float64)

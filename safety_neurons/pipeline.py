@@ -14,7 +14,10 @@ from pathlib import Path
 
 
 from . import distributed
+from ._checks import (as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
+                      check_model, check_positive_int)
 from .activations import collect_activations
+from .chat import check_lengths, encode_chat, prompt_names
 from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
 from .evaluation import (
     MC_SCORING, AnswerCache, Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy,
@@ -22,9 +25,15 @@ from .evaluation import (
 from .judges import PhraseJudge
 from .models import DEFAULT_MODEL, cache_dir, load_model
 from .neurons import SafetyNeurons, rank_neurons
-from .prompts import LANG_NAMES, LANGS, load_prompts, load_utility
+from .prompts import LANG_NAMES, LANGS, check_langs, load_prompts, load_utility
 
 NON_EN = [x for x in LANGS if x != "en"]
+_SIZES = ("batch_size", "anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank")
+_NUMBERS = ("gamma", "ridge", "refusal_boost", "position_weight", "over_refusal_cap", "kl_cap")
+
+
+class RunConfigError(ValueError):
+    """A run's settings are invalid, or do not fit the loaded model or the prompt set (`RunConfig.check`)."""
 
 
 @dataclass
@@ -98,6 +107,70 @@ class RunConfig:
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in vars(args).items() if k in names and k != "candidates"})
+
+    def check(self, model=None, splits: dict | None = None) -> None:
+        """Every setting, before any work: sizes, numbers and vocabularies alone; with the loaded `model`
+        the layers against its depth; with the prompt `splits` (`_splits`) the languages present and
+        every prompt within the model's context window (with the tokens to generate). A `RunConfigError`
+        (or the error of the check that failed) names the setting and what is allowed."""
+        E = RunConfigError
+        for name in _SIZES:
+            check_positive_int(name, getattr(self, name), E)
+        for name in _NUMBERS:
+            check_number(name, getattr(self, name), E)
+        for name in ("gamma", "ridge", "over_refusal_cap"):
+            check_number(name, getattr(self, name), E, minimum=0)
+        check_number("position_weight", self.position_weight, E, minimum=0, strict=True)
+        check_number("kl_cap", self.kl_cap, E, minimum=0, strict=True)
+        check_choice("site", self.site, KEY_SITE, E)
+        check_choice("target", self.target, TARGETS, E)
+        check_choice("neurons", self.neurons, ("all", "en", "langs"), E)
+        check_choice("method", self.method, ("soft", "nullspace"), E)
+        check_choice("preserve_positions", self.preserve_positions, ("last", "all"), E)
+        check_choice("mc_scoring", self.mc_scoring, MC_SCORING, E)
+        for option in as_str_list("preserve", self.preserve, E, allow_empty=True):
+            check_choice("preserve option", option, ("harmless", "pivot_harmful"), E)
+        if self.target != "neurons" and self.site != "w_out":
+            raise E(f"target={self.target!r} writes to the residual stream: it needs site='w_out', not {self.site!r}")
+        if self.refusal_boost and self.target not in ("residual", "language_gap"):
+            raise E(f"refusal_boost={self.refusal_boost} needs target 'residual' or 'language_gap', not {self.target!r}")
+        if self.langs is not None and "en" in check_langs(self.langs):
+            raise E("langs: English is the pivot language the edit copies; it cannot be a language to fix")
+        layer_sets = [self.layers] if self.layers is not None else self.candidates
+        if not layer_sets:
+            raise E("candidates is empty: give candidate layer sets or fixed layers")
+        layer_sets = [as_int_list("layers" if self.layers is not None else "candidates", ls, E) for ls in layer_sets]
+        check_out_dir("out", self.out, E)
+        if model is not None:
+            n = check_model(model, E).cfg.n_layers
+            bad = sorted({layer for ls in layer_sets for layer in ls if not 0 <= layer < n})
+            if bad:
+                which = "layers" if self.layers is not None else "candidates (the default is for the packaged Qwen model)"
+                raise E(f"{which}: layers {bad} out of range: the model {self.model} has {n} layers (0…{n - 1})")
+        if splits is not None:
+            missing = [x for x in (self.langs or NON_EN) if not any(p.lang == x for p in splits["anchor"])]
+            if missing:
+                have = sorted({p.lang for p in splits["anchor"]})
+                raise E(f"langs: no anchor prompts in {missing}; the prompt set has {have}")
+            if model is not None:
+                reserve = {"anchor": 0, "val_h": self.select_tokens, "val_s": self.select_tokens,
+                           "test_h": self.max_new_tokens, "test_s": self.max_new_tokens}  # fmt: skip
+                for key, extra in reserve.items():
+                    ps = splits[key]
+                    check_lengths(encode_chat(model.tokenizer, [p.text for p in ps]), model.cfg.n_ctx,
+                                  prompt_names(ps), reserve=extra)  # fmt: skip
+
+
+def _splits(config: RunConfig, prompts) -> dict:
+    """The prompts of each stage: anchor (rank, fit), validation (layer choice) and test (evaluation)."""
+    val, test = prompts.filter(split="val"), prompts.filter(split="test")
+    return {
+        "anchor": list(prompts.filter(split="anchor", limit=config.anchor)),
+        "val_h": list(val.filter(label="harmful", limit=config.val)),
+        "val_s": list(val.filter(label="harmless", limit=max(1, config.val // 2))),
+        "test_h": list(test.filter(label="harmful", limit=config.test)),
+        "test_s": list(test.filter(label="harmless", limit=config.test_harmless)),
+    }
 
 
 def _neuron_choice(config: RunConfig, ranking: SafetyNeurons):
@@ -221,25 +294,23 @@ def run(config: RunConfig) -> dict:
         timings[name] = round(now - clock, 1)
         clock = now
 
+    if not isinstance(config, RunConfig):
+        raise RunConfigError(f"config must be a RunConfig, got {type(config).__name__}")
+    config.check()  # every setting before the model is loaded, and again against it before any forward pass
     out = Path(config.out)
     main = distributed.is_main()  # under torchrun every rank collects its shard; rank 0 does the rest
     answer_cache = AnswerCache(cache_dir() / "answers")  # the unedited model's answers, reused across runs
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         print(f"safety-neurons run: model {config.model}, results in {out}"
               + (f" ({distributed.world_size()} processes share the collection)" if distributed.is_distributed() else ""))
     split = config.device_map is not None or (config.n_devices or 1) > 1
     model = load_model(config.model, dtype=config.dtype, device=None if split else config.device,
                        device_map=config.device_map, n_devices=config.n_devices)  # fmt: skip
-    prompts = load_prompts()
+    splits = _splits(config, load_prompts())
+    config.check(model, splits)
+    anchor, val_h, val_s, test_h, test_s = (splits[k] for k in ("anchor", "val_h", "val_s", "test_h", "test_s"))
     lap("load")
 
-    anchor = list(prompts.filter(split="anchor", limit=config.anchor))
-    val = prompts.filter(split="val")
-    val_h, val_s = list(val.filter(label="harmful", limit=config.val)), list(val.filter(label="harmless", limit=max(1, config.val // 2)))
-    test = prompts.filter(split="test")
-    test_h = list(test.filter(label="harmful", limit=config.test))
-    test_s = list(test.filter(label="harmless", limit=config.test_harmless))
     layer_sets = [config.layers] if config.layers else config.candidates
     row_layers = sorted({layer for layers in layer_sets for layer in layers})
     gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
@@ -251,7 +322,6 @@ def run(config: RunConfig) -> dict:
     if not main:
         return {}
     ranking = rank_neurons(collection.stats)
-    ranking.save(out / "neurons")
     print(f"\n{ranking}\n{ranking.table()}")
     lap("rank")
 
@@ -267,7 +337,6 @@ def run(config: RunConfig) -> dict:
                   f"KL {r['kl']:.4f}" + (f"   ← chosen ({r['rule']})" if r.get("chosen") else ""))  # fmt: skip
     lap("select")
     edit = _fit(model, config, anchor, ranking, collection, layers)
-    edit.save(out / "edit")
     print(f"\n{edit.summary()}")
     lap("solve")
 
@@ -327,16 +396,21 @@ def run(config: RunConfig) -> dict:
         "timings_s": timings,
         "processes": distributed.world_size(),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    (out / "results.md").write_text(f"# safety-neurons run\n\nJudge: {judge.name} (three-way: refusal, compliance, "
-                                    f"degenerate). Model: {config.model}. Edited layers: {layers}. Test split: "
-                                    f"{config.test} harmful + {config.test_harmless} harmless prompts a language, "
-                                    f"greedy answers of up to {config.max_new_tokens} tokens.\n\n{table}\n")  # fmt: skip
-    with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
-        for state, ev in (("before", before), ("after", after)):
-            for rec in ev.answers:
-                f.write(json.dumps({"state": state, **rec}, ensure_ascii=False) + "\n")
-    report = _write_report(out, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table, site_rows)
+    with atomic_dir(out) as tmp:  # all or nothing: an error leaves no half-written results folder
+        ranking.save(tmp / "neurons")
+        edit.save(tmp / "edit")
+        (tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "results.md").write_text(
+            f"# safety-neurons run\n\nJudge: {judge.name} (three-way: refusal, compliance, degenerate). Model: "
+            f"{config.model}. Edited layers: {layers}. Test split: {config.test} harmful + {config.test_harmless} "
+            f"harmless prompts a language, greedy answers of up to {config.max_new_tokens} tokens.\n\n{table}\n",
+            encoding="utf-8")  # fmt: skip
+        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
+            for state, ev in (("before", before), ("after", after)):
+                for rec in ev.answers:
+                    f.write(json.dumps({"state": state, **rec}, ensure_ascii=False) + "\n")
+        report = _write_report(tmp, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table, site_rows)
+    report = None if report is None else out / Path(report).name
     lap("report")
     print(f"\n{table}\n")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}" + (f", {report}" if report else ""))

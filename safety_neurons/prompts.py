@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from ._checks import check_choice, check_int, str_or_list
+from ._checks import as_path, check_choice, check_int, str_or_list
 
 LANGS: tuple[str, ...] = ("en", "zh", "vi", "ja", "th", "id", "bn", "he")
 LANG_NAMES = {
@@ -530,7 +530,7 @@ def load_custom(
     line: a row with more fields than the header (unquoted commas in a CSV text), empty text, a
     language outside `LANGS`, a label other than 'harmful' / 'harmless' (exactly), a split outside
     anchor / val / test, and the same (lang, id) twice. Ids default to row-00000, row-00001, …."""
-    path = Path(path)
+    path = as_path("path", path, PromptSetError)
     for arg, mapping in (("columns", columns), ("defaults", defaults)):
         if mapping is not None and not isinstance(mapping, Mapping):
             raise PromptSetError(f"{arg} must be a dict of field → value, got {type(mapping).__name__}")

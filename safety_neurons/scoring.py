@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import encode_chat, sorted_batches
+from .chat import check_lengths, encode_chat, sorted_batches
 
 
 @torch.no_grad()
@@ -26,6 +26,7 @@ def continuation_logprobs(
     batch_size: int = 16,
     progress: bool = False,
     desc: str = "scoring",
+    names: Sequence[str] | None = None,
 ) -> Float[Tensor, " n"]:
     """Mean log-probability per token of ``continuations[i]`` as the answer to the user message
     ``messages[i]`` (chat template, generation prompt), teacher-forced; the continuation is cut to its first
@@ -44,6 +45,7 @@ def continuation_logprobs(
             raise ValueError(f"continuation {i} ({text[:40]!r}) encodes to no tokens")
         seqs.append(contexts[message] + ids)
         lengths.append(len(ids))
+    check_lengths(seqs, model.cfg.n_ctx, names)
     out = torch.empty(len(seqs))
     device = model.cfg.device
     for idx, batch in tqdm(sorted_batches(seqs, tok, batch_size), total=-(-len(seqs) // batch_size), desc=desc,

@@ -8,6 +8,7 @@ import torch
 from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
+from safety_neurons import pipeline
 from safety_neurons.cli import main
 
 S = [0, 3, 5, 7, 11]
@@ -226,3 +227,347 @@ def test_cli_one_line_errors(tmp_path, monkeypatch, capsys, argv, match):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert match in err
+
+
+# --- every saved artifact is checked on load ---------------------------------------------------------------
+def _ranking(bridge, prompts):
+    return sn.rank_neurons(sn.collect_activations(bridge, prompts, progress=False).stats)
+
+
+def _direction(bridge, prompts):
+    return sn.RefusalDirection.fit(bridge, prompts, layer=1, langs=["en"], progress=False)
+
+
+def _drop(field):
+    def damage(folder, json_name, tensor_name):
+        cfg = json.loads((folder / json_name).read_text())
+        del cfg[field]
+        (folder / json_name).write_text(json.dumps(cfg))
+
+    return damage
+
+
+def _change_tensor(folder, json_name, tensor_name):  # same keys and shapes, other values
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(folder / tensor_name)
+    key = min(t)
+    t[key] = t[key].clone()
+    t[key].view(-1)[0] = 1 - t[key].view(-1)[0] if t[key].dtype == torch.bool else t[key].view(-1)[0] + 1
+    save_file(t, folder / tensor_name)
+
+
+ARTIFACTS = {  # make, class, error, json file, tensor file
+    "ranking": (_ranking, sn.SafetyNeurons, sn.NeuronsError, "neurons.json", "neurons.safetensors"),
+    "direction": (_direction, sn.RefusalDirection, sn.BaselineError, "direction.json", "direction.safetensors"),
+    "stats": (lambda b, p: sn.collect_activations(b, p, progress=False).stats, sn.ActivationStats,
+              sn.ActivationError, "stats.json", "stats.safetensors"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(ARTIFACTS))
+@pytest.mark.parametrize("damage, match", [
+    (lambda f, j, t: (f / j).write_text("{not json"), r"{json}: not valid JSON"),
+    (lambda f, j, t: (f / j).unlink(), r"{json}: file not found"),
+    (lambda f, j, t: (f / t).unlink(), r"{tensors}: file not found"),
+    (lambda f, j, t: (f / t).write_bytes((f / t).read_bytes()[:40]), r"{tensors}: not a readable safetensors"),
+    (_drop("sha256"), r"{json}: missing field.*sha256"),
+    (_change_tensor, r"{tensors}: the tensors.* do not match the sha256"),
+])  # fmt: skip
+def test_damaged_artifacts(tmp_path, bridge, prompts, kind, damage, match):
+    make, cls, error, json_name, tensor_name = ARTIFACTS[kind]
+    folder = make(bridge, prompts).save(tmp_path / kind)
+    assert cls.load(folder) is not None  # intact: loads
+    damage(folder, json_name, tensor_name)
+    with pytest.raises(error, match=match.format(json=json_name, tensors=tensor_name).replace(".", r"\.", 1)):
+        cls.load(folder)
+
+
+def test_ranking_round_trip_and_shape_check(tmp_path, bridge, prompts):
+    ranking = _ranking(bridge, prompts)
+    loaded = sn.SafetyNeurons.load(ranking.save(tmp_path / "r"))
+    assert torch.equal(loaded.selected, ranking.selected) and loaded.langs == ranking.langs
+    cfg = json.loads((tmp_path / "r" / "neurons.json").read_text())
+    cfg["layers"] = cfg["layers"][:-1]  # a changed integrity field: the layers no longer match the tensors
+    (tmp_path / "r" / "neurons.json").write_text(json.dumps(cfg))
+    with pytest.raises(sn.NeuronsError, match=r"neurons\.safetensors: tensor shapes"):
+        sn.SafetyNeurons.load(tmp_path / "r")
+
+
+@pytest.mark.parametrize("kind, field, value, match", [
+    ("ranking", "langs", ["zh", "en"], "languages and layers"),
+    ("direction", "layer", 2, "layer and norm"),
+    ("stats", "layers", [0, 1], "tensor shapes"),
+])  # fmt: skip
+def test_changed_integrity_field_is_an_error(tmp_path, bridge, prompts, kind, field, value, match):
+    make, cls, error, json_name, _ = ARTIFACTS[kind]
+    folder = make(bridge, prompts).save(tmp_path / kind)
+    cfg = json.loads((folder / json_name).read_text())
+    cfg[field] = value
+    (folder / json_name).write_text(json.dumps(cfg))
+    with pytest.raises(error, match=match):
+        cls.load(folder)
+
+
+def test_direction_of_another_model_is_refused(bridge, prompts):
+    direction = _direction(bridge, prompts)
+    direction.direction = torch.ones(7)
+    with pytest.raises(sn.BaselineError, match="width 32"), direction.applied(bridge):
+        pass
+
+
+# --- neuron indices and layers must be integers ------------------------------------------------------------
+@pytest.mark.parametrize("bad", [[1.5, 2.0], [1.0, 2.0], torch.tensor([1.5, 2.0]), torch.tensor([1.0, 3.0]),
+                                 [True, False], torch.tensor([True, False]), "12", [0, 48]])  # fmt: skip
+def test_float_or_bool_neuron_indices_are_refused(bridge, prompts, bad):
+    with pytest.raises(sn.EditError, match="neurons"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons=bad, progress=False)
+    with pytest.raises(sn.EditError, match=r"neurons\[1\]"):
+        sn.fit_edit(bridge, prompts, layers=1, neurons={1: bad}, progress=False)
+    with pytest.raises(sn.BaselineError, match="neurons"), sn.NeuronScaling({1: bad}).applied(bridge):
+        pass
+
+
+def test_integer_tensors_and_arrays_are_indices(bridge, prompts):
+    import numpy as np
+
+    a = sn.fit_edit(bridge, prompts, layers=1, neurons=torch.tensor(S), rank=2, progress=False)
+    b = sn.fit_edit(bridge, prompts, layers=1, neurons=np.array(S), rank=2, progress=False)
+    assert a.edits[0].neurons.tolist() == b.edits[0].neurons.tolist() == S
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda b, p, r: sn.NeuronScaling({1.0: [1]}), sn.BaselineError),
+    (lambda b, p, r: sn.NeuronScaling({5: [1]}).applied(b).__enter__(), sn.BaselineError),
+    (lambda b, p, r: sn.RefusalDirection.fit(b, p, layer=1.5, progress=False), sn.BaselineError),
+    (lambda b, p, r: sn.RefusalDirection.fit(b, p, layer=3, progress=False), sn.BaselineError),
+    (lambda b, p, r: sn.rank_by_attribution(b, p, layers=[0.5], progress=False), sn.NeuronsError),
+    (lambda b, p, r: sn.rank_by_attribution(b, p, layers=[True], progress=False), sn.NeuronsError),
+    (lambda b, p, r: r.neurons("en", 1.0), sn.NeuronsError),
+    (lambda b, p, r: r.union(True), sn.NeuronsError),
+    (lambda b, p, r: r.jaccard(7), sn.NeuronsError),
+])  # fmt: skip
+def test_float_and_bool_layers_are_refused(bridge, prompts, call, error):
+    with pytest.raises(error, match="layer"):
+        call(bridge, prompts, _ranking(bridge, prompts))
+
+
+# --- prompts beyond the model's context window ---------------------------------------------------------------
+LONG = sn.Prompt("long-1", "en", "harmful", " ".join(["w1"] * 300))  # the tiny models' window is 256 tokens
+
+
+@pytest.fixture
+def no_forward(bridge):
+    """Fails the test if the model runs a forward pass."""
+
+    def hook(*args):
+        raise AssertionError("a forward pass ran before the error")
+
+    handle = bridge.original_model.get_input_embeddings().register_forward_pre_hook(hook)
+    yield
+    handle.remove()
+
+
+@pytest.mark.parametrize("call", [
+    lambda b, p: sn.generate(b, p + [LONG], progress=False),
+    lambda b, p: sn.evaluate(b, p + [LONG], progress=False),
+    lambda b, p: sn.collect_activations(b, p + [LONG], progress=False),
+    lambda b, p: sn.refusal_scores(b, p + [LONG]),
+    lambda b, p: sn.kl_divergence(b, None, p + [LONG]),
+    lambda b, p: sn.rank_by_attribution(b, p + [LONG], progress=False),
+    lambda b, p: sn.fit_edit(b, p + [LONG], layers=1, neurons=S, progress=False),
+    lambda b, p: sn.mc_accuracy(b, [sn.MCQuestion("long-1", "en", "x", LONG.text, ("A", "B", "C", "D"), 0)]),
+])  # fmt: skip
+def test_prompt_longer_than_the_context_window(bridge, prompts, no_forward, call):
+    with pytest.raises(sn.PromptTooLongError, match=r"prompt en/long-1( option 0)? is \d+ tokens long.*context window is 256"):
+        call(bridge, prompts)
+
+
+def test_generation_must_fit_the_window_too(bridge, no_forward):
+    text = " ".join(["w1"] * 240)  # fits alone, not with 24 new tokens
+    with pytest.raises(sn.PromptTooLongError, match=r"prompt #0 .* \+ 24 to generate"):
+        sn.generate(bridge, [text], progress=False)
+
+
+# --- measurements, judges and baselines check their arguments ------------------------------------------------
+Q = sn.MCQuestion("q-1", "en", "x", "w1 w2 ?", ("A", "B", "C", "D"), 0)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda b, p: sn.kl_divergence(b, None, p, k=0), sn.EvaluationError, "k must be"),
+    (lambda b, p: sn.kl_divergence(b, None, p, k=1.5), sn.EvaluationError, "k must be"),
+    (lambda b, p: sn.kl_divergence(b, None, p, batch_size=0), sn.EvaluationError, "batch_size"),
+    (lambda b, p: sn.kl_divergence(b, None, []), sn.EvaluationError, "empty"),
+    (lambda b, p: sn.kl_divergence(b, None, "w1 w2"), sn.EvaluationError, "the string"),
+    (lambda b, p: sn.kl_divergence(b, "edit", p), sn.EvaluationError, "intervention"),
+    (lambda b, p: sn.kl_divergence(b, None, ["w1 w2"]), sn.EvaluationError, "Prompt records"),
+    (lambda b, p: sn.mc_accuracy(b, []), sn.EvaluationError, "empty"),
+    (lambda b, p: sn.mc_accuracy(b, [Q], scoring="letters"), sn.EvaluationError, "scoring 'letters'"),
+    (lambda b, p: sn.mc_accuracy(b, [Q], batch_size=0), sn.EvaluationError, "batch_size"),
+    (lambda b, p: sn.mc_accuracy(b, p), sn.EvaluationError, "MCQuestion"),
+    (lambda b, p: sn.mc_accuracy(b, [sn.MCQuestion("q", "en", "x", "w1", ("A", "B"), 3)]), sn.EvaluationError, "answer 3"),
+    (lambda b, p: sn.generate(b, p, batch_size=0), sn.EvaluationError, "batch_size"),
+    (lambda b, p: sn.generate(b, [1, 2]), sn.EvaluationError, "int"),
+    (lambda b, p: sn.refusal_scores(b, []), sn.EvaluationError, "empty"),
+    (lambda b, p: sn.evaluate(b, p, judge="phrases"), sn.EvaluationError, "judge must be"),
+    (lambda b, p: sn.NeuronScaling([1, 2]), sn.BaselineError, "neurons must be"),
+    (lambda b, p: sn.NeuronScaling({}), sn.BaselineError, "neurons must be"),
+    (lambda b, p: sn.NeuronScaling({1: [1]}, alpha="2"), sn.BaselineError, "alpha"),
+    (lambda b, p: sn.NeuronScaling({1: [48]}).applied(b).__enter__(), sn.BaselineError, "out of range"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, langs="en", progress=False), sn.BaselineError, "langs"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, langs=["xx"], progress=False), ValueError, "unknown language"),
+    (lambda b, p: sn.RefusalDirection.fit(b, [x for x in p if x.label == "harmful"], layer=1, progress=False),
+     sn.BaselineError, "en harmless"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, langs=["en", "th"], progress=False), sn.BaselineError,
+     "th harmful"),
+    (lambda b, p: sn.RefusalDirection.fit(b, p, layer=1, batch_size=0, progress=False), sn.BaselineError, "batch_size"),
+    (lambda b, p: sn.NeuronScaling.from_ranking("ranking"), sn.BaselineError, "ranking must be"),
+])  # fmt: skip
+def test_measurement_and_baseline_arguments(bridge, prompts, call, error, match):
+    with pytest.raises(error, match=match):
+        call(bridge, prompts)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((["p1", "p2"], ["a1"], ["en", "en"]), "same length"),
+    ((["p1"], ["a1"], ["en", "zh"]), "same length"),
+    ((["p1"], ["a1"], ["xx"]), "unknown language code 'xx'"),
+    ((["p1"], ["a1"], [None]), "unknown language code None"),
+    (("p1", ["a1"], ["en"]), "prompts must be a sequence"),
+    ((["p1"], None, ["en"]), "answers must be a list"),
+    ((["p1"], [3], ["en"]), "answer is int"),
+])  # fmt: skip
+def test_judge_arguments(args, match):
+    with pytest.raises(sn.JudgeError, match=match):
+        sn.PhraseJudge().judge(*args)
+    with pytest.raises(TypeError if "must be" in match else ValueError):  # still what it was before
+        sn.PhraseJudge().judge(*args)
+
+
+def test_judge_references_must_match_the_answers():
+    from safety_neurons.judges import _check_references
+
+    with pytest.raises(sn.JudgeError, match="2 references for 1 answers"):
+        _check_references(["r1", "r2"], ["a1"])
+
+
+# --- the run's whole configuration is checked before any work; its folder is all or nothing -----------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"layers": [5]}, r"layers: layers \[5\] out of range: .* 3 layers"),
+    ({}, r"candidates .*layers \[19, 21\] out of range"),
+    ({"layers": [1.5]}, "integer"),
+    ({"layers": "12"}, "string '12'"),
+    ({"candidates": []}, "candidates is empty"),
+    ({"langs": ["xx"]}, "unknown language"),
+    ({"langs": ["en"]}, "pivot"),
+    ({"site": "attn"}, "unknown site 'attn'"),
+    ({"target": "gap"}, "unknown target 'gap'"),
+    ({"neurons": "zh"}, "unknown neurons 'zh'"),
+    ({"preserve": "harmless"}, "preserve must be a list"),
+    ({"preserve": ["safe"]}, "unknown preserve option 'safe'"),
+    ({"mc_scoring": "Cloze"}, "did you mean 'cloze'"),
+    ({"anchor": 0}, "anchor must be"),
+    ({"rank": 2.0}, "rank must be an integer"),
+    ({"kl_cap": 0}, "kl_cap must be > 0"),
+    ({"gamma": float("nan")}, "gamma must be finite"),
+    ({"site": "gate", "target": "language_gap"}, "needs site='w_out'"),
+    ({"max_new_tokens": 250, "layers": [1]}, r"prompt .* \+ 250 to generate.*256"),
+])  # fmt: skip
+def test_run_config_is_checked_against_the_model(bridge, kwargs, match):
+    config = pipeline.RunConfig(**kwargs)
+    splits = pipeline._splits(config, sn.load_prompts()) if isinstance(config.anchor, int) and config.anchor > 0 else None
+    with pytest.raises(ValueError, match=match):
+        config.check(bridge, splits)
+
+
+def test_run_config_langs_must_be_in_the_prompt_set(bridge):
+    config = pipeline.RunConfig(layers=[1], langs=["th"])
+    splits = pipeline._splits(config, sn.load_prompts(["en", "zh"]))
+    with pytest.raises(pipeline.RunConfigError, match=r"no anchor prompts in \['th'\]"):
+        config.check(bridge, splits)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--layers", "5"], "layers [5] out of range"),
+    (["--quick"], "candidates"),
+    (["--layers", "1", "--max-new-tokens", "300"], "+ 300 to generate"),
+])  # fmt: skip
+def test_cli_run_checks_the_config_against_the_model_in_one_line(tmp_path, monkeypatch, capsys, bridge, argv, match):
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: bridge)
+    monkeypatch.setattr(pipeline, "collect_sharded", lambda *a, **k: pytest.fail("work started"), raising=False)
+    monkeypatch.setattr(pipeline.distributed, "collect_sharded", lambda *a, **k: pytest.fail("work started"))
+    out = tmp_path / "out"
+    assert main(["run", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and match in err
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_no_half_written_results_folder(tmp_path, monkeypatch, bridge):
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: bridge)
+    config = {"layers": [1], "anchor": 3, "val": 1, "test": 1, "test_harmless": 1, "mc": 1, "max_new_tokens": 4, "rank": 2}
+
+    def broken_report(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "_write_report", broken_report)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.run(pipeline.RunConfig(out=str(tmp_path / "new"), **config))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no folder, no temporary left over
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text('{"previous": true}')
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.run(pipeline.RunConfig(out=str(old), **config))
+    assert sorted(p.name for p in old.iterdir()) == ["results.json"]
+    assert json.loads((old / "results.json").read_text()) == {"previous": True}
+
+    monkeypatch.setattr(pipeline, "_write_report", lambda *args: None)
+    results = pipeline.run(pipeline.RunConfig(out=str(tmp_path / "new"), **config))
+    names = {p.name for p in (tmp_path / "new").iterdir()}
+    assert {"results.json", "results.md", "generations.jsonl", "edit", "neurons"} <= names
+    assert results["edited_layers"] == [1] and sn.WeightEdit.load(tmp_path / "new" / "edit").uid == results["edit"]["uid"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--batch-size", "0"], "batch_size must be an integer ≥ 1, got 0"),
+    (["--kl-cap", "-1"], "kl_cap must be > 0"),
+    (["--out", "FILE"], "exists and is not a folder"),
+])  # fmt: skip
+def test_cli_run_checks_settings_before_loading_the_model(tmp_path, monkeypatch, capsys, argv, match):
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "file").write_text("x")
+    argv = [str(tmp_path / "file") if a == "FILE" else a for a in argv]
+    assert main(["run", *argv] + ([] if "--out" in argv else ["--out", str(tmp_path / "out")])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err
+
+
+def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):
+    from safety_neurons import cli
+
+    def fail(args):
+        raise FileNotFoundError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "_data", fail)
+    assert main(["data"]) == 2
+    assert capsys.readouterr().err.strip() == "safety-neurons: error: first line second line"
+
+
+def test_evaluation_langs_take_one_code(bridge, prompts):
+    ev = sn.evaluate(bridge, prompts, max_new_tokens=2, progress=False)
+    assert ev.mean_asr("en") == ev.mean_asr(["en"])  # not the languages 'e' and 'n'
+    with pytest.raises(sn.EvaluationError, match="no results for"):
+        ev.mean_asr(["th"])
+
+
+def test_overlap_with_another_layer_set_is_an_error(bridge, prompts):
+    ranking = _ranking(bridge, prompts)
+    other = sn.SafetyNeurons(ranking.langs, [0], ranking.delta[:, :1], ranking.z[:, :1], ranking.d[:, :1],
+                             ranking.selected[:, :1])  # fmt: skip
+    with pytest.raises(sn.NeuronsError, match=r"no layers \[1, 2\]"):
+        ranking.overlap_with(other)

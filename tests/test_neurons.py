@@ -90,7 +90,7 @@ def test_bad_input():
     stats = planted_stats(PLANTED)
     with pytest.raises(ValueError, match="unknown language"):
         sn.rank_neurons(stats, langs=["xx"])
-    with pytest.raises(KeyError, match="no statistics for language 'zh'"):
+    with pytest.raises(sn.NeuronsError, match="no statistics for language 'zh'"):
         sn.rank_neurons(stats, langs=["zh"])
 
 
