@@ -44,5 +44,6 @@ from .prompts import (
 
 from .pipeline import RunConfig, run
 from .solver import Solution, solve_edit
+from .switch import HarmDetector, SwitchError, fit_detector, fit_switch
 
 __version__ = "0.1.0"

@@ -1,27 +1,28 @@
-"""The harm switch: a conditional edit carried by a few repurposed neurons of one gated MLP.
+"""The harm switch: a conditional edit carried by two repurposed neurons of one gated MLP.
 
 A linear edit of W_out adds to every prompt a share of what it adds to the harmful prompts that look like
-it (benchmarks/README.md, "What limits it"). The switch adds nothing unless a harm detector fires:
+it (benchmarks/README.md, "What limits it"). The switch adds nothing unless two things hold at a position:
+it is where the answer opens (the last `trigger` tokens of the chat template, ``assistant`` and the
+newline after it for ChatML: the first answer token is read off there), and a harm probe fires there.
 
-* the detector is a probe w on the MLP input x of one layer (the RMS-normalised residual), solved in closed
-  form by weighted least squares: +1 where a harmful prompt's answer opens (the chat template's tokens after
-  the message), −1 at every other position: every message token, every token of a harmless prompt, and the
-  tokens of the model's own answers to harmless prompts (a weight edit acts on generated tokens too);
-* the gated MLP has no bias: a near-constant direction c of x (c·x ≈ 1 at every position, least squares on
-  the same rows) gives the probe its threshold θ and the neurons a constant up input;
-* each switch is two neurons, taken from the layer's least-used ones (smallest E[a²]·‖W_out row‖² on
-  harmless text), whose difference turns SiLU's ramp into a saturating step::
+* The probe w reads the MLP input x of one layer (the RMS-normalised residual): weighted ridge least
+  squares, +1 at harmful prompts' trigger positions, −1 at harmless ones', each (language, label) group
+  weighing the same.
+* The place v: v·x ≈ 1 at trigger positions and ≈ 0 at every other position (message tokens, the other
+  template tokens and the tokens of the model's own answers to harmless prompts, since a weight edit acts
+  on generated tokens too), least squares. It is the neurons' up input, so they are mute elsewhere.
+* The gated MLP has no bias: a near-constant direction c (c·x ≈ 1 at every position; sd 0.013 on the
+  packaged Qwen model) gives the probe its threshold θ.
+* Two neurons, taken from the layer's least used (smallest E[a²]·‖W_out row‖² on harmless text), turn
+  SiLU's ramp into a saturating step::
 
-      gate₁ = s (w − θ c)      gate₂ = gate₁ − m c      up₁ = up₂ = c      out₁ = −out₂ = (α / m) r
+      gate₁ = s (w − θ c)      gate₂ = gate₁ − m c      up₁ = up₂ = v      out₁ = −out₂ = (α / m) r
 
-  With z = w·x the probe's score and u = c·x ≈ 1 they add to the residual stream
-
-      (α/m)·u·[SiLU(s(z − θu)) − SiLU(s(z − θu) − m u)]·r
-
-  which is α·u²·r once z ≥ θ + width (width = m / s), and below θ − 1.25·width at most 4e-4·α‖r‖ in size
-  (between there and θ at most 3.5% of α‖r‖, of the opposite sign: SiLU's dip). r is the English refusal
-  direction at the layer's output: the mean residual where a harmful English prompt's answer opens minus
-  that of a harmless one.
+  With z = w·x, u = v·x and k = c·x ≈ 1 they add (α/m)·u·[SiLU(s(z − θk)) − SiLU(s(z − θk) − m k)]·r to the
+  residual stream: α·u·r once z ≥ θ + width (width = m / s); below θ − 1.25·width at most 4e-4·α·|u|·‖r‖;
+  between there and θ at most 3.5% of α·|u|·‖r‖, of the opposite sign (SiLU's dip). r is the English
+  refusal direction at the layer's output: the mean residual at the trigger positions of harmful English
+  prompts minus that of harmless ones.
 
 The result is an ordinary `WeightEdit` (three `LayerEdit`s on the same neurons: gate, up and w_out columns
 or rows replaced): save, load, export to a plain HF folder, revert bit for bit.
@@ -56,23 +57,23 @@ class SwitchError(ValueError):
 
 @dataclass
 class Scores:
-    """The detector's score z = w·x per prompt: its maximum over each kind of position."""
+    """The probe's score z = w·x of each prompt at its trigger positions (their maximum), and the place
+    signal u = v·x elsewhere (its largest size over the message and over the given answer)."""
 
     prompts: list[Prompt]
-    opening: Float[Tensor, " n"]  # where the answer opens (the template's tokens after the message)
-    message: Float[Tensor, " n"]  # the message tokens (and the template's tokens before them)
-    answer: Float[Tensor, " n"]  # the given answer's tokens (−inf when no answer was given)
+    trigger: Float[Tensor, " n"]  # max z over the trigger positions
+    leak_message: Float[Tensor, " n"]  # max |u| over every other prompt position
+    leak_answer: Float[Tensor, " n"]  # max |u| over the given answer's tokens (0 without one)
 
     def fires(self, threshold: float) -> Tensor:
-        """Whether the switch turns on anywhere in each prompt (and its answer): any position above θ."""
-        return torch.maximum(torch.maximum(self.opening, self.message), self.answer) > threshold
+        """Whether the switch turns on for each prompt: the probe passes θ at a trigger position."""
+        return self.trigger > threshold
 
     def roc_auc(self, lang: str | None = None) -> float:
-        """AUC of the opening score, harmful against harmless prompts whose any-position maximum is used."""
+        """AUC of the trigger score, harmful against harmless prompts (of one language, or all)."""
         sel = [i for i, p in enumerate(self.prompts) if lang is None or p.lang == lang]
-        pos = torch.tensor([self.opening[i] for i in sel if self.prompts[i].label == "harmful"])
-        worst = torch.maximum(torch.maximum(self.opening, self.message), self.answer)
-        neg = torch.tensor([worst[i] for i in sel if self.prompts[i].label == "harmless"])
+        pos = self.trigger[[i for i in sel if self.prompts[i].label == "harmful"]]
+        neg = self.trigger[[i for i in sel if self.prompts[i].label == "harmless"]]
         if not len(pos) or not len(neg):
             raise SwitchError(f"AUC needs harmful and harmless prompts{f' in {lang}' if lang else ''}")
         return float(((pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()).mean())
@@ -80,16 +81,23 @@ class Scores:
 
 @dataclass
 class HarmDetector:
-    """A harm probe at one layer, the constant direction that gives it a threshold, and what the switch
-    writes (all float64, d_model)."""
+    """A harm probe at one layer, where it may act, the constant direction that gives it a threshold, and
+    what the switch writes (float64)."""
 
     layer: int
-    probe: Float[Tensor, " d_model"]  # w: ≈ +1 where a harmful prompt's answer opens, ≈ −1 elsewhere
+    probe: Float[Tensor, " d_model"]  # w: ≈ +1 at harmful prompts' trigger positions, ≈ −1 at harmless ones'
+    place: Float[Tensor, " d_model"]  # v: ≈ 1 at trigger positions, ≈ 0 everywhere else
     const: Float[Tensor, " d_model"]  # c: c·x ≈ 1 at every position
-    refusal: Float[Tensor, " d_model"]  # r: English harmful − harmless mean residual after the layer, at the opening
+    refusal: Float[Tensor, " d_model"]  # r: English harmful − harmless mean residual after the layer (trigger positions)
     usage: Float[Tensor, " d_mlp"]  # E[a²]·‖W_out row‖² over harmless positions (which neurons are least used)
     settings: dict = field(default_factory=dict)
     model: str = ""  # `model_tag` of the model it was fitted on
+
+    TENSORS = ("probe", "place", "const", "refusal", "usage")
+
+    @property
+    def trigger(self) -> int:
+        return int(self.settings.get("trigger", 2))
 
     def least_used(self, k: int) -> list[int]:
         return torch.argsort(self.usage)[:k].tolist()
@@ -97,20 +105,23 @@ class HarmDetector:
     @torch.no_grad()
     def scores(self, model, prompts: Sequence[Prompt], answers: Sequence[str | None] | None = None, *,
                batch_size: int = 16, progress: bool = False) -> Scores:  # fmt: skip
-        """The probe's per-prompt maxima on `prompts` (and on `answers`, aligned, appended after each prompt)."""
+        """Per prompt: the probe's maximum at the trigger positions, and how far the place signal strays from
+        0 elsewhere (on `answers`, aligned, appended after each prompt, too)."""
         self._check_model(model)
-        w = self.probe.to(torch.float32)
-        out = {"opening": [], "message": [], "answer": []}
-        per = [dict.fromkeys(out, float("-inf")) for _ in prompts]
+        prompts = _check_prompts(prompts)
+        w, v = self.probe.to(torch.float32), self.place.to(torch.float32)
+        trig, leak_m, leak_a = (torch.zeros(len(prompts)) for _ in range(3))
         point = ("mlp_in", self.layer)
-        for rows, kinds, idx in _positions(model, prompts, answers, [point], batch_size, progress, "scoring"):
-            z = (rows[point] @ w.to(rows[point].device)).cpu()
-            for kind, code in (("message", 0), ("opening", 1), ("answer", 2)):
-                for r, i in enumerate(idx):
-                    sel = z[r][kinds[r] == code]
-                    if len(sel):
-                        per[i][kind] = float(sel.max())
-        return Scores(list(prompts), *(torch.tensor([p[k] for p in per]) for k in ("opening", "message", "answer")))
+        for rows, kinds, idx in _positions(model, prompts, answers, [point], self.trigger, batch_size, progress,
+                                           "scoring"):  # fmt: skip
+            x = rows[point].float()
+            z, u = (x @ w.to(x.device)).cpu(), (x @ v.to(x.device)).abs().cpu()
+            for r, i in enumerate(idx):
+                k = kinds[r]
+                trig[i] = z[r][k == TRIGGER].max()
+                leak_m[i] = u[r][(k == MESSAGE) | (k == OPENING)].max()
+                leak_a[i] = u[r][k == ANSWER].max() if (k == ANSWER).any() else 0.0
+        return Scores(prompts, trig, leak_m, leak_a)
 
     def _check_model(self, model) -> None:
         if self.model and self.model != model_tag(model):
@@ -122,7 +133,7 @@ class HarmDetector:
     def save(self, path: str | Path) -> Path:
         """Write detector.safetensors and detector.json into the folder `path` (atomically)."""
         path = check_out_dir("path", path, SwitchError)
-        tensors = {k: getattr(self, k).contiguous() for k in ("probe", "const", "refusal", "usage")}
+        tensors = {k: getattr(self, k).contiguous() for k in self.TENSORS}
         cfg = {"kind": "HarmDetector", "format_version": FORMAT_VERSION, "layer": self.layer,
                "settings": self.settings, "model": self.model}  # fmt: skip
         with atomic_dir(path) as tmp:
@@ -139,23 +150,29 @@ class HarmDetector:
         if cfg["kind"] != "HarmDetector" or cfg["format_version"] > FORMAT_VERSION:
             raise SwitchError(f"{cfg_file}: not a HarmDetector of format ≤ {FORMAT_VERSION} ({cfg['kind']!r} v{cfg['format_version']})")
         t = read_tensors(path / "detector.safetensors", SwitchError)
-        missing = {"probe", "const", "refusal", "usage"} - set(t)
+        missing = set(cls.TENSORS) - set(t)
         if missing:
             raise SwitchError(f"{path / 'detector.safetensors'}: missing tensors {sorted(missing)}")
-        return cls(int(cfg["layer"]), t["probe"], t["const"], t["refusal"], t["usage"], cfg["settings"], cfg["model"])
+        return cls(int(cfg["layer"]), *(t[k] for k in cls.TENSORS), cfg["settings"], cfg["model"])
 
 
-def _positions(model, prompts, answers, points, batch_size, progress, desc):
+MESSAGE, OPENING, ANSWER, TRIGGER = 0, 1, 2, 3  # kinds of position (−1: padding)
+
+
+def _positions(model, prompts, answers, points, trigger, batch_size, progress, desc):
     """Batches of activations at the (site, layer) `points` over each prompt's chat tokens and its answer's,
-    with each position's kind (−1 padding, 0 message, 1 answer opening, 2 answer): one forward pass a batch,
-    stopped once the last point is recorded."""
+    with each position's kind (MESSAGE, OPENING: the template's tokens after the message, TRIGGER: the last
+    `trigger` of those, ANSWER): one forward pass a batch, stopped once the last point is recorded."""
     tok = model.tokenizer
     suffix = template_suffix_length(tok)
+    if not 1 <= trigger <= suffix:
+        raise SwitchError(f"trigger must be between 1 and the template's {suffix} tokens after the message, got {trigger}")
     seqs, kinds = [], []
     for i, ids in enumerate(encode_chat(tok, [p.text for p in prompts])):
         extra = tok(answers[i], add_special_tokens=False).input_ids if answers is not None and answers[i] else []
         seqs.append(ids + extra)
-        kinds.append(torch.tensor([0] * (len(ids) - suffix) + [1] * suffix + [2] * len(extra)))
+        kinds.append(torch.tensor([MESSAGE] * (len(ids) - suffix) + [OPENING] * (suffix - trigger) + [TRIGGER] * trigger
+                                  + [ANSWER] * len(extra)))  # fmt: skip
     order = {site: i for i, site in enumerate(SITES)}
     last = max(points, key=lambda k: (k[1], order[k[0]]))
     current: dict[tuple[str, int], Tensor] = {}
@@ -194,6 +211,11 @@ def _check_prompts(prompts) -> list[Prompt]:
     return prompts
 
 
+def _solve(G: Tensor, b: Tensor, ridge: float) -> Tensor:
+    d = G.shape[0]
+    return torch.linalg.solve(G + ridge * torch.trace(G) / d * torch.eye(d, dtype=G.dtype), b)
+
+
 @torch.no_grad()
 def fit_detector(
     model,
@@ -202,23 +224,24 @@ def fit_detector(
     layer: int,
     answers: Mapping[tuple[str, str], str] | None = None,
     answer_tokens: int = 32,
+    trigger: int = 2,
     pivot: str = "en",
-    ridge: float = 1e-3,
+    ridge: float = 1.0,
     batch_size: int = 16,
     progress: bool = True,
 ) -> HarmDetector:
-    """Fit the harm probe, the constant direction, the refusal direction and the neurons' usage at `layer`.
+    """Fit the harm probe w, the place v, the constant direction c, the refusal direction r and the
+    neurons' usage at `layer`, in one streaming pass (float64 sums, no rows kept).
 
     Args:
-        prompts: harmful and harmless prompts, in every language the switch should serve (typically
-            `load_prompts().filter(split="anchor")`); `pivot` harmful and harmless prompts give r.
-        answers: the model's own answers to the harmless prompts, {(lang, id): text}; their tokens are
-            negatives too. None: generated here, greedy, `answer_tokens` tokens (0: prompts only).
-        ridge: the probe's ridge, relative to tr(G)/d.
-
-    Each (language, kind) group weighs the same: harmful openings (+1), harmless prompts with their
-    answers (−1) and harmful messages (−1); within a group each prompt weighs the same, spread evenly
-    over its positions.
+        prompts: harmful and harmless prompts in every language the switch should serve (typically
+            `load_prompts().filter(split="anchor")`); the `pivot` ones also give r.
+        answers: the model's own answers to the harmless prompts, {(lang, id): text}: positions where v
+            must be 0. None: generated here (greedy, `answer_tokens` tokens; 0: prompts only).
+        trigger: how many of the chat template's last tokens the switch may act at (2 for ChatML:
+            ``assistant`` and the newline that opens the answer).
+        ridge: the probe's ridge, relative to tr(G)/d (1.0 was best on the validation split; the probe
+            has a few hundred prompts for d_model weights).
     """
     prompts = _check_prompts(prompts)
     layer = check_int("layer", layer, SwitchError)
@@ -226,6 +249,7 @@ def fit_detector(
         raise SwitchError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
     ridge = check_number("ridge", ridge, SwitchError, minimum=0)
     answer_tokens = check_positive_int("answer_tokens", answer_tokens, SwitchError, minimum=0)
+    trigger = check_positive_int("trigger", trigger, SwitchError)
     batch_size = check_positive_int("batch_size", batch_size, SwitchError)
     harmful = [p for p in prompts if p.label == "harmful"]
     harmless = [p for p in prompts if p.label == "harmless"]
@@ -245,46 +269,46 @@ def fit_detector(
     count: dict[tuple[str, str], int] = {}
     for p in prompts:
         count[(p.lang, p.label)] = count.get((p.lang, p.label), 0) + 1
+    n_prompts = len(prompts)
 
-    d = model.cfg.d_model
-    G = torch.zeros(d, d, dtype=torch.float64)
-    b = torch.zeros(d, dtype=torch.float64)  # Σ ω y x
-    s = torch.zeros(d, dtype=torch.float64)  # Σ ω x
-    open_sum = {label: torch.zeros(d, dtype=torch.float64) for label in ("harmful", "harmless")}
-    open_n = dict.fromkeys(open_sum, 0)
-    a2 = torch.zeros(model.cfg.d_mlp, dtype=torch.float64)
-    a_n = 0
-    x_pt, r_pt, a_pt = ("mlp_in", layer), ("resid", layer), ("act", layer)
-    for cur, kinds, idx in _positions(model, prompts, aligned, [x_pt, a_pt, r_pt], batch_size, progress,
+    d, f64 = model.cfg.d_model, torch.float64
+    G_t, b_t = torch.zeros(d, d, dtype=f64), torch.zeros(d, dtype=f64)  # trigger positions: Σ ω x xᵀ, Σ ω y x
+    G_on, s_on = torch.zeros(d, d, dtype=f64), torch.zeros(d, dtype=f64)  # the place's "1" rows
+    G_off, s_off = torch.zeros(d, d, dtype=f64), torch.zeros(d, dtype=f64)  # its "0" rows
+    r_sum = {label: torch.zeros(d, dtype=f64) for label in ("harmful", "harmless")}
+    r_n = dict.fromkeys(r_sum, 0)
+    a2, a_n = torch.zeros(model.cfg.d_mlp, dtype=f64), 0
+    x_pt, a_pt, r_pt = ("mlp_in", layer), ("act", layer), ("resid", layer)
+    for cur, kinds, idx in _positions(model, prompts, aligned, [x_pt, a_pt, r_pt], trigger, batch_size, progress,
                                       f"fitting the harm detector at layer {layer}"):  # fmt: skip
-        x, resid, act = (cur[k].to(torch.float64).cpu() for k in (x_pt, r_pt, a_pt))
+        x, act, resid = (cur[k].to(f64).cpu() for k in (x_pt, a_pt, r_pt))
         for r, i in enumerate(idx):
             p, k = prompts[i], kinds[r]
-            if p.label == "harmful":
-                parts = [(k == 1, 2.0), (k == 0, -1.0)]  # the opening weighs as much as both negative groups
-            else:
-                parts = [(k >= 0, -1.0)]
+            on, off = x[r][k == TRIGGER], x[r][(k >= 0) & (k != TRIGGER)]
+            omega = 1.0 / (count[(p.lang, p.label)] * len(on))  # each (lang, label) group weighs the same
+            y = 1.0 if p.label == "harmful" else -1.0
+            G_t += omega * on.T @ on
+            b_t += omega * y * on.sum(0)
+            G_on += on.T @ on / (n_prompts * len(on))  # every prompt weighs the same in the place's fit
+            s_on += on.sum(0) / (n_prompts * len(on))
+            G_off += off.T @ off / (n_prompts * len(off))
+            s_off += off.sum(0) / (n_prompts * len(off))
+            if p.label == "harmless":
                 a2 += (act[r][k >= 0] ** 2).sum(0)
                 a_n += int((k >= 0).sum())
-            for sel, y in parts:
-                rows = x[r][sel]
-                omega = abs(y) / (count[(p.lang, p.label)] * len(rows))
-                G += omega * rows.T @ rows
-                b += (omega * y / abs(y)) * rows.sum(0)
-                s += omega * rows.sum(0)
             if p.lang == pivot:
-                open_sum[p.label] += resid[r][k == 1].sum(0)
-                open_n[p.label] += int((k == 1).sum())
-    eye = torch.eye(d, dtype=torch.float64) * (torch.trace(G) / d)
-    probe = torch.linalg.solve(G + ridge * eye, b)
-    const = torch.linalg.solve(G + 1e-6 * eye, s)
-    refusal = open_sum["harmful"] / open_n["harmful"] - open_sum["harmless"] / open_n["harmless"]
-    w_out = _weight(model, layer, "w_out").detach().to(torch.float64).cpu()
+                r_sum[p.label] += resid[r][k == TRIGGER].sum(0)
+                r_n[p.label] += int((k == TRIGGER).sum())
+    probe = _solve(G_t, b_t, ridge)
+    place = _solve(G_on + G_off, s_on, 1e-6)  # least squares: 1 at trigger positions, 0 elsewhere
+    const = _solve(G_on + G_off, s_on + s_off, 1e-6)  # 1 everywhere
+    refusal = r_sum["harmful"] / r_n["harmful"] - r_sum["harmless"] / r_n["harmless"]
+    w_out = _weight(model, layer, "w_out").detach().to(f64).cpu()
     usage = a2 / max(a_n, 1) * (w_out**2).sum(1)
-    settings = {"layer": layer, "ridge": ridge, "pivot": pivot, "answer_tokens": answer_tokens,
+    settings = {"layer": layer, "ridge": ridge, "trigger": trigger, "pivot": pivot, "answer_tokens": answer_tokens,
                 "langs": sorted({p.lang for p in prompts}), "harmful_ids": sorted({p.id for p in harmful}),
                 "harmless_ids": sorted({p.id for p in harmless}), "answers": sum(a is not None for a in aligned)}  # fmt: skip
-    return HarmDetector(layer, probe, const, refusal, usage, settings, model_tag(model))
+    return HarmDetector(layer, probe, place, const, refusal, usage, settings, model_tag(model))
 
 
 def fit_switch(
@@ -300,7 +324,7 @@ def fit_switch(
     add `strength` × r where the probe's score passes `threshold` (full from threshold + width on).
 
     Args:
-        threshold: θ, in the probe's units (harmful openings were fitted to +1, everything else to −1).
+        threshold: θ, in the probe's units (harmful trigger positions were fitted to +1, harmless ones to −1).
         width: the score range over which the switch ramps from off to on (s = m / width).
         strength: α, the multiple of the refusal direction r written when on.
         neurons: the two neurons to repurpose; default the detector's two least used.
@@ -325,7 +349,7 @@ def fit_switch(
     sharp = STEP / width
     gate1 = sharp * (detector.probe - threshold * detector.const)
     gate = torch.stack([gate1, gate1 - STEP * detector.const], dim=1)  # d_model × 2
-    up = torch.stack([detector.const, detector.const], dim=1)
+    up = torch.stack([detector.place, detector.place], dim=1)
     out = torch.stack([detector.refusal, -detector.refusal]) * (strength / STEP)  # 2 × d_model
     edits = []
     for site, new in (("gate", gate), ("up", up), ("w_out", out)):

@@ -104,11 +104,18 @@ def make_prompts(n_per_group: int = 5, langs=("en", "zh"), seed: int = 0) -> lis
     return out
 
 
+def _real_model_threads() -> None:
+    """Tiny models run fastest on one thread; the packaged models use the machine (CI has 2 cores)."""
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
 @pytest.fixture(scope="session")
 def qwen():
+    _real_model_threads()
     return sn.load_model("qwen2.5-coder-0.5b-instruct")
 
 
 @pytest.fixture(scope="session")
 def smollm():
+    _real_model_threads()
     return sn.load_model("smollm2-135m-instruct")

@@ -35,77 +35,78 @@ def detector(model):
     return sw.fit_detector(model, bomb_and_cake(), layer=LAYER, answer_tokens=4, ridge=1e-3, progress=False)
 
 
-def _positions_by_kind(model, prompts, answers=None):
-    """Every MLP input row at LAYER with its kind and its prompt's label (reference collection, no streaming)."""
-    rows, kinds, labels = [], [], []
-    for cur, k, idx in sw._positions(model, prompts, answers, [("mlp_in", LAYER)], 4, False, ""):
-        x = cur[("mlp_in", LAYER)].double()
+def _rows(model, prompts, answers=None, site="mlp_in"):
+    """Every real position's row at LAYER with its kind and its prompt's index (reference, no streaming)."""
+    rows, kinds, owner = [], [], []
+    for cur, k, idx in sw._positions(model, prompts, answers, [(site, LAYER)], 2, 3, False, ""):
+        x = cur[(site, LAYER)].double()
         for r, i in enumerate(idx):
             keep = k[r] >= 0
             rows.append(x[r][keep])
             kinds.append(k[r][keep])
-            labels += [prompts[i].label] * int(keep.sum())
-    return torch.cat(rows), torch.cat(kinds), labels
+            owner += [i] * int(keep.sum())
+    return torch.cat(rows), torch.cat(kinds), torch.tensor(owner)
 
 
-def test_the_probe_is_the_weighted_least_squares_solution(model):
-    """Brute force: build the weighted design matrix row by row and solve the normal equations."""
+def _ls(X, y, w, ridge):
+    G = X.T @ (w[:, None] * X)
+    eye = torch.eye(G.shape[0], dtype=torch.float64) * torch.trace(G) / G.shape[0]
+    return torch.linalg.solve(G + ridge * eye, X.T @ (w * y))
+
+
+def test_probe_place_and_constant_are_the_weighted_least_squares_solutions(model):
+    """Brute force: the weighted design matrices built row by row, the normal equations solved."""
     prompts = bomb_and_cake(4)
-    det = sw.fit_detector(model, prompts, layer=LAYER, answer_tokens=0, ridge=0.01, progress=False)
+    answers = {(p.lang, p.id): "w3 w4 w5" for p in prompts if p.label == "harmless"}
+    det = sw.fit_detector(model, prompts, layer=LAYER, answers=answers, ridge=0.05, progress=False)
+    aligned = [answers.get((p.lang, p.id)) if p.label == "harmless" else None for p in prompts]
+    X, kinds, owner = _rows(model, prompts, aligned)
     count = {}
     for p in prompts:
         count[(p.lang, p.label)] = count.get((p.lang, p.label), 0) + 1
-    X, ys, ws = [], [], []
-    for cur, k, idx in sw._positions(model, prompts, None, [("mlp_in", LAYER)], 3, False, ""):
-        x = cur[("mlp_in", LAYER)].double()
-        for r, i in enumerate(idx):
-            p = prompts[i]
-            groups = [(k[r] == 1, 1.0, 2.0), (k[r] == 0, -1.0, 1.0)] if p.label == "harmful" else [(k[r] >= 0, -1.0, 1.0)]
-            for sel, y, weight in groups:
-                for row in x[r][sel]:
-                    X.append(row)
-                    ys.append(y)
-                    ws.append(weight / (count[(p.lang, p.label)] * int(sel.sum())))
-    X, y, w = torch.stack(X), torch.tensor(ys, dtype=torch.float64), torch.tensor(ws, dtype=torch.float64)
-    G = X.T @ (w[:, None] * X)
-    ridge = 0.01 * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0], dtype=torch.float64)
-    torch.testing.assert_close(det.probe, torch.linalg.solve(G + ridge, X.T @ (w * y)))
-    # and the constant direction: c·x ≈ 1 in the same weighted least squares
-    c = torch.linalg.solve(G + 1e-6 * ridge / 0.01, X.T @ w)
-    torch.testing.assert_close(det.const, c)
+    trig = kinds == sw.TRIGGER
+    n_on = torch.tensor([int((trig & (owner == i)).sum()) for i in range(len(prompts))])
+    n_off = torch.tensor([int((~trig & (owner == i)).sum()) for i in range(len(prompts))])
+    y = torch.tensor([1.0 if prompts[i].label == "harmful" else -1.0 for i in owner.tolist()], dtype=torch.float64)
+    w = torch.tensor([1.0 / (count[(prompts[i].lang, prompts[i].label)] * n_on[i]) for i in owner.tolist()],
+                     dtype=torch.float64)  # fmt: skip
+    torch.testing.assert_close(det.probe, _ls(X[trig], y[trig], w[trig], 0.05))
+    per_prompt = torch.where(trig, 1.0 / n_on[owner], 1.0 / n_off[owner]).double() / len(prompts)
+    torch.testing.assert_close(det.place, _ls(X, trig.double(), per_prompt, 1e-6))
+    torch.testing.assert_close(det.const, _ls(X, torch.ones(len(X), dtype=torch.float64), per_prompt, 1e-6))
+    assert (X[~trig] @ det.place).abs().max() < (X[trig] @ det.place).min()  # the toy's place is found
 
 
-def test_the_switch_is_silent_on_preserved_positions_and_fires_on_harmful_openings(model, detector):
+def test_the_switch_fires_at_harmful_triggers_and_is_silent_elsewhere(model, detector):
     prompts = bomb_and_cake()
     scores = detector.scores(model, prompts)
     harmful = torch.tensor([p.label == "harmful" for p in prompts])
-    theta = float((scores.opening[harmful].min() + torch.maximum(scores.opening, scores.message)[~harmful].max()) / 2)
-    assert scores.opening[harmful].min() > torch.maximum(scores.opening, scores.message)[~harmful].max(), "toy not separated"
-    edit = sw.fit_switch(model, detector, threshold=theta, width=0.05, strength=1.0)
+    assert scores.trigger[harmful].min() > scores.trigger[~harmful].max(), "toy not separated"
+    theta = float((scores.trigger[harmful].min() + scores.trigger[~harmful].max()) / 2)
+    width = 0.05
+    edit = sw.fit_switch(model, detector, threshold=theta, width=width, strength=1.0)
     j = edit.settings["neurons"]
-    X, kinds, labels = _positions_by_kind(model, prompts)
+    X, kinds, owner = _rows(model, prompts)
     with edit.applied(model):
-        acts = []
-        for cur, k, idx in sw._positions(model, prompts, None, [("act", LAYER)], 4, False, ""):
-            a = cur[("act", LAYER)].double()
-            acts += [a[r][k[r] >= 0][:, j] for r in range(len(idx))]
-    a = torch.cat(acts)  # rows in the same order as X
+        a = _rows(model, prompts, site="act")[0][:, j]
     out = (a[:, 0] - a[:, 1]) / sw.STEP  # the switch's output in units of strength × r
-    z = X @ detector.probe
-    bound = 4e-4  # below θ − 1.25 width: |SiLU(t) − SiLU(t − m)| / m ≤ 4e-4 for t ≤ −10
-    below = z < theta - 1.25 * 0.05
-    preserved = torch.tensor([lab == "harmless" or kind == 0 for lab, kind in zip(labels, kinds.tolist())])
-    assert below[preserved].all()
-    assert out[preserved].abs().max() <= bound
-    opening = torch.tensor([lab == "harmful" and kind == 1 for lab, kind in zip(labels, kinds.tolist())])
-    on = z >= theta + 0.05
-    assert on[opening].float().mean() > 0.5
-    # fully on where both gates are past SiLU's bend: (α/m)·u·[SiLU(g) − SiLU(g − m u)] = α u², u = c·x ≈ 1
-    u = X @ detector.const
-    g = sw.STEP / 0.05 * (z - theta * u)
-    full = (g - sw.STEP * u) > 12
-    assert full[opening].any()
-    torch.testing.assert_close(out[full], u[full] ** 2, rtol=1e-3, atol=1e-3)
+    z, u = X @ detector.probe, X @ detector.place
+    trig = kinds == sw.TRIGGER
+    is_harmful = harmful[owner]
+    # harmless triggers: the probe is below θ − 1.25 width, the output below the stated bound
+    quiet = trig & ~is_harmful
+    assert (z[quiet] < theta - 1.25 * width).all()
+    assert (out[quiet].abs() <= 4e-4 * u[quiet].abs() + 1e-9).all()
+    # everywhere but the triggers the output is at most |u|·(k + 0.035), k = c·x ≈ 1 (the step saturates at
+    # m·k; SiLU's dip is −0.278 = −0.035 m), and u is small there
+    k = X @ detector.const
+    assert (out[~trig].abs() <= u[~trig].abs() * (k[~trig].abs() + 0.035) + 1e-9).all()
+    assert u[~trig].abs().max() < u[trig].min()
+    # harmful triggers past the bend: fully on, α·u·k
+    full = trig & is_harmful & ((sw.STEP / width) * (z - theta * k) - sw.STEP * k > 12)
+    assert full.sum() >= harmful.sum()  # at least one trigger position per harmful prompt on average
+    torch.testing.assert_close(out[full], u[full] * k[full], rtol=1e-3, atol=1e-3)
+    assert scores.fires(theta).tolist() == harmful.tolist()
 
 
 def test_the_fold_equals_a_hook_that_applies_the_same_function(model, detector):
@@ -163,7 +164,7 @@ def test_switch_and_detector_files_round_trip(model, detector, tmp_path):
     loaded = sn.WeightEdit.load(edit.save(tmp_path / "edit"))
     assert loaded.uid == edit.uid and loaded.settings["kind"] == "harm_switch"
     det = sw.HarmDetector.load(detector.save(tmp_path / "det"))
-    for k in ("probe", "const", "refusal", "usage"):
+    for k in sw.HarmDetector.TENSORS:
         assert torch.equal(getattr(det, k), getattr(detector, k))
     assert det.layer == detector.layer and det.model == detector.model
     assert sw.fit_switch(model, det, threshold=0.2, strength=1.5).uid == edit.uid
