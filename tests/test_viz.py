@@ -660,3 +660,22 @@ def test_report_renders_in_headless_chromium(tmp_path):
     for color in (viz.outcome.OUTCOME_COLORS["compliance"], viz.outcome.OUTCOME_COLORS["refusal"],
                   viz.outcome.OUTCOME_COLORS["degenerate"]):  # fmt: skip
         assert pixels(color) > 3000, (color, pixels(color))
+
+
+def test_frontier_draws_one_line_per_method_with_english_marked():
+    points = [
+        {"method": "switch", "setting": "θ=0.3", "asr": 0.41, "over_refusal": 0.05, "en_asr": 0.27},
+        {"method": "switch", "setting": "θ=0.6", "asr": 0.53, "over_refusal": 0.05},
+        {"method": "linear", "asr": 0.38, "over_refusal": 0.20, "en_asr": 0.67},
+    ]
+    fig = viz.frontier(points)
+    assert isinstance(fig, go.Figure)
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == ["switch", "linear"]
+    assert list(lines[0].y) == pytest.approx([41.0, 53.0]) and list(lines[1].x) == pytest.approx([20.0])
+    english = [t for t in fig.data if t.mode == "markers"]
+    assert [list(t.y) for t in english] == [pytest.approx([27.0]), pytest.approx([67.0])]
+    with pytest.raises(ValueError, match="points"):
+        viz.frontier([])
+    with pytest.raises(ValueError, match="asr"):
+        viz.frontier([{"method": "m", "asr": 1.5, "over_refusal": 0.1}])

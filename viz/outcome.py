@@ -213,6 +213,49 @@ def sweep_scatter(records: Sequence[Mapping]) -> go.Figure:
     return fig
 
 
+def frontier(points: Sequence[Mapping]) -> go.Figure:
+    """Methods compared at equal over-refusal: x = over-refusal, y = mean non-English compliance (both %).
+
+    Each point: `method` (str), `asr` and `over_refusal` (0–1), optional `en_asr` (0–1, drawn as a hollow
+    diamond above or below its point, joined to it) and `setting` (str, on hover). One line per method through
+    its settings in order of over-refusal; lower-left is better.
+    """
+    if isinstance(points, (str, bytes, Mapping)) or not isinstance(points, Sequence) or not points:
+        raise ValueError("points must be a non-empty sequence of mappings with method, asr and over_refusal")
+    by_method: dict[str, list[dict]] = {}
+    for i, p in enumerate(points):
+        if not isinstance(p, Mapping) or not isinstance(p.get("method"), str):
+            raise ValueError(f"points[{i}] must be a mapping with a str 'method'")
+        row = {"asr": fraction(p.get("asr"), f"points[{i}]['asr']"),
+               "over": fraction(p.get("over_refusal"), f"points[{i}]['over_refusal']"),
+               "en": None if p.get("en_asr") is None else fraction(p["en_asr"], f"points[{i}]['en_asr']"),
+               "setting": str(p.get("setting", ""))}  # fmt: skip
+        by_method.setdefault(p["method"], []).append(row)
+    fig = go.Figure()
+    palette = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#9D755D", "#FF9DA6"]
+    for k, (method, rows) in enumerate(by_method.items()):
+        rows.sort(key=lambda r: r["over"])
+        color = palette[k % len(palette)]
+        fig.add_trace(go.Scatter(
+            x=[100 * r["over"] for r in rows], y=[100 * r["asr"] for r in rows], mode="lines+markers", name=method,
+            marker=dict(size=11, color=color), line=dict(color=color), customdata=[r["setting"] for r in rows],
+            hovertemplate=f"<b>{method}</b> %{{customdata}}<br>over-refusal %{{x:.1f}}%<br>non-English compliance "
+                          "%{y:.1f}%<extra></extra>",
+        ))  # fmt: skip
+        en = [r for r in rows if r["en"] is not None]
+        if en:
+            fig.add_trace(go.Scatter(
+                x=[100 * r["over"] for r in en], y=[100 * r["en"] for r in en], mode="markers", showlegend=False,
+                marker=dict(size=10, symbol="diamond-open", color=color, line=dict(width=2)),
+                hovertemplate=f"<b>{method}</b>: English compliance %{{y:.1f}}%<extra></extra>",
+            ))  # fmt: skip
+    base_layout(fig, title="Compliance at equal over-refusal<br><sup>filled: mean non-English compliance; hollow "
+                "diamond: English compliance, same setting; lower-left is better</sup>", height=520)  # fmt: skip
+    fig.update_xaxes(title_text="Over-refusal: harmless prompts refused (%)", rangemode="tozero", ticksuffix="%")
+    fig.update_yaxes(title_text="Harmful prompts complied with (%)", range=[-5, 105], ticksuffix="%")
+    return fig
+
+
 # --- three-way outcomes -----------------------------------------------------------------------------------
 OUTCOME_COLORS = {"compliance": "#C8412F", "degenerate": "#A9A9A9", "refusal": "#7FB7A4"}
 OUTCOME_NAMES = {
