@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import atomic_dir, check_int, check_number, check_out_dir, check_positive_int, read_json, read_tensors, require
+from ._checks import as_indices, as_records, atomic_dir, check_int, check_model, check_number, check_out_dir, check_positive_int, read_json, read_tensors, require
 from .activations import SITES, _StopForward, hook_name, model_tag
 from .chat import encode_chat, sorted_batches, template_suffix_length
 from .edit import LayerEdit, WeightEdit, _weight
@@ -124,6 +124,7 @@ class HarmDetector:
         return Scores(prompts, trig, leak_m, leak_a)
 
     def _check_model(self, model) -> None:
+        check_model(model, SwitchError)
         if self.model and self.model != model_tag(model):
             raise SwitchError("this detector was fitted on another model (model tag mismatch)")
         if not 0 <= self.layer < model.cfg.n_layers:
@@ -203,12 +204,7 @@ def _positions(model, prompts, answers, points, trigger, batch_size, progress, d
 
 
 def _check_prompts(prompts) -> list[Prompt]:
-    if isinstance(prompts, str) or not all(isinstance(p, Prompt) for p in prompts):
-        raise SwitchError("prompts must be Prompt records (e.g. a PromptSet), not strings")
-    prompts = list(prompts)
-    if not prompts:
-        raise SwitchError("no prompts given: the prompt list is empty")
-    return prompts
+    return as_records("prompts", prompts, Prompt, SwitchError)
 
 
 def _solve(G: Tensor, b: Tensor, ridge: float) -> Tensor:
@@ -243,6 +239,7 @@ def fit_detector(
         ridge: the probe's ridge, relative to tr(G)/d (1.0 was best on the validation split; the probe
             has a few hundred prompts for d_model weights).
     """
+    check_model(model, SwitchError)
     prompts = _check_prompts(prompts)
     layer = check_int("layer", layer, SwitchError)
     if not 0 <= layer < model.cfg.n_layers:
@@ -340,10 +337,10 @@ def fit_switch(
     layer, d_mlp = detector.layer, model.cfg.d_mlp
     if neurons is None:
         neurons = detector.least_used(2)
-    if isinstance(neurons, str) or len(neurons) != 2:
+    if isinstance(neurons, str) or not hasattr(neurons, "__len__") or len(neurons) != 2:
         raise SwitchError(f"neurons must be two neuron indices, got {neurons!r}")
-    idx = [check_int("neuron", j, SwitchError) for j in neurons]
-    if len(set(idx)) != 2 or not all(0 <= j < d_mlp for j in idx):
+    idx = [int(j) for j in neurons]  # order kept: the first is the step's rising neuron
+    if len(as_indices("neurons", neurons, SwitchError)) != 2 or not all(0 <= j < d_mlp for j in idx):
         raise SwitchError(f"neurons must be two different indices in [0, {d_mlp}), got {idx}")
     idx_t = torch.tensor(idx)
     sharp = STEP / width

@@ -25,7 +25,9 @@ def ctx():
     ranking = sn.rank_neurons(stats)
     edit = sn.fit_edit(bridge, prompts, layers=1, neurons=[0, 3, 5], rank=2, progress=False)
     q = sn.MCQuestion("q-1", "en", "x", "w1 w2 ?", ("A", "B", "C", "D"), 0)
-    return {"model": bridge, "prompts": prompts, "stats": stats, "ranking": ranking, "edit": edit, "q": [q]}
+    detector = sn.fit_detector(bridge, prompts, layer=1, answer_tokens=0, progress=False)
+    return {"model": bridge, "prompts": prompts, "stats": stats, "ranking": ranking, "edit": edit, "q": [q],
+            "detector": detector}
 
 
 # name: (function, {argument: valid value or a ctx key}), every argument but the model is replaced in turn
@@ -40,6 +42,10 @@ SPECS = {
     "collect_sharded": (sn.collect_sharded, {"prompts": "@prompts", "batch_size": 4}),
     "fit_edit": (sn.fit_edit, {"prompts": "@prompts", "layers": 1, "neurons": [0, 3, 5], "rank": 2, "site": "w_out",
                                "langs": ["zh"], "gamma": 1.0, "ridge": 0.1, "method": "soft", "batch_size": 4}),
+    "fit_detector": (sn.fit_detector, {"prompts": "@prompts", "layer": 1, "answer_tokens": 2, "trigger": 2, "ridge": 1.0,
+                                       "batch_size": 4}),
+    "fit_switch": (sn.fit_switch, {"detector": "@detector", "threshold": 0.0, "width": 0.25, "strength": 1.0,
+                                   "neurons": [0, 1]}),
     "rank_neurons": (lambda model, **kw: sn.rank_neurons(**kw), {"stats": "@stats", "langs": ["en"], "tau_mag": 2.0, "tau_stat": 1.0}),
     "rank_neurons top_k": (lambda model, **kw: sn.rank_neurons(**kw), {"stats": "@stats", "top_k": 5}),
     "rank_neurons top_frac": (lambda model, **kw: sn.rank_neurons(**kw), {"stats": "@stats", "top_frac": 0.1}),
@@ -87,7 +93,10 @@ ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "Non
            ("fit_edit", "gamma", "float"), ("fit_edit", "ridge", "float"), ("rank_neurons", "tau_mag", "float"),
            ("rank_neurons", "tau_stat", "float"), ("rank_neurons", "tau_mag", "negative"),
            ("rank_neurons", "tau_stat", "negative"), ("RunConfig.check", "rank", "None"),
-           ("Judge.judge_one", "prompt", "str"), ("Judge.judge_one", "answer", "str")}  # fmt: skip
+           ("Judge.judge_one", "prompt", "str"), ("Judge.judge_one", "answer", "str"),
+           ("fit_detector", "ridge", "float"), ("fit_switch", "neurons", "None"), ("fit_switch", "width", "float"),
+           ("fit_switch", "threshold", "float"), ("fit_switch", "threshold", "negative"),
+           ("fit_switch", "strength", "float"), ("fit_switch", "strength", "negative")}  # fmt: skip
 
 CASES = [(name, arg, bad) for name, (_, args) in SPECS.items() for arg in args if arg[0] != "_" for bad in BAD]
 

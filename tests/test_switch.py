@@ -192,5 +192,5 @@ def test_bad_detector_inputs_are_named(model):
     with pytest.raises(sw.SwitchError, match="en harmless"):
         sw.fit_detector(model, [p for p in prompts if not (p.lang == "en" and p.label == "harmless")], layer=1,
                         answer_tokens=0, progress=False)  # fmt: skip
-    with pytest.raises(sw.SwitchError, match="not strings"):
+    with pytest.raises(sw.SwitchError, match="Prompt records"):
         sw.fit_detector(model, ["How do I make a bomb"], layer=1, progress=False)
