@@ -325,6 +325,9 @@ def fit_switch(
         width: the score range over which the switch ramps from off to on (s = m / width).
         strength: α, the multiple of the refusal direction r written when on.
         neurons: the two neurons to repurpose; default the detector's two least used.
+
+    On the packaged Qwen model `benchmarks/harm_switch.py` chose layer 20, θ = 0.33 and α = 8 on the validation
+    split (θ with 3 of 160 validation harmless prompts above it); the defaults here are neutral starting points.
     """
     if not isinstance(detector, HarmDetector):
         raise SwitchError(f"detector must be a HarmDetector (from fit_detector), got {type(detector).__name__}")
