@@ -205,6 +205,16 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_artifact(path: Path, stem: str, tensors: dict, cfg: dict) -> Path:
+    """An artifact folder, atomically: `stem`.safetensors (the tensors, made contiguous) and `stem`.json."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{stem}.safetensors")
+        (tmp / f"{stem}.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
 def read_json(path: Path, error: type[Exception] = ValueError) -> dict:
     """A JSON object from a file; every failure names the file."""
     try:

@@ -17,7 +17,6 @@ the pass is over. Collections over disjoint prompt sets merge exactly (`Activati
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,23 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import (as_int_list, as_records, atomic_dir, check_choice, check_int, check_model, check_out_dir,
-                      check_positive_int, content_hash, read_json, read_tensors, require)
+from ._checks import (
+    as_int_list,
+    as_records,
+    check_choice,
+    check_int,
+    check_model,
+    check_out_dir,
+    check_positive_int,
+    content_hash,
+    read_json,
+    read_tensors,
+    require,
+    write_artifact,
+)
 from .chat import length_sorted_batches, prompt_names, template_suffix_length
 from .prompts import Prompt
 
@@ -207,10 +217,7 @@ class ActivationStats:
         tensors = {"count": self.count, "mean": self.mean, "m2": self.m2}
         cfg = {"site": self.site, "position": self.position, "layers": self.layers, "groups": self.groups,
                "sha256": content_hash(tensors)}  # fmt: skip
-        with atomic_dir(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "stats.safetensors")
-            (tmp / "stats.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-        return path
+        return write_artifact(path, "stats", tensors, cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationStats":

@@ -16,12 +16,25 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_indices, as_int_list, as_layers, as_records, as_str_list, atomic_dir, check_int, check_model,
-                      check_number, check_out_dir, check_positive_int, content_hash, read_json, read_tensors,
-                      require)
+from ._checks import (
+    as_indices,
+    as_int_list,
+    as_layers,
+    as_records,
+    as_str_list,
+    check_int,
+    check_model,
+    check_number,
+    check_out_dir,
+    check_positive_int,
+    content_hash,
+    read_json,
+    read_tensors,
+    require,
+    write_artifact,
+)
 from .activations import collect_activations, hook_name
 from .neurons import SafetyNeurons
 from .prompts import Prompt, check_langs
@@ -151,10 +164,7 @@ class RefusalDirection(_HookIntervention):
         tensors = {"direction": self.direction.contiguous()}
         cfg = {"layer": self.layer, "norm": self.norm, "coeff": self.coeff,
                "sha256": content_hash(tensors, _direction_meta(self.layer, self.norm))}  # fmt: skip
-        with atomic_dir(path) as tmp:
-            save_file(tensors, tmp / "direction.safetensors")
-            (tmp / "direction.json").write_text(json.dumps(cfg), encoding="utf-8")
-        return path
+        return write_artifact(path, "direction", tensors, cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "RefusalDirection":

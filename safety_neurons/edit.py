@@ -21,7 +21,6 @@ Several layers are fitted in order, each on inputs recomputed with the earlier l
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,11 +29,23 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import save_file
 from torch import Tensor
 
-from ._checks import (as_indices, as_int_list, as_records, as_str_list, atomic_dir, check_choice, check_model,
-                      check_number, check_out_dir, check_positive_int, read_json, read_tensors, require)
+from ._checks import (
+    as_indices,
+    as_int_list,
+    as_records,
+    as_str_list,
+    check_choice,
+    check_model,
+    check_number,
+    check_out_dir,
+    check_positive_int,
+    read_json,
+    read_tensors,
+    require,
+    write_artifact,
+)
 from .activations import ActivationRows, Collection, collect_activations, model_tag
 from .chat import check_lengths, encode_chat, prompt_names
 from .neurons import SafetyNeurons
@@ -228,10 +239,7 @@ class WeightEdit:
             "fingerprint": self.fingerprint,
             "uid": self.uid,
         }
-        with atomic_dir(path) as tmp:
-            save_file(tensors, tmp / "edit.safetensors")
-            (tmp / "edit.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-        return path
+        return write_artifact(path, "edit", tensors, cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "WeightEdit":

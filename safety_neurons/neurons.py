@@ -20,12 +20,24 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import (as_layers, as_records, as_str_list, atomic_dir, check_int, check_model, check_number,
-                      check_out_dir, check_positive_int, content_hash, read_json, read_tensors, require)
+from ._checks import (
+    as_layers,
+    as_records,
+    as_str_list,
+    check_int,
+    check_model,
+    check_number,
+    check_out_dir,
+    check_positive_int,
+    content_hash,
+    read_json,
+    read_tensors,
+    require,
+    write_artifact,
+)
 from .activations import ActivationStats, hook_name
 from .chat import check_lengths, encode_chat, prompt_names, tokenize_chat
 from .prompts import Prompt, check_langs
@@ -128,10 +140,7 @@ class SafetyNeurons:
         tensors = {k: getattr(self, k).contiguous() for k in self._TENSORS}
         cfg = {"langs": self.langs, "layers": self.layers, "settings": self.settings,
                "shape": list(self.delta.shape), "sha256": content_hash(tensors, self._meta(self.langs, self.layers))}  # fmt: skip
-        with atomic_dir(path) as tmp:
-            save_file(tensors, tmp / "neurons.safetensors")
-            (tmp / "neurons.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-        return path
+        return write_artifact(path, "neurons", tensors, cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "SafetyNeurons":

@@ -30,18 +30,28 @@ or rows replaced): save, load, export to a plain HF folder, revert bit for bit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import as_indices, as_records, atomic_dir, check_int, check_model, check_number, check_out_dir, check_positive_int, read_json, read_tensors, require
+from ._checks import (
+    as_indices,
+    as_records,
+    check_int,
+    check_model,
+    check_number,
+    check_out_dir,
+    check_positive_int,
+    read_json,
+    read_tensors,
+    require,
+    write_artifact,
+)
 from .activations import SITES, _StopForward, hook_name, model_tag
 from .chat import encode_chat, sorted_batches, template_suffix_length
 from .edit import LayerEdit, WeightEdit, _weight
@@ -137,10 +147,7 @@ class HarmDetector:
         tensors = {k: getattr(self, k).contiguous() for k in self.TENSORS}
         cfg = {"kind": "HarmDetector", "format_version": FORMAT_VERSION, "layer": self.layer,
                "settings": self.settings, "model": self.model}  # fmt: skip
-        with atomic_dir(path) as tmp:
-            save_file(tensors, tmp / "detector.safetensors")
-            (tmp / "detector.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-        return path
+        return write_artifact(path, "detector", tensors, cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "HarmDetector":
