@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import as_records, check_choice, check_model, check_positive_int, str_or_list
-from .chat import TokenBatch, length_sorted_batches, prompt_names
+from .chat import TokenBatch, check_lengths, encode_chat, length_sorted_batches, prompt_names, sorted_batches
 from .judges import OUTCOMES, Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt
 from .rates import Rate
@@ -100,35 +100,18 @@ def generate(
     max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens, EvaluationError)
     batch_size = check_positive_int("batch_size", batch_size, EvaluationError)
     texts = [p if isinstance(p, str) else p.text for p in prompts]
-    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
-                                    names=prompt_names(prompts), reserve=max_new_tokens)  # fmt: skip
+    sequences = encode_chat(model.tokenizer, texts, system=system)
+    check_lengths(sequences, model.cfg.n_ctx, prompt_names(prompts), reserve=max_new_tokens)
     key = None
     if cache is not None:
         key = cache.key(model, texts, max_new_tokens=max_new_tokens, system=system, stop=stop)
         if key is not None and (hit := cache.get(key)) is not None:
             return hit
     if drafts is not None:
-        out = _generate_from_drafts(model, texts, drafts, max_new_tokens, batch_size, system, stop, progress, desc)
-        if key is not None:
-            cache.put(key, out)
-        return out
-    from transformers import StoppingCriteriaList
-
-    tok = model.tokenizer
-    out: list[str] = [""] * len(texts)
-    hf = model.original_model
-    n_batches = -(-len(texts) // batch_size)
-    for idx, batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, unit="batch"):  # fmt: skip
-        batch = batch.to(model.cfg.device)
-        width = batch.input_ids.shape[1]
-        rows = _StopRows(tok, width, idx, stop) if stop is not None else None
-        ids = hf.generate(
-            batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None,
-            stopping_criteria=StoppingCriteriaList([rows]) if rows else None,
-        )  # fmt: skip
-        for r, (i, row) in enumerate(zip(idx, ids[:, width:])):
-            out[i] = tok.decode(row[: rows.length[r] if rows else None], skip_special_tokens=True).strip()
+        out = _generate_from_drafts(model, sequences, drafts, max_new_tokens, batch_size, stop, progress, desc)
+    else:
+        out = _decode(model, sequences, [[] for _ in sequences], [max_new_tokens] * len(sequences), batch_size, stop,
+                      progress, desc)  # fmt: skip
     if key is not None:
         cache.put(key, out)
     return out
@@ -146,8 +129,6 @@ def _greedy_choices(model, seqs: Sequence[Sequence[int]], starts: Sequence[int],
     """For each sequence, the model's greedy next token after every position from `starts[i] − 1` on (the
     last prompt token: the first answer token's prediction) to the end: one forward pass, the unembedding
     only where it is needed."""
-    from .chat import sorted_batches
-
     hf = model.original_model
     body, head = hf.get_decoder(), hf.get_output_embeddings()
     out: list[list[int]] = [[] for _ in seqs]
@@ -163,21 +144,19 @@ def _greedy_choices(model, seqs: Sequence[Sequence[int]], starts: Sequence[int],
     return out
 
 
-def _generate_from_drafts(model, texts, drafts, max_new_tokens, batch_size, system, stop, progress, desc):
-    from .chat import encode_chat
-
-    if isinstance(drafts, str) or len(drafts) != len(texts):
-        raise EvaluationError(f"drafts must be one answer per prompt ({len(texts)}), got {type(drafts).__name__}"
-                         f"{'' if isinstance(drafts, str) else f' of {len(drafts)}'}")  # fmt: skip
+def _generate_from_drafts(model, prompts, drafts, max_new_tokens, batch_size, stop, progress, desc):
+    """`generate` with drafts, on the prompts' chat-formatted token ids."""
+    if isinstance(drafts, str) or len(drafts) != len(prompts):
+        raise EvaluationError(f"drafts must be one answer per prompt ({len(prompts)}), got {type(drafts).__name__}"
+                              f"{'' if isinstance(drafts, str) else f' of {len(drafts)}'}")  # fmt: skip
     tok = model.tokenizer
     eos = _eos_ids(model)
-    prompts = encode_chat(tok, texts, system=system)
     guess = [tok(d or "", add_special_tokens=False).input_ids[:max_new_tokens] for d in drafts]
     choices = _greedy_choices(model, [p + g for p, g in zip(prompts, guess)], [len(p) for p in prompts],
                               batch_size, progress, f"{desc}: checking drafts")  # fmt: skip
-    out: list[str | None] = [None] * len(texts)
+    out: list[str | None] = [None] * len(prompts)
     resume: list[int] = []  # rows to decode further, from their verified prefix (the first wrong token fixed)
-    prefix: list[list[int]] = [[] for _ in texts]
+    prefix: list[list[int]] = [[] for _ in prompts]
     for i, (g, c) in enumerate(zip(guess, choices)):
         answer: list[int] = []
         for j in range(max_new_tokens):
@@ -208,8 +187,6 @@ def _decode(model, seqs, prefixes, budgets, batch_size, stop, progress, desc) ->
     """Greedy continuations of token sequences whose answers already hold `prefixes` (their text is what
     `stop` and the result see), each row at most `budgets[i]` tokens more."""
     from transformers import StoppingCriteriaList
-
-    from .chat import sorted_batches
 
     tok, hf = model.tokenizer, model.original_model
     out = [""] * len(seqs)
