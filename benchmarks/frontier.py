@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from efficacy import NON_EN, carried, outcome_fields  # noqa: E402
 
-import viz  # noqa: E402
+from safety_neurons import viz  # noqa: E402
 
 METHOD = {"none": "no edit", "ours_no_bn": "linear edit (ours)", "nullspace": "null-space", "alpha": "α-scaling",
           "refdir": "refusal direction", "noanchor": "linear, no utility anchor", "fold": "activation-map fold"}  # fmt: skip

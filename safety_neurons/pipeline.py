@@ -428,7 +428,7 @@ def _write_report(out, config, ranking, edit, before, after, kl, acc_b, acc_a, r
     prompts, collected in the evaluate stage without and with the edit; row i before and after is the
     same prompt."""
     try:
-        import viz
+        from . import viz
     except ImportError:
         return None
     layer = edit.edits[-1].layer

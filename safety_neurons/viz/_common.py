@@ -1,7 +1,6 @@
 """Shared helpers of the plotting package: language names and colours, input checks, layout defaults.
 
-Kept free of `safety_neurons` imports so that `import viz` stays light (plotly, numpy, torch only);
-`LANGS` / `LANG_NAMES` mirror `safety_neurons.prompts` (a test checks they agree).
+The language tables are the ones of `safety_neurons.prompts`, with a colour for each.
 """
 
 from __future__ import annotations
@@ -13,11 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 import plotly.graph_objects as go
 
-LANGS: tuple[str, ...] = ("en", "zh", "vi", "ja", "th", "id", "bn", "he")
-LANG_NAMES = {
-    "en": "English", "zh": "Chinese", "vi": "Vietnamese", "ja": "Japanese",
-    "th": "Thai", "id": "Indonesian", "bn": "Bengali", "he": "Hebrew",
-}  # fmt: skip
+from ..prompts import LANG_NAMES, LANGS
+
 
 # Okabe–Ito-like colour-blind-safe palette, English in black (it is the pivot everywhere).
 LANG_COLORS = {
