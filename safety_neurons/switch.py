@@ -270,48 +270,93 @@ def fit_detector(
         answers = {(p.lang, p.id): a for p, a in zip(harmless, texts)}
     answers = dict(answers or {})
     aligned = [answers.get((p.lang, p.id)) if p.label == "harmless" else None for p in prompts]
+    sums = _detector_sums(model, prompts, aligned, layer, trigger, pivot, batch_size, progress)
+    return _detector_from_sums(model, sums, prompts, aligned, layer=layer, ridge=ridge, trigger=trigger, pivot=pivot,
+                               answer_tokens=answer_tokens)  # fmt: skip
+
+
+@dataclass
+class _Sums:
+    """One language's float64 sums for the detector's least-squares fits (`_detector_sums`)."""
+
+    G_t: Tensor  # trigger positions: Σ ω x xᵀ, each (lang, label) group of this language weighing 1
+    b_t: Tensor  # Σ ω y x
+    G_on: Tensor  # the place's "1" rows (trigger positions), each prompt weighing 1: Σ x xᵀ / n_positions
+    s_on: Tensor
+    G_off: Tensor  # its "0" rows (every other position, answers included)
+    s_off: Tensor
+    n: int  # prompts
+    r_sum: dict  # pivot only: Σ residual at trigger positions, per label
+    r_n: dict
+    a2: Tensor  # Σ a² over harmless positions
+    a_n: int
+
+
+def _detector_sums(model, prompts, aligned, layer, trigger, pivot, batch_size, progress) -> dict[str, _Sums]:
+    """One streaming pass; the sums are kept per language, so that a detector can be solved from any subset
+    of the languages (`_detector_from_sums`: the leave-one-language-out benchmark) without another pass."""
     count: dict[tuple[str, str], int] = {}
     for p in prompts:
         count[(p.lang, p.label)] = count.get((p.lang, p.label), 0) + 1
-    n_prompts = len(prompts)
+    d, d_mlp, f64 = model.cfg.d_model, model.cfg.d_mlp, torch.float64
 
-    d, f64 = model.cfg.d_model, torch.float64
-    G_t, b_t = torch.zeros(d, d, dtype=f64), torch.zeros(d, dtype=f64)  # trigger positions: Σ ω x xᵀ, Σ ω y x
-    G_on, s_on = torch.zeros(d, d, dtype=f64), torch.zeros(d, dtype=f64)  # the place's "1" rows
-    G_off, s_off = torch.zeros(d, d, dtype=f64), torch.zeros(d, dtype=f64)  # its "0" rows
-    r_sum = {label: torch.zeros(d, dtype=f64) for label in ("harmful", "harmless")}
-    r_n = dict.fromkeys(r_sum, 0)
-    a2, a_n = torch.zeros(model.cfg.d_mlp, dtype=f64), 0
+    def zeros(*shape):
+        return torch.zeros(*shape, dtype=f64)
+
+    sums = {lang: _Sums(zeros(d, d), zeros(d), zeros(d, d), zeros(d), zeros(d, d), zeros(d), 0,
+                        {"harmful": zeros(d), "harmless": zeros(d)}, {"harmful": 0, "harmless": 0}, zeros(d_mlp), 0)
+            for lang in sorted({p.lang for p in prompts})}  # fmt: skip
     x_pt, a_pt, r_pt = ("mlp_in", layer), ("act", layer), ("resid", layer)
     for cur, kinds, idx in _positions(model, prompts, aligned, [x_pt, a_pt, r_pt], trigger, batch_size, progress,
                                       f"fitting the harm detector at layer {layer}"):  # fmt: skip
         x, act, resid = (cur[k].to(f64).cpu() for k in (x_pt, a_pt, r_pt))
         for r, i in enumerate(idx):
             p, k = prompts[i], kinds[r]
+            S = sums[p.lang]
             on, off = x[r][k == TRIGGER], x[r][(k >= 0) & (k != TRIGGER)]
             omega = 1.0 / (count[(p.lang, p.label)] * len(on))  # each (lang, label) group weighs the same
             y = 1.0 if p.label == "harmful" else -1.0
-            G_t += omega * on.T @ on
-            b_t += omega * y * on.sum(0)
-            G_on += on.T @ on / (n_prompts * len(on))  # every prompt weighs the same in the place's fit
-            s_on += on.sum(0) / (n_prompts * len(on))
-            G_off += off.T @ off / (n_prompts * len(off))
-            s_off += off.sum(0) / (n_prompts * len(off))
+            S.G_t += omega * on.T @ on
+            S.b_t += omega * y * on.sum(0)
+            S.G_on += on.T @ on / len(on)  # every prompt weighs the same in the place's fit
+            S.s_on += on.sum(0) / len(on)
+            S.G_off += off.T @ off / len(off)
+            S.s_off += off.sum(0) / len(off)
+            S.n += 1
             if p.label == "harmless":
-                a2 += (act[r][k >= 0] ** 2).sum(0)
-                a_n += int((k >= 0).sum())
+                S.a2 += (act[r][k >= 0] ** 2).sum(0)
+                S.a_n += int((k >= 0).sum())
             if p.lang == pivot:
-                r_sum[p.label] += resid[r][k == TRIGGER].sum(0)
-                r_n[p.label] += int((k == TRIGGER).sum())
-    probe = _solve(G_t, b_t, ridge)
-    place = _solve(G_on + G_off, s_on, 1e-6)  # least squares: 1 at trigger positions, 0 elsewhere
-    const = _solve(G_on + G_off, s_on + s_off, 1e-6)  # 1 everywhere
-    refusal = r_sum["harmful"] / r_n["harmful"] - r_sum["harmless"] / r_n["harmless"]
-    w_out = _weight(model, layer, "w_out").detach().to(f64).cpu()
-    usage = a2 / max(a_n, 1) * (w_out**2).sum(1)
+                S.r_sum[p.label] += resid[r][k == TRIGGER].sum(0)
+                S.r_n[p.label] += int((k == TRIGGER).sum())
+    return sums
+
+
+def _detector_from_sums(model, sums: Mapping[str, _Sums], prompts, aligned, *, layer, ridge, trigger, pivot,
+                        answer_tokens, langs: Sequence[str] | None = None) -> HarmDetector:  # fmt: skip
+    """Solve the detector from the sums of `langs` (default all of them); `prompts` are the fitted ones."""
+    langs = sorted(sums) if langs is None else sorted(langs)
+    if pivot not in langs:
+        raise SwitchError(f"the refusal direction needs the pivot language {pivot!r} among {langs}")
+    parts = [sums[lang] for lang in langs]
+    n = sum(S.n for S in parts)
+
+    def total(name):
+        return sum(getattr(S, name) for S in parts)
+
+    probe = _solve(total("G_t"), total("b_t"), ridge)
+    G_all = (total("G_on") + total("G_off")) / n
+    place = _solve(G_all, total("s_on") / n, 1e-6)  # least squares: 1 at trigger positions, 0 elsewhere
+    const = _solve(G_all, (total("s_on") + total("s_off")) / n, 1e-6)  # 1 everywhere
+    P = sums[pivot]
+    refusal = P.r_sum["harmful"] / P.r_n["harmful"] - P.r_sum["harmless"] / P.r_n["harmless"]
+    w_out = _weight(model, layer, "w_out").detach().to(torch.float64).cpu()
+    usage = total("a2") / max(total("a_n"), 1) * (w_out**2).sum(1)
+    kept = [(p, a) for p, a in zip(prompts, aligned) if p.lang in langs]
     settings = {"layer": layer, "ridge": ridge, "trigger": trigger, "pivot": pivot, "answer_tokens": answer_tokens,
-                "langs": sorted({p.lang for p in prompts}), "harmful_ids": sorted({p.id for p in harmful}),
-                "harmless_ids": sorted({p.id for p in harmless}), "answers": sum(a is not None for a in aligned)}  # fmt: skip
+                "langs": langs, "harmful_ids": sorted({p.id for p, _ in kept if p.label == "harmful"}),
+                "harmless_ids": sorted({p.id for p, _ in kept if p.label == "harmless"}),
+                "answers": sum(a is not None for _, a in kept)}  # fmt: skip
     return HarmDetector(layer, probe, place, const, refusal, usage, settings, model_tag(model))
 
 

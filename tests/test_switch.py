@@ -54,6 +54,26 @@ def _ls(X, y, w, ridge):
     return torch.linalg.solve(G + ridge * eye, X.T @ (w * y))
 
 
+def test_a_detector_solved_from_some_languages_sums_equals_one_fitted_on_them_alone(model):
+    """Leave one language out without a second pass: the per-language sums of one pass, solved without a
+    language, give the detector fitted on the other languages' prompts only."""
+    prompts = bomb_and_cake(4, langs=("en", "vi"), seed=3) + bomb_and_cake(3, langs=("zh",), seed=4)
+    answers = {(p.lang, p.id): "w3 w4 w5" for p in prompts if p.label == "harmless"}
+    aligned = [answers.get((p.lang, p.id)) if p.label == "harmless" else None for p in prompts]
+    sums = sw._detector_sums(model, prompts, aligned, LAYER, 2, "en", 3, False)
+    kw = dict(layer=LAYER, ridge=0.05, trigger=2, pivot="en", answer_tokens=32)
+    left = sw._detector_from_sums(model, sums, prompts, aligned, langs=["en", "vi"], **kw)
+    alone = sw.fit_detector(model, [p for p in prompts if p.lang != "zh"], layer=LAYER, answers=answers, ridge=0.05,
+                            progress=False)  # fmt: skip
+    for name in sw.HarmDetector.TENSORS:
+        torch.testing.assert_close(getattr(left, name), getattr(alone, name), rtol=1e-9, atol=1e-10)
+    assert left.settings == alone.settings and left.settings["langs"] == ["en", "vi"]
+    whole = sw._detector_from_sums(model, sums, prompts, aligned, **kw)
+    assert not torch.allclose(whole.probe, left.probe)  # zh's rows do count when kept
+    with pytest.raises(sn.SwitchError, match="pivot"):
+        sw._detector_from_sums(model, sums, prompts, aligned, langs=["zh", "vi"], **kw)
+
+
 def test_probe_place_and_constant_are_the_weighted_least_squares_solutions(model):
     """Brute force: the weighted design matrices built row by row, the normal equations solved."""
     prompts = bomb_and_cake(4)
