@@ -588,6 +588,8 @@ class Evaluation:
     def from_counts(cls, judge: str, counts: Mapping[str, Mapping[str, Mapping[str, int]]]) -> "Evaluation":
         """An evaluation from saved outcome counts, `{lang: {"harmful": {outcome: n}, "harmless": {...}}}`
         (as `LanguageResult.to_dict` and the benchmarks save them), without answers."""
+        if not isinstance(judge, str):
+            raise EvaluationError(f"judge must be the judge's name (a str), got {type(judge).__name__}")
         if not isinstance(counts, Mapping) or not counts:
             raise EvaluationError(f"counts must be a non-empty mapping of language to outcome counts, got {counts!r:.80}")
         langs = {}
@@ -599,7 +601,7 @@ class Evaluation:
                 for o, n in c.get(label, {}).items():
                     check_positive_int(f"counts[{lang!r}][{label!r}][{o!r}]", n, EvaluationError, minimum=0)
             langs[lang] = LanguageResult(lang, **{label: dict(c.get(label, {})) for label in LABELS})
-        return cls(str(judge), langs)
+        return cls(judge, langs)
 
     def to_dict(self) -> dict:
         return {

@@ -589,10 +589,11 @@ def chromium_cmd(chromium: str, profile: Path, *extra: str) -> list[str]:
 
 
 def pipeline_report(out: Path) -> Path:
-    """The report as `safety-neurons run` writes it (`pipeline._write_report`), from synthetic stages."""
+    """The report as `safety-neurons run` writes it (`pipeline._write_report` of a `RunResult`), from
+    synthetic stages."""
     from types import SimpleNamespace
 
-    from safety_neurons.pipeline import RunConfig, _write_report
+    from safety_neurons.pipeline import RunConfig, RunResult, _write_report
 
     g = torch.Generator().manual_seed(3)
     langs = list(LANGS)
@@ -618,9 +619,12 @@ def pipeline_report(out: Path) -> Path:
                                 rows["before"][label].items()}  # fmt: skip
     kl = {x: 0.01 * (i + 1) for i, x in enumerate(langs)}
     acc = {x: 0.6 for x in langs}
-    return _write_report(out, RunConfig(), make_ranking(langs=langs, layers=tuple(range(12)), d_mlp=120),
-                         SimpleNamespace(edits=[SimpleNamespace(layer=9)]), evaluation(0.5), evaluation(0.2), kl, acc,
-                         acc, SWEEP, TABLE, rows)  # fmt: skip
+    result = RunResult(config=RunConfig(), model={"name": "synthetic"}, judge="phrase",
+                       ranking=make_ranking(langs=langs, layers=tuple(range(12)), d_mlp=120), selection=SWEEP, layers=[9],
+                       edit=SimpleNamespace(edits=[SimpleNamespace(layer=9)]), before=evaluation(0.5),
+                       after=evaluation(0.2), kl_first_token=kl, kl_first_4_tokens=kl, mc_before=acc, mc_after=acc,
+                       site_rows=rows)  # fmt: skip
+    return _write_report(out, result)
 
 
 # What each view draws once plotly has run: (a word of its section id, a mark of its traces, how many at least)
