@@ -223,7 +223,8 @@ class RunResult:
     `kl_first_4_tokens`: `{lang: mean KL(base ‖ edited)}` on the harmless test prompts; `mc_before` /
     `mc_after`: `{lang: multiple-choice accuracy}`; `site_rows`: the residual stream after the last edited
     layer on the test prompts, before and after (`{state: {label: {lang: Tensor}}}`, for the report);
-    `timings`: seconds per stage (`STAGES`); `processes`: how many shared the collection; `started`: when."""
+    `timings`: seconds per stage (`STAGES`); `processes`: how many shared the collection; `started`: when
+    the run began (also the report's date, so writing a result twice gives the same files)."""
 
     config: RunConfig
     model: dict
@@ -483,7 +484,7 @@ def run(config: RunConfig, *, model=None, prompts: PromptSet | None = None, writ
     every process collects its shard and the others return None; rank 0 does the rest. `quiet`: no
     progress lines (the table is printed by the caller: `print(result.text())`)."""
     log = (lambda *a, **k: None) if quiet else print
-    clock = _Clock()
+    clock, started = _Clock(), time.strftime("%Y-%m-%d %H:%M")
     if not isinstance(config, RunConfig):
         raise RunConfigError(f"config must be a RunConfig, got {type(config).__name__}")
     config.check()  # every setting before the model is loaded, and again against it before any forward pass
@@ -533,8 +534,9 @@ def run(config: RunConfig, *, model=None, prompts: PromptSet | None = None, writ
     clock.lap("evaluate")
 
     info = {"name": config.model, "n_layers": model.cfg.n_layers, "d_mlp": model.cfg.d_mlp}
-    result = RunResult(config=config, model=info, judge=judge.name, ranking=ranking, selection=records, layers=list(layers), edit=edit,
-                       timings=clock.timings, processes=distributed.world_size(), **measured)  # fmt: skip
+    result = RunResult(config=config, model=info, judge=judge.name, ranking=ranking, selection=records,
+                       layers=list(layers), edit=edit, timings=clock.timings, processes=distributed.world_size(),
+                       started=started, **measured)  # fmt: skip
     if write:
         result.files = result.write(config.out)
     clock.lap("report")
