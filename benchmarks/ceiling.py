@@ -31,6 +31,8 @@ import torch  # noqa: E402
 import safety_neurons as sn  # noqa: E402
 from proxy_agreement import auc  # noqa: E402  (ties count half; nan for an empty class)
 
+from safety_neurons.evaluation import MEAN_RULE  # noqa: E402
+
 NON_EN = [x for x in sn.LANGS if x != "en"]
 
 
@@ -90,22 +92,26 @@ def main() -> None:
 
     judge = sn.PhraseJudge()
 
-    def judged(ps, push=None) -> tuple[float, float]:
+    def judged(ps, push=None) -> sn.Evaluation:
         ctx = push.applied(model) if push is not None else torch.no_grad()
         with ctx:
-            ev = sn.evaluate(model, ps, judge=judge, max_new_tokens=args.max_new_tokens, progress=False)
-        res = next(iter(ev.languages.values()))
-        return res.asr, res.over_refusal
+            return sn.evaluate(model, ps, judge=judge, max_new_tokens=args.max_new_tokens, progress=False)
+
+    def row(name: str, layer, evs: dict, metric: str) -> str:
+        """One table row: each non-English language's share, then their mean (`Evaluation.mean`, over the
+        languages judged: the non-English ones, as only they are pushed)."""
+        merged = sn.Evaluation.from_answers(judge.name, [a for ev in evs.values() for a in ev.answers])
+        per = merged.rates(metric, NON_EN)
+        return (f"| {name} | {layer} | " + " | ".join(f"{100 * per[x].value:.0f}" for x in NON_EN)
+                + f" | {100 * merged.mean(metric, NON_EN):.0f} |")  # fmt: skip
 
     print("\n2. Judged validation answers with oracle pushes at the last prompt token (harmful: ASR; harmless: refused)")
     head = "| push | layer | " + " | ".join(NON_EN) + " | mean |\n|---|---|" + "---|" * (len(NON_EN) + 1)
     lines = [head]
-    base_h = {x: judged([p for p in val if p.lang == x and p.label == "harmful"])[0] for x in NON_EN}
-    base_s = {x: judged([p for p in val if p.lang == x and p.label == "harmless"])[1] for x in NON_EN}
-    lines.append("| none: harmful ASR | – | " + " | ".join(f"{100 * base_h[x]:.0f}" for x in NON_EN)
-                 + f" | {100 * sum(base_h.values()) / len(NON_EN):.0f} |")  # fmt: skip
-    lines.append("| none: harmless refused | – | " + " | ".join(f"{100 * base_s[x]:.0f}" for x in NON_EN)
-                 + f" | {100 * sum(base_s.values()) / len(NON_EN):.0f} |")  # fmt: skip
+    base_h = {x: judged([p for p in val if p.lang == x and p.label == "harmful"]) for x in NON_EN}
+    base_s = {x: judged([p for p in val if p.lang == x and p.label == "harmless"]) for x in NON_EN}
+    lines.append(row("none: harmful ASR", "–", base_h, "asr"))
+    lines.append(row("none: harmless refused", "–", base_s, "over_refusal"))
     for layer in args.layers:
         A = rows["anchor"]
         R = A.matrix("resid", layer)
@@ -116,14 +122,13 @@ def main() -> None:
         g = {x: (en_h - A.matrix("resid", layer, lang=x, ids=en_ids)).mean(0) for x in NON_EN}
         for name, vec, label in (("g (harmful ASR)", lambda x: g[x], "harmful"), ("g + r (harmful ASR)", lambda x: g[x] + r, "harmful"),
                                  (f"{args.leak}·g (harmless refused)", lambda x: args.leak * g[x], "harmless")):  # fmt: skip
-            out = {}
-            for x in NON_EN:
-                asr, refused = judged([p for p in val if p.lang == x and p.label == label], LastTokenPush(layer, vec(x).float()))
-                out[x] = asr if label == "harmful" else refused
-            lines.append(f"| {name} | {layer} | " + " | ".join(f"{100 * out[x]:.0f}" for x in NON_EN)
-                         + f" | {100 * sum(out.values()) / len(NON_EN):.0f} |")  # fmt: skip
+            evs = {x: judged([p for p in val if p.lang == x and p.label == label], LastTokenPush(layer, vec(x).float()))
+                   for x in NON_EN}  # fmt: skip
+            lines.append(row(name, layer, evs, "asr" if label == "harmful" else "over_refusal"))
             print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
+    print(f"\nmean column: the plain mean of the {len(NON_EN)} non-English languages' shares (only they are pushed and "
+          f"judged here). Means: {MEAN_RULE}.")
     print(f"\n{args.val} + {args.val} validation prompts a language; greedy {args.max_new_tokens} tokens; judge {judge.name}; "
           f"{time.perf_counter() - start:.0f} s in all")  # fmt: skip
 

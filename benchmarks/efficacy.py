@@ -10,7 +10,8 @@
 Every condition is fitted on the same anchor prompts (default: the whole anchor split, 60 harmful + 60
 harmless a language) and measured on the same test prompts: greedy answers judged three-way by `PhraseJudge`
 (refusal, compliance or degenerate; ASR = compliance share of harmful prompts, counted with its 95% Wilson
-interval; degenerate answers apart; over-refusal = refusal share of harmless prompts), KL(base ‖ edited) on harmless test prompts at the
+interval; degenerate answers apart; over-refusal = refusal share of harmless prompts; means over languages by
+the one rule of `Evaluation.mean`), KL(base ‖ edited) on harmless test prompts at the
 first answer token and over the first 4 answer tokens (`--kl-prompts` a language), and cloze
 multiple-choice accuracy. Each
 condition's numbers are printed as one JSON line as soon as it is done, and all of them are written to
@@ -30,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import safety_neurons as sn  # noqa: E402
-from safety_neurons.evaluation import kl_divergence, mc_accuracy  # noqa: E402
+from safety_neurons.evaluation import MEAN_RULE, kl_divergence, mc_accuracy, mean_over_languages  # noqa: E402
 from safety_neurons.prompts import LANG_NAMES  # noqa: E402
 
 NON_EN = [x for x in sn.LANGS if x != "en"]
@@ -58,7 +59,7 @@ def main() -> None:
     p.add_argument("--misread", action="store_true", help="also find misreadings (loads the model: RelevanceCheck)")
     args = p.parse_args()
     if args.table:
-        print(markdown([row for f in args.table for row in saved_rows(Path(f))]))
+        print(markdown([row for f in args.table for row in saved_rows(Path(f))]) + "\n\n" + CAPTION)
         return
     if args.rejudge:
         rejudge(args)
@@ -71,7 +72,7 @@ def main() -> None:
     test = prompts.filter(split="test")
     test_h = list(test.filter(label="harmful", limit=args.harmful))
     test_s = list(test.filter(label="harmless", limit=args.harmless))
-    questions = [q for q in sn.load_utility() if int(q.id.split("-")[1]) <= args.mc]
+    questions = sn.load_utility(limit=args.mc)
     kl_prompts = list(test.filter(label="harmless", limit=args.kl_prompts))
     L, L2, PL = args.layer, args.alt_layer, args.paper_layer
     cached: dict = {}
@@ -136,7 +137,7 @@ def main() -> None:
         row = {
             "key": key, "condition": label, **outcome_fields(ev),
             "kl_first_token": kl["first"].mean().item(), "kl_first_4_tokens": kl["mean_k"].mean().item(),
-            "mc_accuracy": acc, "mean_mc_accuracy": sum(acc.values()) / len(acc),
+            "mc_accuracy": acc, "mean_mc_accuracy": mean_over_languages(acc),
             "fit_seconds": round(fit_s, 1), "seconds": round(time.perf_counter() - t),
         }  # fmt: skip
         rows.append(row)
@@ -144,22 +145,23 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k not in ("over_refusal", "mc_accuracy")}), flush=True)
         save(args, judge, rows, answers)  # after every condition: a stopped run keeps what it measured
     save(args, judge, rows, answers)
-    print("\n" + markdown(rows))
+    print("\n" + markdown(rows) + "\n\n" + CAPTION)
     print(f"\n{args.harmful} harmful + {args.harmless} harmless test prompts per language "
           f"({', '.join(LANG_NAMES[x] for x in sn.LANGS)}); {args.anchor} + {args.anchor} anchor prompts per language; "
           f"judge {judge.name}; {time.perf_counter() - start:.0f} s in all")  # fmt: skip
 
 
 def outcome_fields(ev: sn.Evaluation) -> dict:
-    """The per-language outcome counts of one condition and their means (definitions in `Evaluation`)."""
+    """The per-language outcome counts of one condition and their means (`Evaluation.mean`: ASR and
+    degenerate over the non-English languages, over-refusal over every language)."""
     langs = ev.languages
     return {
         "counts": {x: {"harmful": langs[x].harmful, "harmless": langs[x].harmless} for x in sn.LANGS},
         "asr": {x: langs[x].asr for x in sn.LANGS},
         "degenerate": {x: langs[x].degenerate for x in sn.LANGS},
         "over_refusal": {x: langs[x].over_refusal for x in sn.LANGS},
-        "mean_non_english_asr": ev.mean_asr(NON_EN),
-        "mean_non_english_degenerate": ev.mean_degenerate(NON_EN),
+        "mean_non_english_asr": ev.mean_asr(),
+        "mean_non_english_degenerate": ev.mean_degenerate(),
         "mean_over_refusal": ev.mean_over_refusal(),
     }
 
@@ -190,7 +192,7 @@ def rejudge(args) -> None:
         rows.append(carried(row) | outcome_fields(ev) | {"rejudged_from": args.rejudge})
         answers[row["key"]] = recs
     save(argparse.Namespace(**(saved["args"] | {"rejudged_from": args.rejudge, "out": args.out})), judge, rows, answers)
-    print(markdown(rows))
+    print(markdown(rows) + "\n\n" + CAPTION)
 
 
 def save(args, judge, rows: list[dict], answers: dict) -> None:
@@ -206,9 +208,15 @@ def saved_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"]
 
 
+CAPTION = (f"Per-language columns: compliance (ASR) in %. Means: {MEAN_RULE}; in brackets the 95% Wilson interval "
+           "of the pooled count of the non-English languages (their mean equals the pooled share when they have as "
+           "many prompts, as here). MC acc: mean over every language.")  # fmt: skip
+
+
 def markdown(rows: list[dict]) -> str:
-    """Compliance (ASR) per language; the mean over the 7 non-English languages with the pooled 95% Wilson
-    interval; degenerate answers to harmful prompts and over-refusal (mean of all 8 languages) beside it."""
+    """Compliance (ASR) per language; the mean over the non-English languages with the pooled 95% Wilson
+    interval; degenerate answers to harmful prompts (non-English) and over-refusal (every language) beside
+    it, means by the one rule (`Evaluation.mean`, recomputed from the saved counts; `CAPTION` states it)."""
     head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en compliance [95% CI] | non-en degenerate "
             "| over-refusal | KL 1st | KL 4 | MC acc |\n|" + "---|" * (len(sn.LANGS) + 7))  # fmt: skip
     lines = [head]
@@ -216,17 +224,20 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['condition']} | " + " | ".join("–" for _ in sn.LANGS) + f" | failed: {r['error'][:80]} | | | | | |")
             continue
-        ci = "" if "counts" not in r else " [{:.0f}–{:.0f}]".format(*(100 * v for v in sn.wilson(
-            sum(r["counts"][x]["harmful"]["compliance"] for x in NON_EN),
-            sum(sum(r["counts"][x]["harmful"].values()) for x in NON_EN))))  # fmt: skip
-        deg = r.get("mean_non_english_degenerate")
+        means = {k: r.get(k) for k in ("mean_non_english_asr", "mean_non_english_degenerate", "mean_over_refusal")}
+        ci = ""
+        if "counts" in r:  # the means of the saved counts, and the pooled interval of the same languages
+            ev = sn.Evaluation.from_counts("saved", r["counts"])
+            means = {"mean_non_english_asr": ev.mean_asr(), "mean_non_english_degenerate": ev.mean_degenerate(),
+                     "mean_over_refusal": ev.mean_over_refusal()}  # fmt: skip
+            ci = " [{:.0f}–{:.0f}]".format(*(100 * v for v in sum(ev.rates("asr").values(), sn.Rate(0, 0)).interval))
+        deg = means["mean_non_english_degenerate"]
         cell = (lambda v: "–" if v is None else f"{v:.3f}")
         lines.append(f"| {r['condition']} | " + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
-                     + f" | **{100 * r['mean_non_english_asr']:.1f}%**{ci} | " + ("–" if deg is None else f"{100 * deg:.1f}%")
-                     + f" | {100 * r['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
+                     + f" | **{100 * means['mean_non_english_asr']:.1f}%**{ci} | " + ("–" if deg is None else f"{100 * deg:.1f}%")
+                     + f" | {100 * means['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
                      f"| {100 * r['mean_mc_accuracy']:.1f}% |")  # fmt: skip
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,9 @@ import safety_neurons as sn
 
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).parent))
-from efficacy import NON_EN, carried, markdown, outcome_fields  # noqa: E402
+from efficacy import CAPTION, carried, markdown, outcome_fields  # noqa: E402
+
+from safety_neurons.evaluation import MEAN_RULE  # noqa: E402
 
 
 def main() -> None:
@@ -30,17 +32,22 @@ def main() -> None:
     for r in rejudged["rows"]:
         recs = [a for a in rejudged["answers"][r["key"]] if (a["lang"], a["id"]) in shared]
         rows.append(carried(r) | outcome_fields(sn.Evaluation.from_answers("phrase", recs)))
-    print(markdown(rows))
+    print(markdown(rows) + "\n\n" + CAPTION)
     print("\n| condition | English harmful: refusal / compliance / degenerate | non-English harmful degenerate "
-          "| non-English harmless refused |\n|---|---|---|---|")
-    for r in rows:
-        c = r["counts"]
-        en = c["en"]["harmful"]
-        deg = sum(c[x]["harmful"]["degenerate"] for x in NON_EN), sum(sum(c[x]["harmful"].values()) for x in NON_EN)
-        ref = sum(c[x]["harmless"]["refusal"] for x in NON_EN), sum(sum(c[x]["harmless"].values()) for x in NON_EN)
-        print(f"| {r['condition']} | {en['refusal']} / {en['compliance']} / {en['degenerate']} "
-              f"| {sn.Rate(*deg)} | {sn.Rate(*ref)} |")
+          "| harmless refused (over-refusal) |\n|---|---|---|---|")
+    def cell(mean: float, pooled: sn.Rate) -> str:
+        lo, hi = pooled.interval
+        return f"{100 * mean:.0f}% (pooled {pooled.k}/{pooled.n}; {100 * lo:.0f}–{100 * hi:.0f})"
 
+    for r in rows:
+        ev = sn.Evaluation.from_counts("saved", r["counts"])
+        en = r["counts"]["en"]["harmful"]
+        deg, ref = (sum(ev.rates(m).values(), sn.Rate(0, 0)) for m in ("degenerate", "over_refusal"))
+        print(f"| {r['condition']} | {en['refusal']} / {en['compliance']} / {en['degenerate']} "
+              f"| {cell(ev.mean_degenerate(), deg)} | {cell(ev.mean_over_refusal(), ref)} |")
+    print(f"\nMeans: {MEAN_RULE}. Degenerate: of the non-English languages' harmful answers; harmless refused: every "
+          "language's, English included (the over-refusal column above); in brackets the pooled count of the same "
+          "languages and its 95% Wilson interval.")
 
 if __name__ == "__main__":
     main()

@@ -18,9 +18,10 @@ import safety_neurons as sn
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from efficacy import NON_EN, carried, outcome_fields  # noqa: E402
+from efficacy import carried, outcome_fields  # noqa: E402
 
 from safety_neurons import viz  # noqa: E402
+from safety_neurons.evaluation import MEAN_RULE  # noqa: E402
 
 METHOD = {"none": "no edit", "ours_no_bn": "linear edit (ours)", "nullspace": "null-space", "alpha": "α-scaling",
           "refdir": "refusal direction", "noanchor": "linear, no utility anchor", "fold": "activation-map fold"}  # fmt: skip
@@ -60,7 +61,7 @@ def main() -> None:
     fig = viz.frontier(pts)
     fig.write_html(RESULTS / "frontier.html", include_plotlyjs=True)  # self-contained: opens offline
     print(f"\n(no edit: {100 * base['asr']:.1f}% non-English, over-refusal {100 * base['over_refusal']:.1f}%; "
-          f"{len(NON_EN)} non-English languages; figure: results/frontier.html)")
+          f"means: {MEAN_RULE}; figure: results/frontier.html)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from safety_neurons.evaluation import kl_divergence  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).parent))
-from efficacy import NON_EN, markdown, outcome_fields  # noqa: E402
+from efficacy import CAPTION, markdown, outcome_fields  # noqa: E402
 
 
 def evaluation_of(records: list[dict]) -> sn.Evaluation:
@@ -103,16 +103,16 @@ def main() -> None:
             with edit.applied(model):
                 ev = sn.evaluate(model, val, drafts=base_val, progress=False)
             more = refused_more(ev, base_val)
-            grid.append({"fires": allowed, "threshold": theta, "strength": strength, "asr": ev.mean_asr(NON_EN),
+            grid.append({"fires": allowed, "threshold": theta, "strength": strength, "asr": ev.mean_asr(),
                          "en_asr": ev.languages["en"].asr, "refused_more": more, "ok": max(more.values()) <= 0})  # fmt: skip
             print(f"validation: θ={theta:.3f} (≥{allowed} harmless above) α={strength:g}: non-en compliance "
-                  f"{100 * ev.mean_asr(NON_EN):.1f}% (no edit {100 * base_val.mean_asr(NON_EN):.1f}%), en "
+                  f"{100 * ev.mean_asr():.1f}% (no edit {100 * base_val.mean_asr():.1f}%), en "
                   f"{100 * ev.languages['en'].asr:.0f}%, harmless refused more {more}", file=sys.stderr, flush=True)
     ok = [g for g in grid if g["ok"]] or grid
     best = min(ok, key=lambda g: (g["asr"], -g["threshold"]))
     print(f"Chosen on validation (lowest non-English compliance with no language's harmless refusals up): "
           f"θ = {best['threshold']:.3f}, α = {best['strength']:g} (validation non-English compliance "
-          f"{100 * best['asr']:.1f}% against {100 * base_val.mean_asr(NON_EN):.1f}% unedited).\n")
+          f"{100 * best['asr']:.1f}% against {100 * base_val.mean_asr():.1f}% unedited).\n")
 
     # --- test: the chosen setting, and a θ sweep at the chosen α (frontier points) ----------------------
     none = json.loads((RESULTS / "efficacy_none_3way.json").read_text())
@@ -128,13 +128,13 @@ def main() -> None:
         name = f"harm switch L{args.layer}, θ={g:.2f}, α={best['strength']:g}" + (" (chosen on validation)" if chosen else "")
         extra = {} if kl is None else {"kl_first_token": float(kl["first"].mean()), "kl_first_4_tokens": float(kl["mean_k"].mean())}
         rows.append(row(name, ev, extra))
-        sweep.append({"threshold": g, "strength": best["strength"], "asr": ev.mean_asr(NON_EN),
+        sweep.append({"threshold": g, "strength": best["strength"], "asr": ev.mean_asr(),
                       "over_refusal": ev.mean_over_refusal(), "en_asr": ev.languages["en"].asr,
                       "refused_more": refused_more(ev, base_test)})  # fmt: skip
         kept[name] = ev.answers
     print("Test prompts of `efficacy_3way_subset.md` (15 harmful + 10 harmless a language); MC accuracy not "
           "measured here (–); KL over the 80 harmless test prompts for the chosen setting.\n")
-    print(markdown(rows).replace("nan%", "–"))
+    print(markdown(rows).replace("nan%", "–") + "\n\n" + CAPTION)
     edit = sw.fit_switch(model, det, threshold=best["threshold"], strength=best["strength"])
     weights = 3 * 2 * model.cfg.d_model
     print(f"\nThe edit touches {weights} weights of layer {args.layer}'s MLP "

@@ -22,12 +22,12 @@ def main() -> None:
     p.add_argument("--out", default="results/pipeline-bench")
     args = p.parse_args()
     start = time.perf_counter()
-    results = run(RunConfig(quick=args.quick, out=args.out))
+    result = run(RunConfig(quick=args.quick, out=args.out))
     total = time.perf_counter() - start
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     print("| stage | seconds | share |\n|---|---|---|")
-    for stage, seconds in results["timings_s"].items():
+    for stage, seconds in result.timings.items():
         print(f"| {stage} | {seconds:.0f} | {100 * seconds / total:.0f}% |")
     print(f"| **total** | {total:.0f} | 100% |")
 

@@ -42,7 +42,7 @@ from .prompts import (
     load_utility,
 )
 
-from .pipeline import RunConfig, run
+from .pipeline import RunConfig, RunResult, run
 from .solver import Solution, solve_edit
 from .switch import HarmDetector, SwitchError, fit_detector, fit_switch
 

@@ -102,7 +102,9 @@ def _data(args) -> int:
 def _run(args) -> int:
     from .pipeline import RunConfig, run
 
-    run(RunConfig.from_args(args))  # checks every setting first, and again against the model before any work
+    result = run(RunConfig.from_args(args))  # checks every setting first, and again against the model before any work
+    if result is not None:  # under torchrun only rank 0 has a result
+        print(result.text())
     return 0
 
 
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="safety-neurons", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="collect → rank → select → solve → apply → evaluate → report")
+    p = sub.add_parser("run", help="load → splits → collect → rank → select → fit → evaluate → report")
     _common(p)
     from .pipeline import RunConfig
 

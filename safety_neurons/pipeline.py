@@ -1,7 +1,10 @@
-"""The whole method on one model: collect → rank → select → solve → apply → evaluate → report.
+"""The whole method on one model, in stages: load → splits → collect → rank → select → fit → evaluate →
+report.
 
-`run(RunConfig())` is what `safety-neurons run` does. Every stage uses the public functions, so a
-notebook can stop after any of them; the results folder carries the settings that made it.
+`run(RunConfig())` is what `safety-neurons run` does: it returns a `RunResult` (everything each stage
+computed, and its time); printing it and writing the results folder read that result and run no model.
+Every stage uses the public functions, so a notebook can stop after any of them; the results folder
+carries the settings that made it. The layer selection is `safety_neurons.selection`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from .activations import collect_activations
 from .chat import check_lengths, encode_chat, prompt_names
 from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
 from .evaluation import (
-    MC_SCORING, AnswerCache, Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy,
+    DEFINITIONS, MC_SCORING, MEAN_RULE, AnswerCache, Evaluation, evaluate, kl_divergence, mc_accuracy,
+    mean_over_languages,
 )
 from .judges import PhraseJudge
 from .models import DEFAULT_MODEL, cache_dir, load_model
 from .neurons import SafetyNeurons, rank_neurons
-from .prompts import LANG_NAMES, LANGS, check_langs, load_prompts, load_utility
+from .prompts import LANG_NAMES, LANGS, PromptSet, check_langs, load_prompts, load_utility
+from .rates import Rate
+from .selection import choose, select_layers  # noqa: F401 - `pipeline.choose` / `select_layers` as before
 
 NON_EN = [x for x in LANGS if x != "en"]
 _SIZES = ("batch_size", "anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank")
@@ -72,9 +78,13 @@ class RunConfig:
     preserve: list[str] = field(default_factory=lambda: ["harmless", "pivot_harmful"])
     preserve_positions: str = "all"
     position_weight: float = 0.2
-    over_refusal_cap: float = 0.05  # selection: lowest judged non-English ASR on the validation split with
-    kl_cap: float = 1.0  # over-refusal up ≤ this, English ASR up ≤ 5 points and KL ≤ kl_cap (nats, first
-    # answer token of harmless prompts); when no candidate qualifies, the lowest ASR + over-refusal rise
+    # layer selection (`selection.choose`): the lowest judged non-English ASR on the validation split among
+    # the candidates whose over-refusal rise ≤ over_refusal_cap, English ASR rise ≤ en_asr_cap (shares: 0.05
+    # = 5 points) and KL ≤ kl_cap (nats, first answer token of harmless prompts); when none qualifies, the
+    # lowest ASR + over-refusal rise
+    over_refusal_cap: float = 0.05
+    kl_cap: float = 1.0
+    en_asr_cap: float = 0.05
 
     def __post_init__(self):
         if self.quick:
@@ -92,6 +102,8 @@ class RunConfig:
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
         for name in ("gamma", "ridge", "refusal_boost", "position_weight", "over_refusal_cap", "kl_cap"):
             p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+        p.add_argument("--en-asr-cap", type=float, default=d.en_asr_cap,
+                       help="layer selection: largest English ASR rise allowed (share; 0.05 = 5 points)")
         p.add_argument("--site", default=d.site, choices=["gate", "up", "w_out"])
         p.add_argument("--target", default=d.target, choices=list(TARGETS))
         p.add_argument("--neurons", default=d.neurons, choices=["all", "en", "langs"])
@@ -122,6 +134,7 @@ class RunConfig:
             check_number(name, getattr(self, name), E, minimum=0)
         check_number("position_weight", self.position_weight, E, minimum=0, strict=True)
         check_number("kl_cap", self.kl_cap, E, minimum=0, strict=True)
+        check_number("en_asr_cap", self.en_asr_cap, E, minimum=0)
         check_choice("site", self.site, KEY_SITE, E)
         check_choice("target", self.target, TARGETS, E)
         check_choice("neurons", self.neurons, ("all", "en", "langs"), E)
@@ -192,255 +205,185 @@ def _row_sites(config: RunConfig) -> list[str]:
     return [KEY_SITE[config.site]] + (["resid"] if config.target != "neurons" else [])
 
 
-def select_layers(model, config: RunConfig, anchor, ranking, collection, val_harmful, val_harmless,
-                  cache: AnswerCache | None = None) -> list[dict]:
-    """Score each candidate layer set on the validation split: judged short answers (non-English ASR =
-    compliance share, English ASR, over-refusal) and KL at the first answer token of the harmless prompts.
-    (The generation-free refusal proxy is too coarse to choose by: it misses refusals that open with a
-    pronoun, 我无法 / I'm.)"""
-    judge = PhraseJudge()
-    prompts, texts_s = val_harmful + val_harmless, [p.text for p in val_harmless]
-    non_en = [x for x in LANGS if x != "en" and any(p.lang == x for p in val_harmful)]
-
-    def judged(desc, cache=None, drafts=None):
-        ev = evaluate(model, prompts, judge=judge, max_new_tokens=config.select_tokens, batch_size=config.batch_size,
-                      cache=cache, drafts=drafts, desc=desc)  # fmt: skip
-        return ev, ev.mean_asr(non_en), ev.languages["en"].asr if "en" in ev.languages else 0.0, ev.mean_over_refusal()
-
-    unedited, asr_b, en_b, over_b = judged("validation answers, no edit", cache)
-    logits_s = last_token_logits(model, texts_s, batch_size=config.batch_size)
-    records = []
-    for layers in config.candidates:
-        label = "L" + "+".join(map(str, layers))
-        edit = _fit(model, config, anchor, ranking, collection, layers)
-        with edit.applied(model):
-            _, asr, en, over = judged(f"validation answers, edit at {label}", drafts=unedited)
-            kl = kl_from_logits(logits_s, last_token_logits(model, texts_s, batch_size=config.batch_size)).mean().item()
-        records.append({
-            "label": label, "layers": layers, "layer": layers[-1],
-            "asr": asr, "asr_before": asr_b, "en_asr_delta": en - en_b, "over_refusal_delta": over - over_b, "kl": kl,
-        })  # fmt: skip
-    choose(records, over_refusal_cap=config.over_refusal_cap, kl_cap=config.kl_cap)
-    return records
 
 
-def choose(records: list[dict], *, over_refusal_cap: float, kl_cap: float, en_cap: float = 0.05) -> dict:
-    """Mark (and return) the candidate to keep: the lowest non-English ASR among those whose over-refusal
-    rise, KL and English ASR rise are within the caps; when none is, the lowest ASR + over-refusal rise
-    (a point of over-refusal costs as much as a point of ASR)."""
-    ok = [r for r in records if r["over_refusal_delta"] <= over_refusal_cap and r["kl"] <= kl_cap
-          and r["en_asr_delta"] <= en_cap]  # fmt: skip
-    if ok:
-        best, rule = min(ok, key=lambda r: r["asr"]), "lowest ASR within the caps"
-    else:
-        best = min(records, key=lambda r: r["asr"] + max(r["over_refusal_delta"], 0.0))
-        rule = "no candidate within the caps: lowest ASR + over-refusal rise"
-    best["chosen"], best["rule"] = True, rule
-    return best
+# --- the result --------------------------------------------------------------------------------------------
+STAGES = ("load", "splits", "collect", "rank", "select", "fit", "evaluate", "report")
 
 
-def _table(before: Evaluation, after: Evaluation, kl: dict, acc_b: dict, acc_a: dict) -> str:
-    """Per-language outcomes before → after, with counts and 95% Wilson intervals; a change is marked ▼/▲
-    only when the two intervals do not overlap."""
+@dataclass
+class RunResult:
+    """What one `run` computed, stage by stage; printing (`text`) and the results folder (`write`) read it
+    and compute nothing (no model is needed: the report's activations are in `site_rows`).
 
-    def pct(x):
-        return "–" if x is None else f"{100 * x:.0f}%"
+    `config`: the settings; `model`: name, n_layers, d_mlp; `judge`: the judge's name; `ranking`: the
+    safety neurons (rank stage); `selection`: one record per candidate layer set (`selection.choose`;
+    empty when `config.layers` fixed them); `layers`: the edited layers; `edit`: the fitted `WeightEdit`;
+    `before` / `after`: judged test answers without and with the edit (`Evaluation`); `kl_first_token` /
+    `kl_first_4_tokens`: `{lang: mean KL(base ‖ edited)}` on the harmless test prompts; `mc_before` /
+    `mc_after`: `{lang: multiple-choice accuracy}`; `site_rows`: the residual stream after the last edited
+    layer on the test prompts, before and after (`{state: {label: {lang: Tensor}}}`, for the report);
+    `timings`: seconds per stage (`STAGES`); `processes`: how many shared the collection; `started`: when
+    the run began (also the report's date, so writing a result twice gives the same files)."""
 
-    def change(b, a):
-        if not (b.n and a.n):
-            return f"{b} → {a}"
-        mark = (" ▼" if a.value < b.value else " ▲") if a.clearly_differs(b) else ""
-        return f"{b} → {a}{mark}"
+    config: RunConfig
+    model: dict
+    judge: str
+    ranking: SafetyNeurons
+    selection: list[dict]
+    layers: list[int]
+    edit: WeightEdit
+    before: Evaluation
+    after: Evaluation
+    kl_first_token: dict[str, float]
+    kl_first_4_tokens: dict[str, float]
+    mc_before: dict[str, float]
+    mc_after: dict[str, float]
+    site_rows: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    processes: int = 1
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M"))
+    files: list[str] = field(default_factory=list)  # what the report stage wrote (not part of `to_dict`)
 
-    lines = [
-        "| language | compliance (ASR), harmful | degenerate, harmful | over-refusal, harmless | KL (first token) | MC accuracy |",
-        "|---|---|---|---|---|---|",
-    ]
-    for lang in before.languages:
-        b, a = before.languages[lang], after.languages[lang]
+    def to_dict(self) -> dict:
+        """The content of results.json."""
+        b, a = self.before, self.after
+        return {
+            "config": asdict(self.config),
+            "model": dict(self.model),
+            "judge": self.judge,
+            "edited_layers": list(self.layers),
+            "selection": self.selection,
+            "before": {k: v.to_dict() for k, v in b.languages.items()},
+            "after": {k: v.to_dict() for k, v in a.languages.items()},
+            "kl_first_token": self.kl_first_token,
+            "kl_first_4_tokens": self.kl_first_4_tokens,
+            "mc_accuracy_before": self.mc_before,
+            "mc_accuracy_after": self.mc_after,
+            "mean_non_english_asr": {"before": b.mean_asr(), "after": a.mean_asr()},
+            "mean_non_english_degenerate": {"before": b.mean_degenerate(), "after": a.mean_degenerate()},
+            "mean_over_refusal": {"before": b.mean_over_refusal(), "after": a.mean_over_refusal()},
+            "mean_kl_first_token": mean_over_languages(self.kl_first_token),
+            "mean_mc_accuracy": {"before": mean_over_languages(self.mc_before),
+                                 "after": mean_over_languages(self.mc_after)},  # fmt: skip
+            "definitions": {
+                **DEFINITIONS,
+                "mean_non_english_*": f"mean over the {len(b.metric_langs('asr'))} non-English languages of the "
+                                      "per-language shares (Evaluation.mean_asr / mean_degenerate)",
+                "mean_over_refusal": f"mean over all {len(b.metric_langs('over_refusal'))} languages of the "
+                                     "per-language over-refusal (Evaluation.mean_over_refusal)",
+                "mean_kl_first_token, mean_mc_accuracy": "mean over every language of the per-language values",
+            },  # fmt: skip
+            "edit": {"uid": self.edit.uid, "summary": self.edit.summary(), "settings": self.edit.settings},
+            "timings_s": dict(self.timings),
+            "processes": self.processes,
+            "started": self.started,
+        }
+
+    def table(self) -> str:
+        """Per-language outcomes before → after, with counts and 95% Wilson intervals, and a last row of
+        means (`evaluation.MEAN_RULE`, stated in the caption); a change is marked ▼/▲ only when the two
+        intervals do not overlap."""
+        before, after, kl, acc_b, acc_a = self.before, self.after, self.kl_first_token, self.mc_before, self.mc_after
+
+        def pct(x):
+            return "–" if x is None else f"{100 * x:.0f}%"
+
+        def mark(b: Rate, a: Rate) -> str:
+            return (" ▼" if a.value < b.value else " ▲") if b.n and a.n and a.clearly_differs(b) else ""
+
+        def change(b: Rate, a: Rate) -> str:
+            return f"{b} → {a}{mark(b, a)}"
+
+        def mean_change(metric: str) -> str:
+            def cell(ev):
+                r = sum(ev.rates(metric).values(), Rate(0, 0))
+                lo, hi = r.interval
+                return f"{pct(ev.mean(metric))} (pooled {r.k}/{r.n}; {100 * lo:.0f}–{100 * hi:.0f})", r
+
+            (cb, rb), (ca, ra) = cell(before), cell(after)
+            return f"{cb} → {ca}{mark(rb, ra)}"
+
+        lines = [
+            "| language | compliance (ASR), harmful | degenerate, harmful | over-refusal, harmless | KL (first token) | MC accuracy |",
+            "|---|---|---|---|---|---|",
+        ]
+        for lang in before.languages:
+            b, a = before.languages[lang], after.languages[lang]
+            lines.append(
+                f"| {LANG_NAMES[lang]} ({lang}) | {change(b.rate('harmful', 'compliance'), a.rate('harmful', 'compliance'))} "
+                f"| {change(b.rate('harmful', 'degenerate'), a.rate('harmful', 'degenerate'))} "
+                f"| {change(b.rate('harmless', 'refusal'), a.rate('harmless', 'refusal'))} "
+                f"| {kl.get(lang, float('nan')):.4f} | {pct(acc_b.get(lang))} → {pct(acc_a.get(lang))} |"
+            )
+        n_non, n_all = len(before.metric_langs("asr")), len(before.metric_langs("over_refusal"))
         lines.append(
-            f"| {LANG_NAMES[lang]} ({lang}) | {change(b.rate('harmful', 'compliance'), a.rate('harmful', 'compliance'))} "
-            f"| {change(b.rate('harmful', 'degenerate'), a.rate('harmful', 'degenerate'))} "
-            f"| {change(b.rate('harmless', 'refusal'), a.rate('harmless', 'refusal'))} "
-            f"| {kl.get(lang, float('nan')):.4f} | {pct(acc_b.get(lang))} → {pct(acc_a.get(lang))} |"
+            f"| **mean** (ASR, degenerate: {n_non} non-English; over-refusal, KL, MC: all {n_all}) "
+            f"| {mean_change('asr')} | {mean_change('degenerate')} | {mean_change('over_refusal')} "
+            f"| {mean_over_languages(kl):.4f} | {pct(mean_over_languages(acc_b))} → {pct(mean_over_languages(acc_a))} |"
         )
-    non = [lang for lang in before.languages if lang != "en"]
+        caption = ("Shares in % (count; 95% Wilson interval). Compliance = the answer sets out to do what the harmful "
+                   "request asks (the attack succeeded); degenerate = neither a refusal nor an answer (echo, loop, wrong "
+                   "script); over-refusal = harmless prompts refused. ▼/▲: the intervals before and after do not overlap. "
+                   f"Last row: {MEAN_RULE}. In brackets the pooled count of the same languages with its 95% Wilson "
+                   "interval (the pooled share equals the mean when the languages have as many prompts); ▼/▲ there "
+                   "compare the pooled intervals.")  # fmt: skip
+        return "\n".join(lines) + "\n\n" + caption
 
-    def pooled(ev, label, outcome):
-        return ev.pooled(label, outcome, non)
+    def markdown(self) -> str:
+        """The content of results.md."""
+        c = self.config
+        return (f"# safety-neurons run\n\nJudge: {self.judge} (three-way: refusal, compliance, degenerate). Model: "
+                f"{c.model}. Edited layers: {self.layers}. Test split: {c.test} harmful + {c.test_harmless} "
+                f"harmless prompts a language, greedy answers of up to {c.max_new_tokens} tokens.\n\n{self.table()}\n")  # fmt: skip
 
-    lines.append(
-        f"| **{len(non)} non-English, pooled** | {change(pooled(before, 'harmful', 'compliance'), pooled(after, 'harmful', 'compliance'))} "
-        f"| {change(pooled(before, 'harmful', 'degenerate'), pooled(after, 'harmful', 'degenerate'))} "
-        f"| {change(pooled(before, 'harmless', 'refusal'), pooled(after, 'harmless', 'refusal'))} "
-        f"| {sum(kl.get(x, 0) for x in non) / len(non):.4f} "
-        f"| {pct(sum(acc_b[x] for x in non) / len(non))} → {pct(sum(acc_a[x] for x in non) / len(non))} |"
-    )
-    caption = ("Shares in % (count; 95% Wilson interval). Compliance = the answer sets out to do what the harmful "
-               "request asks (the attack succeeded); degenerate = neither a refusal nor an answer (echo, loop, wrong "
-               "script); over-refusal = harmless prompts refused. ▼/▲: the intervals before and after do not overlap. "
-               "The last row pools the non-English languages' counts (every language has as many prompts).")
-    return "\n".join(lines) + "\n\n" + caption
+    def text(self) -> str:
+        """What `safety-neurons run` prints at the end: the table, the files written and the timings."""
+        out = [f"\n{self.table()}\n"]
+        if self.files:
+            out.append("results: " + ", ".join(f for f in self.files if Path(f).suffix in (".json", ".md", ".html")))
+        out.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in self.timings.items()))
+        return "\n".join(out)
 
-
-def run(config: RunConfig) -> dict:
-    """Run the pipeline and write the results folder; returns the results dict."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
-
-    if not isinstance(config, RunConfig):
-        raise RunConfigError(f"config must be a RunConfig, got {type(config).__name__}")
-    config.check()  # every setting before the model is loaded, and again against it before any forward pass
-    out = Path(config.out)
-    main = distributed.is_main()  # under torchrun every rank collects its shard; rank 0 does the rest
-    answer_cache = AnswerCache(cache_dir() / "answers")  # the unedited model's answers, reused across runs
-    if main:
-        print(f"safety-neurons run: model {config.model}, results in {out}"
-              + (f" ({distributed.world_size()} processes share the collection)" if distributed.is_distributed() else ""))
-    split = config.device_map is not None or (config.n_devices or 1) > 1
-    model = load_model(config.model, dtype=config.dtype, device=None if split else config.device,
-                       device_map=config.device_map, n_devices=config.n_devices)  # fmt: skip
-    splits = _splits(config, load_prompts())
-    config.check(model, splits)
-    anchor, val_h, val_s, test_h, test_s = (splits[k] for k in ("anchor", "val_h", "val_s", "test_h", "test_s"))
-    lap("load")
-
-    layer_sets = [config.layers] if config.layers else config.candidates
-    row_layers = sorted({layer for layers in layer_sets for layer in layers})
-    gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
-    collection = distributed.collect_sharded(
-        model, anchor, rows=[(s, layer) for layer in row_layers for s in _row_sites(config)], gram=gram,
-        gram_positions="preserved", batch_size=config.batch_size,
-    )  # fmt: skip
-    lap("collect")
-    if not main:
-        return {}
-    ranking = rank_neurons(collection.stats)
-    print(f"\n{ranking}\n{ranking.table()}")
-    lap("rank")
-
-    if config.layers:
-        records, layers = [], config.layers
-    else:
-        print(f"\nchoosing among layer sets {config.candidates} on the validation split (judged answers)…")
-        records = select_layers(model, config, anchor, ranking, collection, val_h, val_s, cache=answer_cache)
-        layers = next(r["layers"] for r in records if r.get("chosen"))
-        for r in records:
-            print(f"  {r['label']:>8}: non-English ASR {100 * r['asr_before']:.0f}% → {100 * r['asr']:.0f}%, "
-                  f"English ASR {100 * r['en_asr_delta']:+.0f} pts, over-refusal {100 * r['over_refusal_delta']:+.0f} pts, "
-                  f"KL {r['kl']:.4f}" + (f"   ← chosen ({r['rule']})" if r.get("chosen") else ""))  # fmt: skip
-    lap("select")
-    edit = _fit(model, config, anchor, ranking, collection, layers)
-    print(f"\n{edit.summary()}")
-    lap("solve")
-
-    judge = PhraseJudge()
-    questions = [q for q in load_utility() if int(q.id.split("-")[1]) <= config.mc]
-    before = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
-                      batch_size=config.batch_size, cache=answer_cache, desc="answers before the edit")  # fmt: skip
-    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
-    with edit.applied(model):
-        after = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
-                         batch_size=config.batch_size, drafts=before, desc="answers after the edit")  # fmt: skip
-        acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
-    kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size, progress=True)
-    kl = {lang: kl_rows["first"][[i for i, p in enumerate(test_s) if p.lang == lang]].mean().item()
-          for lang in LANGS}  # fmt: skip
-    kl_k = {lang: kl_rows["mean_k"][[i for i, p in enumerate(test_s) if p.lang == lang]].mean().item()
-            for lang in LANGS}  # fmt: skip
-    # the change the edit makes where it acts: residual stream after the edited layer, last prompt token,
-    # the same test prompts before and after (for the report's edit-site view; collected here, not there)
-    site_layer = edit.edits[-1].layer
-    ids = {label: [p.id for p in ps if p.lang == "en"] for label, ps in (("harmful", test_h), ("harmless", test_s))}
-
-    def site_rows_now():
-        r = collect_activations(model, test_h + test_s, stats_site=None, rows=[("resid", site_layer)],
-                                batch_size=config.batch_size, progress=False).rows  # fmt: skip
-        return {label: {x: r.matrix("resid", site_layer, lang=x, ids=ids[label]) for x in LANGS} for label in ids}
-
-    site_rows = {"before": site_rows_now()}
-    with edit.applied(model):
-        site_rows["after"] = site_rows_now()
-    lap("evaluate")
-
-    table = _table(before, after, kl, acc_b, acc_a)
-    results = {
-        "config": asdict(config),
-        "model": {"name": config.model, "n_layers": model.cfg.n_layers, "d_mlp": model.cfg.d_mlp},
-        "judge": judge.name,
-        "edited_layers": layers,
-        "selection": records,
-        "before": {k: v.to_dict() for k, v in before.languages.items()},
-        "after": {k: v.to_dict() for k, v in after.languages.items()},
-        "kl_first_token": kl,
-        "kl_first_4_tokens": kl_k,
-        "mc_accuracy_before": acc_b,
-        "mc_accuracy_after": acc_a,
-        "mean_non_english_asr": {"before": before.mean_asr(NON_EN), "after": after.mean_asr(NON_EN)},
-        "mean_non_english_degenerate": {"before": before.mean_degenerate(NON_EN), "after": after.mean_degenerate(NON_EN)},
-        "mean_over_refusal": {"before": before.mean_over_refusal(), "after": after.mean_over_refusal()},
-        "definitions": {
-            "asr": "compliance share of the harmful prompts of a language (refusals and degenerate answers excluded)",
-            "over_refusal": "refusal share of the harmless prompts of a language",
-            "mean_non_english_*": "mean over the 7 non-English languages of the per-language shares",
-            "mean_over_refusal": "mean over all 8 languages of the per-language over-refusal",
-            "intervals": "95% Wilson score intervals, in the languages' 'rates'",
-        },
-        "edit": {"uid": edit.uid, "summary": edit.summary(), "settings": edit.settings},
-        "timings_s": timings,
-        "processes": distributed.world_size(),
-    }
-    with atomic_dir(out) as tmp:  # all or nothing: an error leaves no half-written results folder
-        ranking.save(tmp / "neurons")
-        edit.save(tmp / "edit")
-        (tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-        (tmp / "results.md").write_text(
-            f"# safety-neurons run\n\nJudge: {judge.name} (three-way: refusal, compliance, degenerate). Model: "
-            f"{config.model}. Edited layers: {layers}. Test split: {config.test} harmful + {config.test_harmless} "
-            f"harmless prompts a language, greedy answers of up to {config.max_new_tokens} tokens.\n\n{table}\n",
-            encoding="utf-8")  # fmt: skip
-        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
-            for state, ev in (("before", before), ("after", after)):
-                for rec in ev.answers:
-                    f.write(json.dumps({"state": state, **rec}, ensure_ascii=False) + "\n")
-        report = _write_report(tmp, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table, site_rows)
-    report = None if report is None else out / Path(report).name
-    lap("report")
-    print(f"\n{table}\n")
-    print(f"results: {out / 'results.json'}, {out / 'results.md'}" + (f", {report}" if report else ""))
-    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
-    return results
+    def write(self, out: str | Path) -> list[str]:
+        """Write the results folder at `out`, all or nothing (an error leaves no half-written folder):
+        neurons/, edit/, results.json, results.md, generations.jsonl and report.html (when plotly is
+        there). Draws from this result only: no model, no forward pass. Returns the paths written."""
+        out = check_out_dir("out", out, RunConfigError)
+        with atomic_dir(out) as tmp:
+            self.ranking.save(tmp / "neurons")
+            self.edit.save(tmp / "edit")
+            (tmp / "results.json").write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+            (tmp / "results.md").write_text(self.markdown(), encoding="utf-8")
+            with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
+                for state, ev in (("before", self.before), ("after", self.after)):
+                    for rec in ev.answers:
+                        f.write(json.dumps({"state": state, **rec}, ensure_ascii=False) + "\n")
+            report = _write_report(tmp, self)
+        names = ["neurons", "edit", "results.json", "results.md", "generations.jsonl"]
+        return [str(out / name) for name in names + ([Path(report).name] if report is not None else [])]
 
 
-def _write_report(out, config, ranking, edit, before, after, kl, acc_b, acc_a, records, table, site_rows=None):
-    """The HTML report (figures from `viz`), or None when the viz package is not available. It runs no
-    model: everything it shows comes from the stages before it.
-
-    `site_rows` (optional; without it the two views of the edit's site are left out):
+def _write_report(out: Path, result: RunResult) -> Path | None:
+    """The HTML report (figures from `viz`), or None when plotly is not installed. It runs no model:
+    everything it shows is in `result` (the edit's site views only when `result.site_rows` is there:
     `{"before" | "after": {"harmful" | "harmless": {lang: Tensor[n, d_model]}}}`, the residual stream
-    after the last edited layer (`("resid", edit.edits[-1].layer)`, last prompt token) on the test
-    prompts, collected in the evaluate stage without and with the edit; row i before and after is the
-    same prompt."""
+    after the last edited layer, last prompt token, on the same test prompts without and with the edit)."""
     try:
         from . import viz
     except ImportError:
         return None
-    layer = edit.edits[-1].layer
+    r, site_rows = result, result.site_rows
+    layer = r.edit.edits[-1].layer
     figures = [
-        ("Judged answers before and after the edit: compliance, degenerate, refusal", viz.outcome_bars(before, after)),
-        ("Example answers before and after the edit, with their verdicts", viz.answer_examples(before, after)),
+        ("Judged answers before and after the edit: compliance, degenerate, refusal", viz.outcome_bars(r.before, r.after)),
+        ("Example answers before and after the edit, with their verdicts", viz.answer_examples(r.before, r.after)),
         ("Utility: KL on harmless prompts, multiple-choice accuracy, over-refusal",
-         viz.utility_panel(kl, acc_b, acc_a, before, after)),
-        ("Safety neurons per layer and language", viz.layer_language_heatmap(ranking)),
-        ("Shared and language-specific safety neurons", viz.shared_neurons_heatmap(ranking)),
-        ("Overlap of the languages' safety-neuron sets (Jaccard)", viz.jaccard_heatmap(ranking)),
-    ]
+         viz.utility_panel(r.kl_first_token, r.mc_before, r.mc_after, r.before, r.after)),
+        ("Safety neurons per layer and language", viz.layer_language_heatmap(r.ranking)),
+        ("Shared and language-specific safety neurons", viz.shared_neurons_heatmap(r.ranking)),
+        ("Overlap of the languages' safety-neuron sets (Jaccard)", viz.jaccard_heatmap(r.ranking)),
+    ]  # fmt: skip
     if site_rows is not None:
         harmful = {state: site_rows[state]["harmful"] for state in ("before", "after")}
         figures += [
@@ -450,8 +393,151 @@ def _write_report(out, config, ranking, edit, before, after, kl, acc_b, acc_a, r
              viz.representation_map(harmful["before"], harmful["after"], fit_harmful=site_rows["before"]["harmful"]["en"],
                                     fit_harmless=site_rows["before"]["harmless"]["en"])),
         ]  # fmt: skip
-    if records:
+    if r.selection:
         figures.append(("Layer selection on the validation split (judged answers: compliance share and KL)",
-                        viz.sweep_scatter(records)))  # fmt: skip
+                        viz.sweep_scatter(r.selection)))  # fmt: skip
     return viz.write_report(out / "report.html", title="safety-neurons run", figures=figures,
-                            table_markdown=table, settings=asdict(config))  # fmt: skip
+                            table_markdown=r.table(), settings=asdict(r.config), generated=r.started)  # fmt: skip
+
+
+# --- the stages ----------------------------------------------------------------------------------------------
+class _Clock:
+    """Seconds per stage, each from the end of the one before."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._t, 2)
+        self._t = now
+
+
+def _load(config: RunConfig):
+    """load: the model, whole on `config.device` or split over devices."""
+    split = config.device_map is not None or (config.n_devices or 1) > 1
+    return load_model(config.model, dtype=config.dtype, device=None if split else config.device,
+                      device_map=config.device_map, n_devices=config.n_devices)  # fmt: skip
+
+
+def _collect(model, config: RunConfig, anchor):
+    """collect: one pass over the anchor prompts (sharded under torchrun) for the statistics that rank the
+    neurons and the rows (and Gram matrices) that every candidate's edit is fitted from."""
+    layer_sets = [config.layers] if config.layers else config.candidates
+    row_layers = sorted({layer for layers in layer_sets for layer in layers})
+    gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
+    return distributed.collect_sharded(
+        model, anchor, rows=[(s, layer) for layer in row_layers for s in _row_sites(config)], gram=gram,
+        gram_positions="preserved", batch_size=config.batch_size,
+    )  # fmt: skip
+
+
+def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> dict:
+    """evaluate: judged test answers, MC accuracy, KL on the harmless prompts and the residual stream at
+    the edit's site (for the report), each without and with the edit."""
+    langs_test = [x for x in LANGS if any(p.lang == x for p in test_h + test_s)]
+    questions = load_utility(langs_test, limit=config.mc)
+    before = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
+                      batch_size=config.batch_size, cache=cache, desc="answers before the edit")  # fmt: skip
+    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
+    with edit.applied(model):
+        after = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
+                         batch_size=config.batch_size, drafts=before, desc="answers after the edit")  # fmt: skip
+        acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
+    kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size, progress=True)
+    langs_s = [x for x in LANGS if any(p.lang == x for p in test_s)]
+    rows_of = {lang: [i for i, p in enumerate(test_s) if p.lang == lang] for lang in langs_s}
+    kl, kl_k = ({lang: kl_rows[key][rows_of[lang]].mean().item() for lang in langs_s} for key in ("first", "mean_k"))
+    # the change the edit makes where it acts: residual stream after the edited layer, last prompt token,
+    # the same test prompts before and after (for the report's edit-site view; collected here, not there)
+    site_layer = edit.edits[-1].layer
+    ids = {label: [p.id for p in ps if p.lang == "en"] for label, ps in (("harmful", test_h), ("harmless", test_s))}
+
+    def site_rows_now():
+        r = collect_activations(model, test_h + test_s, stats_site=None, rows=[("resid", site_layer)],
+                                batch_size=config.batch_size, progress=False).rows  # fmt: skip
+        return {label: {x: r.matrix("resid", site_layer, lang=x, ids=ids[label]) for x in langs_test} for label in ids}
+
+    site_rows = {"before": site_rows_now()}
+    with edit.applied(model):
+        site_rows["after"] = site_rows_now()
+    return {"before": before, "after": after, "kl_first_token": kl, "kl_first_4_tokens": kl_k, "mc_before": acc_b,
+            "mc_after": acc_a, "site_rows": site_rows}  # fmt: skip
+
+
+def _print_selection(records: list[dict]) -> str:
+    return "\n".join(
+        f"  {r['label']:>8}: non-English ASR {100 * r['asr_before']:.0f}% → {100 * r['asr']:.0f}%, "
+        f"English ASR {100 * r['en_asr_delta']:+.0f} pts, over-refusal {100 * r['over_refusal_delta']:+.0f} pts, "
+        f"KL {r['kl']:.4f}" + (f"   ← chosen ({r['rule']})" if r.get("chosen") else "") for r in records)  # fmt: skip
+
+
+def run(config: RunConfig, *, model=None, prompts: PromptSet | None = None, write: bool = True,
+        quiet: bool = False) -> RunResult | None:  # fmt: skip
+    """Run the stages — load → splits → collect → rank → select → fit → evaluate → report — and return
+    what they computed (`RunResult`, every stage timed). The report stage writes the results folder
+    `config.out` atomically (`RunResult.write`; skipped with `write=False`).
+
+    `model`: an already loaded model instead of loading `config.model` (whose name is then only recorded);
+    `prompts`: a prompt set with anchor, val and test splits instead of the bundled one. Under torchrun
+    every process collects its shard and the others return None; rank 0 does the rest. `quiet`: no
+    progress lines (the table is printed by the caller: `print(result.text())`)."""
+    log = (lambda *a, **k: None) if quiet else print
+    clock, started = _Clock(), time.strftime("%Y-%m-%d %H:%M")
+    if not isinstance(config, RunConfig):
+        raise RunConfigError(f"config must be a RunConfig, got {type(config).__name__}")
+    config.check()  # every setting before the model is loaded, and again against it before any forward pass
+    if prompts is not None and not isinstance(prompts, PromptSet):
+        raise RunConfigError(f"prompts must be a PromptSet with anchor, val and test splits, "
+                             f"got {type(prompts).__name__}")  # fmt: skip
+    main = distributed.is_main()  # under torchrun every rank collects its shard; rank 0 does the rest
+    answer_cache = AnswerCache(cache_dir() / "answers")  # the unedited model's answers, reused across runs
+    if main:
+        log(f"safety-neurons run: model {config.model}, results in {config.out}"
+            + (f" ({distributed.world_size()} processes share the collection)" if distributed.is_distributed() else ""))
+    model = _load(config) if model is None else check_model(model, RunConfigError)
+    clock.lap("load")
+
+    splits = _splits(config, load_prompts() if prompts is None else prompts)
+    config.check(model, splits)
+    anchor, val_h, val_s, test_h, test_s = (splits[k] for k in ("anchor", "val_h", "val_s", "test_h", "test_s"))
+    clock.lap("splits")
+
+    collection = _collect(model, config, anchor)
+    clock.lap("collect")
+    if not main:
+        return None
+    ranking = rank_neurons(collection.stats)
+    log(f"\n{ranking}\n{ranking.table()}")
+    clock.lap("rank")
+
+    if config.layers:
+        records, layers = [], config.layers
+    else:
+        log(f"\nchoosing among layer sets {config.candidates} on the validation split (judged answers)…")
+        records = select_layers(
+            model, config.candidates, lambda ls: _fit(model, config, anchor, ranking, collection, ls), val_h, val_s,
+            over_refusal_cap=config.over_refusal_cap, kl_cap=config.kl_cap, en_asr_cap=config.en_asr_cap,
+            max_new_tokens=config.select_tokens, batch_size=config.batch_size, cache=answer_cache,
+        )  # fmt: skip
+        layers = next(r["layers"] for r in records if r.get("chosen"))
+        log(_print_selection(records))
+    clock.lap("select")
+
+    edit = _fit(model, config, anchor, ranking, collection, layers)
+    log(f"\n{edit.summary()}")
+    clock.lap("fit")
+
+    judge = PhraseJudge()
+    measured = _evaluate(model, config, edit, test_h, test_s, judge, answer_cache)
+    clock.lap("evaluate")
+
+    info = {"name": config.model, "n_layers": model.cfg.n_layers, "d_mlp": model.cfg.d_mlp}
+    result = RunResult(config=config, model=info, judge=judge.name, ranking=ranking, selection=records,
+                       layers=list(layers), edit=edit, timings=clock.timings, processes=distributed.world_size(),
+                       started=started, **measured)  # fmt: skip
+    if write:
+        result.files = result.write(config.out)
+    clock.lap("report")
+    return result

@@ -395,16 +395,25 @@ def load_prompts(langs: Iterable[str] = LANGS) -> PromptSet:
     return PromptSet(prompts, "bundled")
 
 
-def load_utility(langs: Iterable[str] = LANGS) -> list[MCQuestion]:
-    """The bundled 80 four-option multiple-choice questions per language (same ids in each)."""
+def load_utility(langs: Iterable[str] = LANGS, *, limit: int | None = None) -> list[MCQuestion]:
+    """The bundled four-option multiple-choice questions, 80 per language with the same ids (mc-001 …
+    mc-080) in each. `limit` keeps the first `limit` of each language in id order, the same questions
+    in every language (None: all 80)."""
+    if limit is not None:
+        limit = check_int("limit", limit, PromptSetError)
+        if limit < 0:
+            raise PromptSetError(f"limit must be ≥ 0 (questions per language), got {limit}")
     out = []
     for lang in check_langs(langs):
         with _data_file("utility", f"{lang}.jsonl").open(encoding="utf-8") as f:
+            questions = []
             for line in f:
                 if line.strip():
                     rec = json.loads(line)
                     rec["choices"] = tuple(rec["choices"])
-                    out.append(MCQuestion(**rec))
+                    questions.append(MCQuestion(**rec))
+        questions.sort(key=lambda q: q.id)  # zero-padded ids: their order is the numbers' order
+        out += questions if limit is None else questions[:limit]
     return out
 
 

@@ -54,13 +54,13 @@ def test_device_map_model_collects_and_edits_like_the_plain_one(tiny_folder, tmp
 def test_pipeline_end_to_end_through_a_per_layer_device_map(tiny_folder, tmp_path):
     config = sn.RunConfig(model=tiny_folder, device_map=per_layer_map(3), quick=True, layers=[1], rank=4,
                           mc_scoring="letter", out=str(tmp_path / "run"))  # fmt: skip
-    results = sn.run(config)
+    result = sn.run(config)
     out = tmp_path / "run"
     for name in ("results.json", "results.md", "generations.jsonl", "edit/edit.json", "neurons"):
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["device_map"] == per_layer_map(3) and saved["processes"] == 1
-    assert results["edited_layers"] == [1] and set(results["after"]) == set(sn.LANGS)
+    assert result.layers == [1] and set(result.after.languages) == set(sn.LANGS)
 
 
 def test_device_and_device_map_together_is_a_clear_error(tiny_folder):

@@ -527,10 +527,10 @@ def test_a_failed_run_leaves_no_half_written_results_folder(tmp_path, monkeypatc
     assert json.loads((old / "results.json").read_text()) == {"previous": True}
 
     monkeypatch.setattr(pipeline, "_write_report", lambda *args: None)
-    results = pipeline.run(pipeline.RunConfig(out=str(tmp_path / "new"), **config))
+    result = pipeline.run(pipeline.RunConfig(out=str(tmp_path / "new"), **config))
     names = {p.name for p in (tmp_path / "new").iterdir()}
     assert {"results.json", "results.md", "generations.jsonl", "edit", "neurons"} <= names
-    assert results["edited_layers"] == [1] and sn.WeightEdit.load(tmp_path / "new" / "edit").uid == results["edit"]["uid"]
+    assert result.layers == [1] and sn.WeightEdit.load(tmp_path / "new" / "edit").uid == result.edit.uid
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -35,6 +35,16 @@ def test_utility_set(bundled):
     assert all(len(v) == 1 for v in by_id.values())  # same key and category in every language
 
 
+def test_utility_limit_keeps_the_first_questions_of_every_language():
+    some = sn.load_utility(["en", "vi"], limit=3)
+    assert [(q.lang, q.id) for q in some] == [(x, f"mc-00{i}") for x in ("en", "vi") for i in (1, 2, 3)]
+    by_number = [q for q in sn.load_utility() if int(q.id.split("-")[1]) <= 15]  # how the ids were parsed before
+    assert sn.load_utility(limit=15) == by_number and len(by_number) == 8 * 15
+    assert sn.load_utility(limit=0) == [] and len(sn.load_utility(limit=500)) == 8 * 80
+    with pytest.raises(sn.PromptSetError, match="limit must be ≥ 0"):
+        sn.load_utility(limit=-1)
+
+
 def test_parallel_pairs_and_filters(bundled):
     pairs = bundled.filter(split="anchor", label="harmful").parallel("bn")
     assert len(pairs) == 60 and all(a.id == b.id and b.lang == "en" for a, b in pairs)

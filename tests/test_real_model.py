@@ -72,8 +72,7 @@ def test_edit_raises_non_english_refusal_and_keeps_english(qwen, fitted):
 def test_harmless_prompts_move_within_the_stated_bounds(qwen, fitted):
     edit, _, harmless, before, after = fitted
     kl = kl_divergence(qwen, edit, harmless, k=1)["first"]
-    over = {state: sum(ev.languages[x].over_refusal for x in sn.LANGS) / len(sn.LANGS) for state, ev in
-            (("before", before), ("after", after))}  # fmt: skip
+    over = {state: ev.mean_over_refusal() for state, ev in (("before", before), ("after", after))}  # all 8 languages
     print(f"KL per harmless prompt: mean {kl.mean():.3f}, max {kl.max():.3f}; over-refusal {over}")
     assert kl.mean() < KL_CAP
     assert over["after"] - over["before"] <= OVER_REFUSAL_CAP

@@ -4,6 +4,7 @@ package, naming the problem), never a bare KeyError / TypeError / IndexError / Z
 other error) from deep inside torch, transformers or the standard library."""
 
 import inspect
+import os
 import traceback
 from pathlib import Path
 
@@ -11,13 +12,15 @@ import pytest
 from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
+from safety_neurons.evaluation import mean_over_languages
+from safety_neurons.selection import choose, select_layers
 
 PACKAGE = str(Path(sn.__file__).parent)
 BAD = {"None": None, "str": "xx", "empty": [], "float": 1.5, "negative": -1, "dict": {}, "bool": True}
 
 
 @pytest.fixture(scope="module")
-def ctx():
+def ctx(tmp_path_factory):
     tok = tiny_tokenizer()
     bridge = sn.bridge_from_hf(tiny_hf_model("qwen2", len(tok)), tok, name="tiny-qwen2")
     prompts = make_prompts(3)
@@ -26,8 +29,18 @@ def ctx():
     edit = sn.fit_edit(bridge, prompts, layers=1, neurons=[0, 3, 5], rank=2, progress=False)
     q = sn.MCQuestion("q-1", "en", "x", "w1 w2 ?", ("A", "B", "C", "D"), 0)
     detector = sn.fit_detector(bridge, prompts, layer=1, answer_tokens=0, progress=False)
+    evaluation = sn.evaluate(bridge, prompts, max_new_tokens=2, progress=False)
+    tmp = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAFETY_NEURONS_CACHE", str(tmp / "cache"))
+        result = sn.run(sn.RunConfig(layers=[1], langs=["zh"], anchor=2, val=1, test=1, test_harmless=1, mc=1,
+                                     max_new_tokens=2, rank=2), model=bridge, prompts=sn.load_prompts(["en", "zh"]),
+                        write=False, quiet=True)  # fmt: skip
     return {"model": bridge, "prompts": prompts, "stats": stats, "ranking": ranking, "edit": edit, "q": [q],
-            "detector": detector}
+            "detector": detector, "evaluation": evaluation, "result": result, "tmp": tmp,
+            "harmful": [p for p in prompts if p.label == "harmful"],
+            "harmless": [p for p in prompts if p.label == "harmless"],
+            "fit": lambda layers: sn.fit_edit(bridge, prompts, layers=layers, neurons=[0, 3, 5], rank=2, progress=False)}
 
 
 # name: (function, {argument: valid value or a ctx key}), every argument but the model is replaced in turn
@@ -74,6 +87,24 @@ SPECS = {
     "load_model": (lambda model, **kw: sn.load_model(**kw), {"name": "no-such-model"}),
     "RunConfig.check": (lambda model, **kw: sn.RunConfig(**kw).check(model), {"layers": [1], "rank": 2, "langs": ["zh"]}),
     "run": (lambda model, **kw: sn.run(**kw), {"config": None}),
+    "RunResult.write": (lambda model, _result, _tmp, **kw: _in(_tmp, lambda: _result.write(**kw)),
+                        {"_result": "@result", "_tmp": "@tmp", "out": "written"}),
+    "Evaluation.mean": (lambda model, _ev, **kw: _ev.mean(**kw), {"_ev": "@evaluation", "metric": "asr", "langs": ["zh"]}),
+    "Evaluation.rates": (lambda model, _ev, **kw: _ev.rates(**kw), {"_ev": "@evaluation", "metric": "over_refusal",
+                                                                   "langs": ["en"]}),
+    "Evaluation.mean_asr": (lambda model, _ev, **kw: _ev.mean_asr(**kw), {"_ev": "@evaluation", "langs": ["zh"]}),
+    "Evaluation.mean_over_refusal": (lambda model, _ev, **kw: _ev.mean_over_refusal(**kw),
+                                     {"_ev": "@evaluation", "langs": ["en"]}),
+    "Evaluation.from_counts": (lambda model, **kw: sn.Evaluation.from_counts(**kw),
+                               {"judge": "phrase", "counts": {"en": {"harmful": {"refusal": 1}}}}),
+    "mean_over_languages": (lambda model, **kw: mean_over_languages(**kw), {"values": {"en": 0.5}, "langs": ["en"]}),
+    "load_utility limit": (lambda model, **kw: sn.load_utility(**kw), {"limit": 2}),
+    "choose": (lambda model, **kw: choose(**kw), {"records": [{"asr": 0.5, "over_refusal_delta": 0.0, "kl": 0.1,
+                                                               "en_asr_delta": 0.0}],
+                                                  "over_refusal_cap": 0.05, "kl_cap": 1.0, "en_asr_cap": 0.05}),
+    "select_layers": (select_layers, {"candidates": [[1]], "fit": "@fit", "val_harmful": "@harmful",
+                                      "val_harmless": "@harmless", "over_refusal_cap": 0.05, "kl_cap": 1.0,
+                                      "en_asr_cap": 0.05, "max_new_tokens": 2, "batch_size": 4}),
 }  # fmt: skip
 
 # values a function accepts by design for an argument (None = the default; the check is the result then)
@@ -96,7 +127,24 @@ ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "Non
            ("Judge.judge_one", "prompt", "str"), ("Judge.judge_one", "answer", "str"),
            ("fit_detector", "ridge", "float"), ("fit_switch", "neurons", "None"), ("fit_switch", "width", "float"),
            ("fit_switch", "threshold", "float"), ("fit_switch", "threshold", "negative"),
-           ("fit_switch", "strength", "float"), ("fit_switch", "strength", "negative")}  # fmt: skip
+           ("fit_switch", "strength", "float"), ("fit_switch", "strength", "negative"),
+           ("RunResult.write", "out", "str"), ("Evaluation.mean", "langs", "None"), ("Evaluation.rates", "langs", "None"),
+           ("Evaluation.mean_asr", "langs", "None"), ("Evaluation.mean_over_refusal", "langs", "None"),
+           ("Evaluation.from_counts", "judge", "str"), ("mean_over_languages", "values", "dict"),
+           ("mean_over_languages", "langs", "None"), ("load_utility limit", "limit", "None"),
+           ("choose", "over_refusal_cap", "float"), ("choose", "kl_cap", "float"), ("choose", "en_asr_cap", "float"),
+           ("select_layers", "over_refusal_cap", "float"), ("select_layers", "kl_cap", "float"),
+           ("select_layers", "en_asr_cap", "float")}  # fmt: skip
+
+
+def _in(folder, call):
+    """`call()` with `folder` as the working directory (a relative path it writes lands there)."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        return call()
+    finally:
+        os.chdir(here)
 
 CASES = [(name, arg, bad) for name, (_, args) in SPECS.items() for arg in args if arg[0] != "_" for bad in BAD]
 
@@ -124,7 +172,8 @@ def test_the_sweep_covers_the_public_functions():
 
 
 MODEL_CASES = [(name, bad) for name, (fn, args) in SPECS.items()
-               if ("prompts" in args and name != "PhraseJudge.judge") or name in ("mc_accuracy", "NeuronScaling")
+               if ("prompts" in args and name != "PhraseJudge.judge")
+               or name in ("mc_accuracy", "NeuronScaling", "select_layers")
                for bad in ("None", "str", "dict")] + [("RunConfig.check", "str")]  # check(None): no model to check against
 
 

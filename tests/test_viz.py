@@ -384,7 +384,7 @@ def test_outcome_bars_three_way_with_intervals():
     comp, deg, ref, over = fig.data
     assert [t.type for t in fig.data] == ["bar"] * 4 and fig.layout.barmode == "stack"
     groups, states = (list(v) for v in comp.x)
-    assert groups[::2] == ["English (en)", "Chinese (zh)", "Bengali (bn)", "2 non-English, pooled"]
+    assert groups[::2] == ["English (en)", "Chinese (zh)", "Bengali (bn)", "mean (2 non-English; harmless: all 3)"]
     assert states[:2] == ["before", "after"]
     np.testing.assert_allclose(comp.y, [40, 60, 50, 20, 10, 0, 30, 10])
     np.testing.assert_allclose(deg.y, [0, 0, 20, 10, 70, 10, 45, 10])
@@ -392,12 +392,34 @@ def test_outcome_bars_three_way_with_intervals():
     lo, hi = wilson(12, 40)  # pooled compliance before: 10 + 2 of 40
     np.testing.assert_allclose([comp.error_y.arrayminus[6], comp.error_y.array[6]], [30 - 100 * lo, 100 * hi - 30])
     assert list(comp.customdata[6]) == [12, 40]  # counts in the hover
-    np.testing.assert_allclose(over.y, [5, 5, 10, 20, 0, 90, 5, 55])
+    # over-refusal's mean is over every language, English included: (5 + 20 + 90) / 3 after
+    np.testing.assert_allclose(over.y, [5, 5, 10, 20, 0, 90, 5, 115 / 3])
     assert "Judged answers" in fig.layout.title.text and "95% interval" in fig.layout.annotations[0].text
+    assert "mean of the per-language shares" in fig.layout.title.text
     with pytest.raises(ValueError, match="must be an Evaluation"):
         viz.outcome_bars(ASR_BEFORE, ASR_AFTER)
     with pytest.raises(ValueError, match="same languages"):
         viz.outcome_bars(before, make_evaluation({"en": 0.1}))
+
+
+def test_outcome_bars_mean_group_is_the_mean_of_the_languages_not_the_pooled_share():
+    def ev(zh, bn, en_refused):
+        return Evaluation("phrase", {
+            "en": LanguageResult("en", {"compliance": 1, "refusal": 1}, {"refusal": en_refused, "compliance": 4 - en_refused}),
+            "zh": LanguageResult("zh", {"compliance": zh, "refusal": 10 - zh}, {"refusal": 1, "compliance": 9}),
+            "bn": LanguageResult("bn", {"compliance": bn, "degenerate": 3, "refusal": 27 - bn}, {"compliance": 30}),
+        })  # fmt: skip
+
+    fig = viz.outcome_bars(ev(5, 3, 2), ev(1, 0, 0))
+    comp, deg, ref, over = fig.data
+    # compliance: zh 5/10, bn 3/30: mean 30%, pooled 8/40 = 20% (the pooled count stays in the hover)
+    np.testing.assert_allclose(comp.y[-2:], [100 * (0.5 + 0.1) / 2, 100 * (0.1 + 0.0) / 2])
+    assert list(comp.customdata[-2]) == [8, 40]
+    np.testing.assert_allclose(deg.y[-2:], [100 * 0.1 / 2, 100 * 0.1 / 2])
+    # over-refusal over every language: en 2/4, zh 1/10, bn 0/30 → mean 20%, pooled 3/44
+    np.testing.assert_allclose(over.y[-2], 100 * (0.5 + 0.1 + 0.0) / 3)
+    assert list(over.customdata[-2]) == [3, 44]
+    assert min(over.error_y.array) >= 0 and min(over.error_y.arrayminus) >= 0
 
 
 def answer_records(state: str) -> list[dict]:
@@ -567,10 +589,11 @@ def chromium_cmd(chromium: str, profile: Path, *extra: str) -> list[str]:
 
 
 def pipeline_report(out: Path) -> Path:
-    """The report as `safety-neurons run` writes it (`pipeline._write_report`), from synthetic stages."""
+    """The report as `safety-neurons run` writes it (`pipeline._write_report` of a `RunResult`), from
+    synthetic stages."""
     from types import SimpleNamespace
 
-    from safety_neurons.pipeline import RunConfig, _write_report
+    from safety_neurons.pipeline import RunConfig, RunResult, _write_report
 
     g = torch.Generator().manual_seed(3)
     langs = list(LANGS)
@@ -596,9 +619,12 @@ def pipeline_report(out: Path) -> Path:
                                 rows["before"][label].items()}  # fmt: skip
     kl = {x: 0.01 * (i + 1) for i, x in enumerate(langs)}
     acc = {x: 0.6 for x in langs}
-    return _write_report(out, RunConfig(), make_ranking(langs=langs, layers=tuple(range(12)), d_mlp=120),
-                         SimpleNamespace(edits=[SimpleNamespace(layer=9)]), evaluation(0.5), evaluation(0.2), kl, acc,
-                         acc, SWEEP, TABLE, rows)  # fmt: skip
+    result = RunResult(config=RunConfig(), model={"name": "synthetic"}, judge="phrase",
+                       ranking=make_ranking(langs=langs, layers=tuple(range(12)), d_mlp=120), selection=SWEEP, layers=[9],
+                       edit=SimpleNamespace(edits=[SimpleNamespace(layer=9)]), before=evaluation(0.5),
+                       after=evaluation(0.2), kl_first_token=kl, kl_first_4_tokens=kl, mc_before=acc, mc_after=acc,
+                       site_rows=rows)  # fmt: skip
+    return _write_report(out, result)
 
 
 # What each view draws once plotly has run: (a word of its section id, a mark of its traces, how many at least)

@@ -9,6 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..evaluation import Evaluation, mean_over_languages
+from ..rates import Rate, wilson
 from ._common import (
     AFTER_COLOR,
     AFTER_NAME,
@@ -25,6 +27,8 @@ from ._common import (
 )
 
 MEAN_LABEL = "Mean of non-English"
+MEAN_NOTE = ("last group: the mean of the per-language shares (`Evaluation.mean`), harmful answers over the "
+             "non-English languages, over-refusal over every language")
 
 
 def _per_language(x, name: str, field: str) -> dict[str, float]:
@@ -41,10 +45,18 @@ def _per_language(x, name: str, field: str) -> dict[str, float]:
     return {lang: fraction(x[lang], f"{name}[{lang!r}]") for lang in sort_langs(x)}
 
 
+def _mean_asr(x, per_lang: dict[str, float], others: list[str]) -> float:
+    """The mean non-English ASR by the one rule: `Evaluation.mean_asr` for an evaluation, else the plain
+    mean of the given non-English values."""
+    if isinstance(x, Evaluation):
+        return float(x.mean_asr())
+    return float(mean_over_languages(per_lang, others))
+
+
 def asr_bars(before, after) -> go.Figure:
     """Attack success rate per language before vs after the edit (grouped bars, percent), plus the mean
-    over the non-English languages as a last group. `before` / `after`: `{lang: asr in [0, 1]}` or an
-    `Evaluation` (`.languages[lang].asr`)."""
+    over the non-English languages as a last group (the plain mean of their shares, `Evaluation.mean_asr`).
+    `before` / `after`: `{lang: asr in [0, 1]}` or an `Evaluation` (`.languages[lang].asr`)."""
     b = _per_language(before, "before", "asr")
     a = _per_language(after, "after", "asr")
     check_same_keys(b, a, "before", "after")
@@ -54,8 +66,8 @@ def asr_bars(before, after) -> go.Figure:
     others = [lang for lang in langs if lang != "en"]
     if others:
         labels.append(MEAN_LABEL)
-        yb.append(float(np.mean([b[lang] for lang in others])))
-        ya.append(float(np.mean([a[lang] for lang in others])))
+        yb.append(_mean_asr(before, b, others))
+        ya.append(_mean_asr(after, a, others))
     fig = go.Figure()
     for name, ys, color in ((BEFORE_NAME, yb, BEFORE_COLOR), (AFTER_NAME, ya, AFTER_COLOR)):
         fig.add_trace(
@@ -70,7 +82,8 @@ def asr_bars(before, after) -> go.Figure:
     base_layout(
         fig,
         title="Attack success rate on harmful prompts, before vs after the edit<br>"
-        "<sup>share of harmful requests the model complied with (judged answers); lower is safer</sup>",
+        "<sup>share of harmful requests the model complied with (judged answers); lower is safer; last group: the "
+        "mean of the non-English languages' shares</sup>",
         height=480,
     )
     fig.update_layout(barmode="group", bargap=0.25, legend=dict(title=dict(text="Model")), margin=dict(t=110))
@@ -268,7 +281,7 @@ OUTCOME_NAMES = {
 def _counts(ev, name: str) -> dict:
     """{lang: (harmful counts, harmless counts)} of an `Evaluation` (its `.languages[lang]`)."""
     langs = getattr(ev, "languages", None)
-    if not isinstance(langs, Mapping) or isinstance(ev, Mapping):
+    if not isinstance(ev, Evaluation) or not isinstance(langs, Mapping):
         raise ValueError(f"{name} must be an Evaluation (with .languages[lang].harmful / .harmless counts), "
                          f"got {type(ev).__name__}")  # fmt: skip
     check_mapping(langs, f"{name}.languages")
@@ -283,54 +296,61 @@ def _counts(ev, name: str) -> dict:
     return out
 
 
-def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson interval of k/n (the formula of `safety_neurons.rates.wilson`; viz stays import-light)."""
-    if n == 0:
-        return 0.0, 1.0
-    p, d = k / n, 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (0.0 if k == 0 else max(0.0, c - h)), (1.0 if k == n else min(1.0, c + h))
-
-
 def outcome_bars(before, after) -> go.Figure:
     """Judged outcomes per language, before vs after the edit, from two `Evaluation`s.
 
     Top: the harmful prompts' answers as stacked shares, compliance (the attack succeeded, = ASR) at
     the bottom with its 95% Wilson interval, then degenerate, then refusal; one bar before and one after
-    for each language (English like every other), and the non-English languages pooled as a last group.
-    Bottom: over-refusal, the share of harmless prompts refused, with its interval. Hover gives counts.
+    for each language (English like every other), and a last group of means by the one rule
+    (`Evaluation.mean`: harmful shares over the non-English languages, over-refusal over every language;
+    its bars are the pooled count's interval). Bottom: over-refusal, the share of harmless prompts
+    refused, with its interval. Hover gives counts (pooled for the means).
     """
     b, a = _counts(before, "before"), _counts(after, "after")
     check_same_keys(b, a, "before", "after")
     langs = list(b)
     others = [x for x in langs if x != "en"]
-    groups = [(lang_label(x), [x]) for x in langs] + ([(f"{len(others)} non-English, pooled", others)]
-                                                       if len(others) > 1 else [])  # fmt: skip
+    mean_label = f"mean ({len(others)} non-English; harmless: all {len(langs)})"
+    groups = [(lang_label(x), x) for x in langs] + ([(mean_label, None)] if len(others) > 1 else [])
 
-    def summed(counts, members, which):
-        return {o: sum(counts[x][which][o] for x in members) for o in OUTCOME_COLORS}
+    def shares(ev, counts, lang):
+        """({outcome: (share, k, n)} of the harmful answers, (share, k, n) of the harmless refused)."""
+        if lang is not None:
+            harm, safe = counts[lang]
+            n, m = sum(harm.values()), sum(safe.values())
+            return {o: (harm[o] / n if n else 0.0, harm[o], n) for o in OUTCOME_COLORS}, (
+                safe["refusal"] / m if m else 0.0, safe["refusal"], m)
+        pooled = {o: sum((ev.languages[x].rate("harmful", o) for x in ev.metric_langs("asr")), Rate(0, 0))
+                  for o in OUTCOME_COLORS}  # fmt: skip
+        comp, deg = ev.mean_asr() or 0.0, ev.mean_degenerate() or 0.0
+        mean = {"compliance": comp, "degenerate": deg, "refusal": 1.0 - comp - deg if pooled["refusal"].n else 0.0}
+        over = sum(ev.rates("over_refusal").values(), Rate(0, 0))
+        return ({o: (mean[o], pooled[o].k, pooled[o].n) for o in OUTCOME_COLORS},
+                (ev.mean_over_refusal() or 0.0, over.k, over.n))
 
     x_lang, x_state, harm, safe = [], [], [], []
-    for label, members in groups:
-        for state, counts in ((BEFORE_NAME, b), (AFTER_NAME, a)):
+    for label, lang in groups:
+        for state, ev, counts in ((BEFORE_NAME, before, b), (AFTER_NAME, after, a)):
             x_lang.append(label)
             x_state.append(state.replace(" edit", ""))
-            harm.append(summed(counts, members, 0))
-            safe.append(summed(counts, members, 1))
+            h, s_ = shares(ev, counts, lang)
+            harm.append(h)
+            safe.append(s_)
     x = [x_lang, x_state]
     fig = make_subplots(rows=2, cols=1, row_heights=[0.64, 0.36], vertical_spacing=0.16, subplot_titles=(
         "Harmful requests: share of answers that comply, are degenerate, or refuse (bars: 95% interval of compliance)",
         "Harmless requests: share refused (over-refusal; bars: 95% interval)"))  # fmt: skip
+    def bars(iv, y):  # error bars of intervals around y (a mean may sit outside its pooled interval: clipped)
+        return dict(type="data", symmetric=False, array=[max(0.0, 100 * hi - yi) for (_, hi), yi in zip(iv, y)],
+                    arrayminus=[max(0.0, yi - 100 * lo) for (lo, _), yi in zip(iv, y)])  # fmt: skip
+
     for outcome, color in OUTCOME_COLORS.items():
-        n = [sum(c.values()) for c in harm]
-        k = [c[outcome] for c in harm]
-        y = [100 * ki / ni if ni else 0.0 for ki, ni in zip(k, n)]
+        n = [c[outcome][2] for c in harm]
+        k = [c[outcome][1] for c in harm]
+        y = [100 * c[outcome][0] for c in harm]
         err = None
         if outcome == "compliance":
-            iv = [_wilson(ki, ni) for ki, ni in zip(k, n)]
-            err = dict(type="data", symmetric=False, array=[100 * hi - yi for (_, hi), yi in zip(iv, y)],
-                       arrayminus=[yi - 100 * lo for (lo, _), yi in zip(iv, y)], color="#3A0A04", thickness=1.5,
-                       width=4)  # fmt: skip
+            err = bars([wilson(ki, ni) for ki, ni in zip(k, n)], y) | dict(color="#3A0A04", thickness=1.5, width=4)
         fig.add_trace(
             go.Bar(x=x, y=y, name=OUTCOME_NAMES[outcome], marker_color=color, error_y=err,
                    customdata=np.stack([k, n], -1), legendgroup=outcome,
@@ -339,15 +359,13 @@ def outcome_bars(before, after) -> go.Figure:
                    "<extra></extra>"),
             row=1, col=1,
         )  # fmt: skip
-    n = [sum(c.values()) for c in safe]
-    k = [c["refusal"] for c in safe]
-    y = [100 * ki / ni if ni else 0.0 for ki, ni in zip(k, n)]
-    iv = [_wilson(ki, ni) for ki, ni in zip(k, n)]
+    n = [c[2] for c in safe]
+    k = [c[1] for c in safe]
+    y = [100 * c[0] for c in safe]
     fig.add_trace(
         go.Bar(x=x, y=y, name="over-refusal (harmless refused)", marker_color=[
                BEFORE_COLOR if s == "before" else AFTER_COLOR for s in x_state], customdata=np.stack([k, n], -1),
-               error_y=dict(type="data", symmetric=False, array=[100 * hi - yi for (_, hi), yi in zip(iv, y)],
-                            arrayminus=[yi - 100 * lo for (lo, _), yi in zip(iv, y)], color="#333333", width=4),
+               error_y=bars([wilson(ki, ni) for ki, ni in zip(k, n)], y) | dict(color="#333333", width=4),
                text=[f"{v:.0f}%" for v in y], textposition="outside", cliponaxis=False, showlegend=False,
                hovertemplate="%{x}<br>over-refusal: %{y:.0f}% (%{customdata[0]} of %{customdata[1]} harmless "
                "refused)<extra></extra>"),
@@ -357,7 +375,7 @@ def outcome_bars(before, after) -> go.Figure:
         fig,
         title="Judged answers per language before and after the edit<br><sup>compliance share of harmful requests "
         "= attack success rate (lower is safer); degenerate answers neither refuse nor help; "
-        "over-refusal: lower is better</sup>",
+        "over-refusal: lower is better<br>" + MEAN_NOTE + " (bars: the pooled count's 95% interval)</sup>",
         height=820,
     )
     fig.update_layout(barmode="stack", bargap=0.18, legend=dict(orientation="h", x=0, y=-0.1, yanchor="top",

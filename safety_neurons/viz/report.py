@@ -143,8 +143,9 @@ def settings_json(settings: Mapping) -> str:
     return dump(dict(settings), 0)
 
 
-def _page(title: str, *, table_html: str, sections: Sequence[str], settings_text: str | None) -> str:
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+def _page(title: str, *, table_html: str, sections: Sequence[str], settings_text: str | None,
+          generated: str | None = None) -> str:  # fmt: skip
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M") if generated is None else generated
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -170,11 +171,14 @@ def write_report(
     figures: Sequence[tuple[str, go.Figure]],
     table_markdown: str = "",
     settings: Mapping | None = None,
+    generated: str | None = None,
 ) -> Path:
     """Write one self-contained HTML page (plotly.js embedded once, nothing fetched when viewed):
     the title, the results table (a markdown pipe table), each `(title, figure)` under its title (a
     figure is a plotly `Figure` or an `HtmlSection` such as `answer_examples`; a plot's div id is
-    "view-" + its title in lower case, non-alphanumerics as "-"), and `settings` as JSON. Returns the path written (parent folders are created)."""
+    "view-" + its title in lower case, non-alphanumerics as "-"), and `settings` as JSON. `generated`: the
+    time shown as the page's date (default: now; the same value writes the same page). Returns the path
+    written (parent folders are created)."""
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title must be a non-empty string")
     if isinstance(figures, (str, bytes)) or not isinstance(figures, Sequence):
@@ -190,6 +194,8 @@ def write_report(
         raise ValueError(f"table_markdown must be a str, got {type(table_markdown).__name__}")
     if settings is not None and not isinstance(settings, Mapping):
         raise ValueError(f"settings must be a mapping or None, got {type(settings).__name__}")
+    if generated is not None and not isinstance(generated, str):
+        raise ValueError(f"generated must be a str or None, got {type(generated).__name__}")
 
     table_html = markdown_table_html(table_markdown) if table_markdown.strip() else ""
     sections = []
@@ -212,8 +218,8 @@ def write_report(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(title, table_html=table_html, sections=sections, settings_text=settings_text),
-                    encoding="utf-8")  # fmt: skip
+    path.write_text(_page(title, table_html=table_html, sections=sections, settings_text=settings_text,
+                          generated=generated), encoding="utf-8")  # fmt: skip
     return path
 
 
