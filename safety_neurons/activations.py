@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,18 +27,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import (
+    Artifact,
     as_int_list,
     as_records,
     check_choice,
     check_int,
     check_model,
-    check_out_dir,
     check_positive_int,
-    content_hash,
-    read_json,
-    read_tensors,
-    require,
-    write_artifact,
 )
 from .chat import length_sorted_batches, prompt_names, template_suffix_length
 from .prompts import Prompt
@@ -101,7 +95,7 @@ def _check_layers(model, layers: Iterable[int]) -> list[int]:
 
 
 @dataclass
-class ActivationStats:
+class ActivationStats(Artifact):
     """Per-group running mean and variance of one site at every requested layer (float64)."""
 
     site: str
@@ -211,32 +205,23 @@ class ActivationStats:
             f"width={self.mean.shape[-1]}, groups=[{counts}])"
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write stats.safetensors and stats.json (with a content hash) into the folder `path`, atomically."""
-        path = check_out_dir("path", path, ActivationError)
-        tensors = {"count": self.count, "mean": self.mean, "m2": self.m2}
-        cfg = {"site": self.site, "position": self.position, "layers": self.layers, "groups": self.groups,
-               "sha256": content_hash(tensors)}  # fmt: skip
-        return write_artifact(path, "stats", tensors, cfg)
+    # --- files (`_checks.Artifact`: stats.json and stats.safetensors) ------------------------------------
+    _FIELDS = ("site", "position", "layers", "groups")
+    _TENSORS = ("count", "mean", "m2")
+    _ERROR = ActivationError
 
     @classmethod
-    def load(cls, path: str | Path) -> "ActivationStats":
-        """Read saved statistics; a damaged file, a missing field or a content hash that does not match
-        is an `ActivationError` naming the file."""
-        path = Path(path)
-        cfg_file, tensor_file = path / "stats.json", path / "stats.safetensors"
-        cfg = read_json(cfg_file, ActivationError)
-        require(cfg, ("site", "position", "layers", "groups", "sha256"), cfg_file, ActivationError)
-        t = read_tensors(tensor_file, ActivationError)
-        require(t, ("count", "mean", "m2"), tensor_file, ActivationError)
-        if content_hash({k: t[k] for k in ("count", "mean", "m2")}) != cfg["sha256"]:
-            raise ActivationError(f"{tensor_file}: the tensors do not match the sha256 recorded in {cfg_file.name}")
-        groups = [tuple(g) for g in cfg["groups"]]
-        shape = (len(groups), len(cfg["layers"]))
-        if tuple(t["count"].shape) != shape[:1] or any(tuple(t[k].shape[:2]) != shape for k in ("mean", "m2")):
-            raise ActivationError(f"{tensor_file}: tensor shapes {tuple(t['mean'].shape)} do not match the "
-                                  f"{shape[0]} groups × {shape[1]} layers in {cfg_file.name}")  # fmt: skip
-        return cls(cfg["site"], cfg["position"], cfg["layers"], groups, t["count"], t["mean"], t["m2"])
+    def _shapes(cls, fields: dict) -> dict:  # a count per group, a mean and M2 per group × layer
+        groups, layers = len(fields["groups"]), len(fields["layers"])
+        return {"count": [groups], "mean": [groups, layers, None], "m2": [groups, layers, None]}
+
+    @classmethod
+    def _legacy_meta(cls, fields: dict) -> str:  # before format 2 the sha256 covered the tensors alone
+        return ""
+
+    @classmethod
+    def _from_saved(cls, fields: dict, tensors: dict) -> "ActivationStats":
+        return super()._from_saved({**fields, "groups": [tuple(g) for g in fields["groups"]]}, tensors)
 
 
 @dataclass
@@ -267,9 +252,6 @@ class ActivationRows:
         if missing:
             raise KeyError(f"{lang}: prompt ids not collected: {missing[:5]}{'…' if len(missing) > 5 else ''}")
         return x[[where[i] for i in ids]]
-
-    def ids(self, lang: str) -> list[str]:
-        return [p.id for p in self.prompts if p.lang == lang]
 
 
 class _StopForward(Exception):

@@ -54,7 +54,7 @@ def test_w_out_fold_equals_the_map_applied_by_a_hook(tiny, prompts):
     def mapped(acts, hook):
         acts = acts.clone()
         a_s = acts[..., idx]
-        acts[..., idx] = (a_s.double() + a_s.double() @ e.map).to(acts.dtype)
+        acts[..., idx] = (a_s.double() + a_s.double() @ e.neuron_map).to(acts.dtype)
         return acts
 
     with torch.no_grad():

@@ -11,6 +11,7 @@ import pytest
 from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
+from safety_neurons._checks import ARTIFACTS
 
 PACKAGE = str(Path(sn.__file__).parent)
 BAD = {"None": None, "str": "xx", "empty": [], "float": 1.5, "negative": -1, "dict": {}, "bool": True}
@@ -74,6 +75,8 @@ SPECS = {
     "load_model": (lambda model, **kw: sn.load_model(**kw), {"name": "no-such-model"}),
     "RunConfig.check": (lambda model, **kw: sn.RunConfig(**kw).check(model), {"layers": [1], "rank": 2, "langs": ["zh"]}),
     "run": (lambda model, **kw: sn.run(**kw), {"config": None}),
+    **{f"{kind}.load": (lambda model, _cls, **kw: _cls.load(**kw), {"_cls": getattr(sn, kind), "path": "@artifact"})
+       for kind in ARTIFACTS},  # `save` with a bad path: tests/test_artifacts.py (a string would write a folder here)
 }  # fmt: skip
 
 # values a function accepts by design for an argument (None = the default; the check is the result then)
@@ -108,6 +111,10 @@ def _value(v, ctx, tmp_path):
         path = tmp_path / "p.csv"
         path.write_text("id,lang,label,text\n1,en,harmful,w1 w2\n")
         return path
+    if isinstance(v, str) and v == "@artifact":  # a folder of every kind: each load reads its own file
+        for obj in (ctx["edit"], ctx["ranking"], ctx["stats"], ctx["detector"], sn.NeuronScaling({1: [0]})):
+            obj.save(tmp_path / "artifact")
+        return tmp_path / "artifact"
     return ctx[v[1:]] if isinstance(v, str) and v.startswith("@") else v
 
 
