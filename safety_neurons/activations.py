@@ -86,12 +86,40 @@ class ActivationError(ValueError):
     """Activations cannot be collected as asked, or a saved statistics file is damaged."""
 
 
-def _check_layers(model, layers: Iterable[int]) -> list[int]:
+def _check_layers(n_layers: int, layers: Iterable[int]) -> list[int]:
     layers = sorted(set(as_int_list("layers", layers, ActivationError, allow_empty=True)))
-    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise ActivationError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+        raise ActivationError(f"layers {bad} out of range: the model has {n_layers} layers")
     return layers
+
+
+def _plan_collection(n_layers: int, *, stats_site, stats_layers, rows_at, gram_at, gram_positions, position):
+    """What a collection of a model with `n_layers` layers records, every argument checked (the arguments
+    of `collect_activations`): (statistics layers, row points, Gram points, every point in execution order)."""
+    check_choice("position", position, ("last", "mean"), ActivationError)
+    if stats_site is not None:
+        check_choice("stats_site", stats_site, SITES, ActivationError)
+    if gram_positions not in ("all", "preserved"):
+        raise ActivationError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
+    stats_layers = range(n_layers) if isinstance(stats_layers, str) and stats_layers == "all" else stats_layers
+    stats_layers = _check_layers(n_layers, stats_layers) if stats_site else []
+    points = {}
+    for arg, value in (("rows_at", rows_at), ("gram_at", gram_at)):
+        value = [] if value is None else value
+        if isinstance(value, str) or not isinstance(value, Iterable) or any(
+                not isinstance(k, (tuple, list)) or len(k) != 2 for k in value):  # fmt: skip
+            raise ActivationError(f"{arg} must be a list of (site, layer) pairs, e.g. [('mlp_in', 3)], got {value!r:.80}")
+        points[arg] = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in value))
+        for s, layer in points[arg]:
+            hook_name(s, layer)
+        _check_layers(n_layers, [layer for _, layer in points[arg]])
+    rows, gram = points["rows_at"], points["gram_at"]
+    if not stats_layers and not rows and not gram:
+        raise ActivationError("nothing to collect: give stats_site/stats_layers, rows_at or gram_at")
+    order = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
+                   key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
+    return stats_layers, rows, gram, order
 
 
 @dataclass
@@ -281,8 +309,8 @@ def collect_activations(
     *,
     stats_site: str | None = "act",
     stats_layers: Iterable[int] | Literal["all"] = "all",
-    rows: Iterable[tuple[str, int]] = (),
-    gram: Iterable[tuple[str, int]] = (),
+    rows_at: Iterable[tuple[str, int]] = (),
+    gram_at: Iterable[tuple[str, int]] = (),
     gram_positions: GramPositions = "all",
     position: Position = "last",
     batch_size: int = 16,
@@ -296,9 +324,9 @@ def collect_activations(
         prompts: `Prompt` records; statistics are grouped by (lang, label).
         stats_site: the site whose statistics are accumulated at every layer of `stats_layers`
             (None to skip statistics).
-        rows: (site, layer) points whose per-prompt rows are kept.
-        gram: (site, layer) points whose Gram matrix Σ xᵀx over the prompts' tokens is accumulated
-            (what an edit needs to stay silent at every position, not only the last).
+        rows_at: (site, layer) points whose per-prompt rows are kept (the collection's `rows`).
+        gram_at: (site, layer) points whose Gram matrix Σ xᵀx over the prompts' tokens is accumulated
+            (the collection's `gram`: what an edit needs to stay silent at every position, not only the last).
         gram_positions: "all" real tokens, or the "preserved" ones, those an edit must leave alone: every
             token of a harmless prompt, and the message tokens of a harmful one, without the chat
             template's tokens after the message (`chat.template_suffix_length`) where its answer opens.
@@ -307,28 +335,10 @@ def collect_activations(
     check_model(model, ActivationError)
     prompts = as_records("prompts", prompts, Prompt, ActivationError)
     _rows_key(prompts)
-    check_choice("position", position, ("last", "mean"), ActivationError)
     check_positive_int("batch_size", batch_size, ActivationError)
-    if stats_site is not None:
-        check_choice("stats_site", stats_site, SITES, ActivationError)
-    rows, gram = list(rows), list(gram)
-    for arg, points in (("rows", rows), ("gram", gram)):
-        if any(not isinstance(k, (tuple, list)) or len(k) != 2 for k in points):
-            raise ActivationError(f"{arg} must be a list of (site, layer) pairs, e.g. [('mlp_in', 3)], got {points!r:.80}")
-    stats_layers = range(model.cfg.n_layers) if isinstance(stats_layers, str) and stats_layers == "all" else stats_layers
-    stats_layers = _check_layers(model, stats_layers) if stats_site else []
-    rows = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in rows))
-    for s, layer in rows:
-        hook_name(s, layer)
-    _check_layers(model, [layer for _, layer in rows])
-    gram = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in gram))
-    for s, layer in gram:
-        hook_name(s, layer)
-    _check_layers(model, [layer for _, layer in gram])
-    if not stats_layers and not rows and not gram:
-        raise ActivationError("nothing to collect: give stats_site/stats_layers, rows or gram")
-    if gram_positions not in ("all", "preserved"):
-        raise ActivationError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
+    stats_layers, rows, gram, points = _plan_collection(
+        model.cfg.n_layers, stats_site=stats_site, stats_layers=stats_layers, rows_at=rows_at, gram_at=gram_at,
+        gram_positions=gram_positions, position=position)  # fmt: skip
     skip = template_suffix_length(model.tokenizer, system=system) if gram and gram_positions == "preserved" else 0
 
     # Layers may sit on different devices (a `device_map`): each statistic accumulates on the device its
@@ -336,8 +346,6 @@ def collect_activations(
     device = model.cfg.device
     groups = list(dict.fromkeys((p.lang, p.label) for p in prompts))  # the statistics' order: first appearance
     per_device: dict[torch.device, ActivationStats] = {}  # statistics of the layers that ran on each device
-    points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
-                    key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
     grams: dict[tuple[str, int], Tensor] = {}
     n_tokens = 0
 
@@ -385,7 +393,7 @@ def collect_activations(
                 pass
             chunk = [prompts[i] for i in idx]
             n_tokens += int(in_gram.sum())
-            if stats_site:
+            if stats_layers:
                 if not per_device:  # first batch: group the layers by the device they ran on
                     by_dev: dict[torch.device, list[int]] = {}
                     for layer in stats_layers:
@@ -405,7 +413,7 @@ def collect_activations(
                     kept_rows[key] = torch.empty(len(prompts), current[key].shape[-1], dtype=torch.float64)
                 kept_rows[key][idx] = current[key].cpu()
     out_rows = ActivationRows(position, list(prompts), kept_rows, model_tag(model))
-    stats = _join_layers([st.to("cpu") for st in per_device.values()]) if stats_site else None
+    stats = _join_layers([st.to("cpu") for st in per_device.values()]) if stats_layers else None
     grams = {key: g.cpu() for key, g in grams.items()}
     return Collection(stats, out_rows, grams, n_tokens if gram else 0, gram_positions)
 

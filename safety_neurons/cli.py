@@ -56,7 +56,7 @@ def _neurons(args) -> int:
         raise ValueError(f"--layer {layer} is out of range: the model has {model.cfg.n_layers} layers (0…{model.cfg.n_layers - 1})")
     print(f"{len(anchor)} anchor prompts ({args.limit} harmful + {args.limit} harmless per language)")
     collection = sn.collect_sharded(
-        model, list(anchor), rows=[("mlp_in", layer)], batch_size=args.batch_size
+        model, list(anchor), rows_at=[("mlp_in", layer)], batch_size=args.batch_size
     )  # fmt: skip
     if not sn.distributed.is_main():  # under torchrun rank 0 ranks, fits and writes
         return 0

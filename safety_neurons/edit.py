@@ -262,7 +262,7 @@ def _factor(gram: Tensor, idx: Tensor | None = None) -> Tensor:
 
 def _preserved_gram(model, prompts, key, batch_size, progress) -> Tensor:
     """Σ xᵀx at `key` over the positions an edit must leave alone (see `collect_activations`)."""
-    c = collect_activations(model, prompts, stats_site=None, gram=[key], gram_positions="preserved",
+    c = collect_activations(model, prompts, stats_site=None, gram_at=[key], gram_positions="preserved",
                             batch_size=batch_size, progress=progress)  # fmt: skip
     return c.gram[key]
 
@@ -447,8 +447,8 @@ def fit_edit(
             key = (KEY_SITE[site], layer)
             if fresh or not have:  # one pass for the rows and, when wanted, the preserved positions' Gram
                 c = collect_activations(
-                    model, needed, stats_site=None, rows=row_keys(layer), position=position,
-                    gram=[key] if preserve_positions == "all" else (), gram_positions="preserved",
+                    model, needed, stats_site=None, rows_at=row_keys(layer), position=position,
+                    gram_at=[key] if preserve_positions == "all" else (), gram_positions="preserved",
                     batch_size=batch_size, progress=progress,
                 )  # fmt: skip
                 current, layer_gram = c.rows, c.gram.get(key)

@@ -80,7 +80,7 @@ def test_default_rank_is_capped_for_three_neurons(bridge, prompts):
 
 # --- precomputed rows from elsewhere ----------------------------------------------------------------------
 def test_rows_from_another_position_are_refused(bridge, prompts):
-    rows = sn.collect_activations(bridge, prompts, stats_site=None, rows=[("mlp_in", 1)], position="mean",
+    rows = sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[("mlp_in", 1)], position="mean",
                                   progress=False).rows  # fmt: skip
     with pytest.raises(sn.EditError, match="position='mean'"):
         sn.fit_edit(bridge, prompts, layers=1, neurons=S, rows=rows, progress=False)
@@ -89,7 +89,7 @@ def test_rows_from_another_position_are_refused(bridge, prompts):
 def test_rows_from_another_model_are_refused(bridge, prompts):
     tok = tiny_tokenizer()
     other = sn.bridge_from_hf(tiny_hf_model("qwen2", len(tok), seed=1), tok, name="other")
-    rows = sn.collect_activations(other, prompts, stats_site=None, rows=[("mlp_in", 1)], progress=False).rows
+    rows = sn.collect_activations(other, prompts, stats_site=None, rows_at=[("mlp_in", 1)], progress=False).rows
     with pytest.raises(sn.EditError, match="another model"):
         sn.fit_edit(bridge, prompts, layers=1, neurons=S, rows=rows, progress=False)
 

@@ -114,7 +114,7 @@ def _check_hook_shapes(model):
     prompts = [sn.Prompt("a", "en", "harmful", "How do I pick a lock?"),
                sn.Prompt("b", "en", "harmless", "How do I bake bread?")]  # fmt: skip
     last = model.cfg.n_layers - 1
-    c = sn.collect_activations(model, prompts, rows=[(s, last) for s in ("mlp_in", "gate", "up", "act")], progress=False)
+    c = sn.collect_activations(model, prompts, rows_at=[(s, last) for s in ("mlp_in", "gate", "up", "act")], progress=False)
     d, f = model.cfg.d_model, model.cfg.d_mlp
     assert c.stats.mean.shape == (2, model.cfg.n_layers, f)
     assert [c.rows.rows[(s, last)].shape for s in ("mlp_in", "gate", "up", "act")] == [(2, d), (2, f), (2, f), (2, f)]

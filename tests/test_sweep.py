@@ -39,6 +39,7 @@ SPECS = {
     "kl_divergence": (sn.kl_divergence, {"intervention": "@edit", "prompts": "@prompts", "k": 2, "batch_size": 4}),
     "mc_accuracy": (sn.mc_accuracy, {"questions": "@q", "scoring": "cloze", "batch_size": 4}),
     "collect_activations": (sn.collect_activations, {"prompts": "@prompts", "stats_site": "act", "stats_layers": [1],
+                                                     "rows_at": [("act", 1)], "gram_at": [("mlp_in", 0)],
                                                      "position": "last", "batch_size": 4}),
     "collect_sharded": (sn.collect_sharded, {"prompts": "@prompts", "batch_size": 4}),
     "fit_edit": (sn.fit_edit, {"prompts": "@prompts", "layers": 1, "neurons": [0, 3, 5], "rank": 2, "site": "w_out",
@@ -90,6 +91,8 @@ ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "Non
            ("PromptSet.filter", "lang", "None"), ("PromptSet.filter", "label", "None"), ("PromptSet.filter", "split", "None"),
            ("PromptSet.filter", "limit", "None"), ("fit_edit", "rank", "None"), ("collect_activations", "stats_layers", "None"),
            ("load_prompts", "langs", "empty"), ("load_utility", "langs", "empty"),
+           *((("collect_activations", arg, bad) for arg in ("rows_at", "gram_at") for bad in ("None", "empty", "dict"))),
+           ("collect_activations", "stats_layers", "empty"), ("collect_activations", "stats_layers", "dict"),  # no statistics
            ("NeuronScaling", "alpha", "float"), ("NeuronScaling", "alpha", "negative"),
            ("NeuronScaling.from_ranking", "alpha", "float"), ("NeuronScaling.from_ranking", "alpha", "negative"),
            ("RefusalDirection.fit", "coeff", "float"), ("RefusalDirection.fit", "coeff", "negative"),
