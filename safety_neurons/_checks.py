@@ -1,8 +1,11 @@
-"""Argument checks shared by the public functions, and safe file writing.
+"""Argument checks shared by the public functions, safe file writing, and the one artifact format.
 
 Each check takes the argument's name, its value and the module's error type, and raises that error
 with a message naming the argument, the bad value and what is allowed. Nothing here does any work
 beyond looking at the value.
+
+Every saved object is an artifact folder written by `write_artifact` and read by `read_artifact` (the
+`Artifact` mixin gives a class its `save` / `load` through them; `FORMAT_VERSION` describes the layout).
 """
 
 from __future__ import annotations
