@@ -58,8 +58,8 @@ def run_generate(args) -> None:
     if not args.no_edit:
         config = RunConfig(layers=[21], anchor=args.anchor)
         anchor = list(prompts.filter(split="anchor", limit=args.anchor))
-        coll = sn.collect_activations(model, anchor, rows=[(s, 21) for s in _row_sites(config)],
-                                      gram=[(KEY_SITE[config.site], 21)], gram_positions="preserved")
+        coll = sn.collect_activations(model, anchor, rows_at=[(s, 21) for s in _row_sites(config)],
+                                      gram_at=[(KEY_SITE[config.site], 21)], gram_positions="preserved")
         states.append(("after", _fit(model, config, anchor, sn.rank_neurons(coll.stats), coll, [21])))
     for state, edit in states:
         ctx = edit.applied(model) if edit else __import__("contextlib").nullcontext()

@@ -81,7 +81,7 @@ def main() -> None:
     keys = [(s, layer) for layer in args.layers for s in ("act", "resid")]
     rows = {}
     for name, ps in (("anchor", anchor), ("val", val)):
-        rows[name] = sn.collect_activations(model, ps, stats_site=None, rows=keys, progress=False).rows
+        rows[name] = sn.collect_activations(model, ps, stats_site=None, rows_at=keys, progress=False).rows
     print(f"collected {len(anchor)} anchor + {len(val)} validation prompts in {time.perf_counter() - start:.0f} s\n")
 
     print("1. Probe AUC on the validation split (harmful vs harmless, last prompt token, trained on the anchor split)")

@@ -2,7 +2,7 @@
 
 What is timed (same model object, same machine, same length-sorted batches, one process):
 
-* **collection**: `sn.collect_activations(model, prompts, rows=[(site, layer)])`, i.e. float64 Welford
+* **collection**: `sn.collect_activations(model, prompts, rows_at=[(site, layer)])`, i.e. float64 Welford
   statistics of `act` (`mlp.hook_post`) at every layer plus the per-prompt rows of one (site, layer);
   this includes the chat templating / tokenisation and the CPU-side statistics updates, and the
   forward stops at the last hook it needs (no last down-projection, final norm or LM head);
@@ -79,7 +79,7 @@ def main() -> None:
 
     def collect():
         sn.collect_activations(
-            model, prompts, rows=[(args.rows_site, layer)], batch_size=args.batch_size, progress=False
+            model, prompts, rows_at=[(args.rows_site, layer)], batch_size=args.batch_size, progress=False
         )
 
     @torch.no_grad()

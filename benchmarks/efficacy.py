@@ -80,8 +80,8 @@ def main() -> None:
     def collection():  # one pass over the anchors, only when a condition needs it ("none" does not)
         if not cached:
             cached["coll"] = sn.collect_activations(
-                model, anchor, rows=[(s, layer) for layer in {L, L2, PL} for s in ("mlp_in", "act", "resid")],
-                gram=[("act", L), ("act", L2)], gram_positions="preserved")  # fmt: skip
+                model, anchor, rows_at=[(s, layer) for layer in {L, L2, PL} for s in ("mlp_in", "act", "resid")],
+                gram_at=[("act", L), ("act", L2)], gram_positions="preserved")  # fmt: skip
             cached["ranking"] = sn.rank_neurons(cached["coll"].stats)
         return cached["coll"], cached["ranking"]
 

@@ -45,7 +45,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     bridge = sn.load_model(args.model)
-    folder = sn.models._resolve(args.model)[0]  # the cached HF folder the bridge was loaded from
+    folder = sn.models._resolve(args.model)  # the cached HF folder the bridge was loaded from
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = bridge.tokenizer
     texts = [q.text for q in sn.load_prompts().filter(split="test", label="harmful", limit=2)][: args.prompts]

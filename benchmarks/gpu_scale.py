@@ -180,7 +180,7 @@ def main() -> None:
     rows_key = ("mlp_in", layer)
 
     def collect(ps):
-        return sn.collect_activations(model, ps, rows=[rows_key], batch_size=args.batch_size, progress=False)
+        return sn.collect_activations(model, ps, rows_at=[rows_key], batch_size=args.batch_size, progress=False)
 
     step("warm-up collection (one batch)", C.timed(lambda: collect(prompts[: args.batch_size]), sync))
     if on_gpu:

@@ -79,7 +79,7 @@ def child(spec: dict) -> dict:
         rows = [(site, model.cfg.n_layers // 2 if layer is None else layer)]
     C.reset_peak_rss()
     t = time.perf_counter()
-    coll = sn.collect_activations(model, prompts, rows=rows, batch_size=bs, progress=False)
+    coll = sn.collect_activations(model, prompts, rows_at=rows, batch_size=bs, progress=False)
     seconds = time.perf_counter() - t
     peak = C.peak_rss_mb()
     stats_mb = C.mb(coll.stats.mean.numel() * 8 * 2 + coll.stats.count.numel() * 8)

@@ -115,7 +115,7 @@ def child_collect(spec: dict) -> dict:
     layer = model.cfg.n_layers // 2
 
     def collect(ps):
-        sn.collect_activations(model, ps, rows=[("mlp_in", layer)], batch_size=spec["batch_size"], progress=False)
+        sn.collect_activations(model, ps, rows_at=[("mlp_in", layer)], batch_size=spec["batch_size"], progress=False)
 
     collect(prompts[: min(4, len(prompts))])  # warm-up
     times = [C.timed(lambda: collect(prompts)) for _ in range(spec["repeats"])]

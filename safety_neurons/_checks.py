@@ -1,8 +1,11 @@
-"""Argument checks shared by the public functions, and safe file writing.
+"""Argument checks shared by the public functions, safe file writing, and the one artifact format.
 
 Each check takes the argument's name, its value and the module's error type, and raises that error
 with a message naming the argument, the bad value and what is allowed. Nothing here does any work
 beyond looking at the value.
+
+Every saved object is an artifact folder written by `write_artifact` and read by `read_artifact` (the
+`Artifact` mixin gives a class its `save` / `load` through them; `FORMAT_VERSION` describes the layout).
 """
 
 from __future__ import annotations
@@ -170,8 +173,9 @@ def check_choice(name: str, value, allowed: Iterable, error: type[Exception] = V
 
 
 def check_out_dir(name: str, path, error: type[Exception] = ValueError) -> Path:
-    """A folder to write into: it may exist (as a folder), but must not be a file."""
-    if not isinstance(path, (str, os.PathLike)):
+    """A folder to write into: it may exist (as a folder), but must not be a file. An empty string is refused
+    (it would be the working directory)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise error(f"{name} must be a path, got {type(path).__name__} {_show(path)}")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
@@ -205,14 +209,153 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_artifact(path: Path, stem: str, tensors: dict, cfg: dict) -> Path:
-    """An artifact folder, atomically: `stem`.safetensors (the tensors, made contiguous) and `stem`.json."""
+# --- artifact folders --------------------------------------------------------------------------------
+FORMAT_VERSION = 2
+"""The layout every saved object shares: ``<stem>.safetensors`` (the tensors) and ``<stem>.json``, whose
+fields are the object's own plus ``kind`` (the class), ``format_version``, ``tensors`` (each one's dtype and
+shape) and ``sha256`` (of the tensors and every other field). Version 1 was the harm detector's own layout
+and files without a version the other classes' (no ``kind``): both are still read, with the checks they
+carried (their ``sha256`` where they had one)."""
+
+ARTIFACTS = {"WeightEdit": "edit", "SafetyNeurons": "neurons", "ActivationStats": "stats",
+             "RefusalDirection": "direction", "NeuronScaling": "scaling", "HarmDetector": "detector",
+             "Evaluation": "evaluation"}  # fmt: skip
+"""kind → the file stem of its folder."""
+
+
+def _fields_text(cfg: dict) -> str:
+    """What an artifact's hash covers besides the tensors: every JSON field but the hash itself."""
+    return json.dumps({k: v for k, v in cfg.items() if k != "sha256"}, sort_keys=True, ensure_ascii=False)
+
+
+def write_artifact(path, kind: str, tensors: dict, fields: dict, error: type[Exception] = ValueError) -> Path:
+    """Save an object as an artifact folder, atomically: `kind`'s stem .safetensors (the tensors, made
+    contiguous) and .json (`fields` plus kind, format_version, the tensors' shapes and a sha256)."""
     from safetensors.torch import save_file
 
+    path = check_out_dir("path", path, error)
+    stem = ARTIFACTS[kind]
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    shapes = {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)} for k, v in tensors.items()}
+    try:  # as it will be read back: tuples become lists, integer keys strings
+        cfg = json.loads(json.dumps({"kind": kind, "format_version": FORMAT_VERSION, **fields, "tensors": shapes},
+                                    ensure_ascii=False))  # fmt: skip
+    except (TypeError, ValueError) as err:
+        raise error(f"cannot save the {kind}: a field is not JSON ({err})") from None
+    cfg["sha256"] = content_hash(tensors, _fields_text(cfg))
     with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{stem}.safetensors")
+        save_file(tensors, tmp / f"{stem}.safetensors")
         (tmp / f"{stem}.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
     return path
+
+
+def _kind_in(folder: Path) -> str | None:
+    """The kind of the artifact a folder holds, judged by its JSON file's name and `kind` field."""
+    for kind, stem in ARTIFACTS.items():
+        if (folder / f"{stem}.json").is_file():
+            try:
+                return json.loads((folder / f"{stem}.json").read_text(encoding="utf-8")).get("kind", kind)
+            except (OSError, ValueError, AttributeError):
+                return kind
+    return None
+
+
+def read_artifact(path, kind: str, error: type[Exception] = ValueError, *, fields: Iterable[str] = (),
+                  expect=None, legacy_meta=None) -> tuple[dict, dict]:  # fmt: skip
+    """(fields, tensors) of an artifact folder `write_artifact` wrote, every check done: the folder holds
+    a `kind`, of a format this version reads, with the `fields` named, its tensors of the recorded shapes
+    (and of `expect(fields)`: name → shape, None for any size or any shape) and matching the recorded sha256.
+    `legacy_meta(fields)`: what the sha256 of a file older than format 2 covered besides the tensors (None:
+    such files had no sha256).
+    Every failure is an `error` naming the file."""
+    path = as_path("path", path, error)
+    stem = ARTIFACTS[kind]
+    cfg_file, tensor_file = path / f"{stem}.json", path / f"{stem}.safetensors"
+    if not path.is_dir():
+        raise error(f"{path}: no such folder (expected a folder with {stem}.json and {stem}.safetensors)")
+    if not cfg_file.is_file() and (other := _kind_in(path)) is not None:
+        raise error(f"{path} holds a {other}, not a {kind}; read it with {other}.load")
+    cfg = read_json(cfg_file, error)
+    version = cfg.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise error(f"{cfg_file}: format_version must be an integer, got {_show(version)}")
+    if version > FORMAT_VERSION:
+        raise error(f"{cfg_file}: format_version {version} is newer than this safety-neurons reads "
+                    f"({FORMAT_VERSION}); upgrade safety-neurons to read it")  # fmt: skip
+    if cfg.get("kind", kind) != kind:
+        raise error(f"{cfg_file}: holds a {_show(cfg['kind'])}, not a {kind}")
+    current = version == FORMAT_VERSION
+    require(cfg, fields, cfg_file, error)
+    try:  # what the hash covers besides the tensors; the shapes recorded, then those the other fields imply
+        meta = _fields_text(cfg) if current else legacy_meta(cfg) if legacy_meta is not None else None
+        shapes = [(k, v["shape"]) for k, v in cfg.get("tensors", {}).items()] if current else []
+        shapes += list(dict(expect(cfg)).items()) if expect is not None else []
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise error(f"{cfg_file}: malformed fields ({type(err).__name__}: {err})") from None
+    require(cfg, ("tensors", "sha256") if current else ("sha256",) if meta is not None else (), cfg_file, error)
+    t = read_tensors(tensor_file, error)
+    if current and set(t) != set(cfg["tensors"]):
+        raise error(f"{tensor_file}: holds tensors {sorted(t)}, {cfg_file.name} records {sorted(cfg['tensors'])}")
+    for name, shape in shapes:
+        if name not in t:
+            raise error(f"{tensor_file}: missing tensor {name!r}")
+        got = list(t[name].shape)
+        if shape is None:
+            continue
+        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+            raise error(f"{tensor_file}: tensor {name!r} has shape {got}, {cfg_file.name} gives "
+                        f"{[s if s is not None else '*' for s in shape]}")  # fmt: skip
+    if meta is not None and content_hash(t, meta) != cfg["sha256"]:
+        raise error(f"{tensor_file}: the tensors (or the fields of {cfg_file.name}) do not match the sha256 "
+                    f"recorded there: the artifact was changed or damaged; save it again")  # fmt: skip
+    return cfg, t
+
+
+class Artifact:
+    """`save` / `load` for a class saved as an artifact folder (`write_artifact` / `read_artifact`, kind: the
+    class's name). By default the JSON holds the fields named in `_FIELDS` and the safetensors file those in
+    `_TENSORS`, passed back to the constructor by name; a class saved in another form overrides `_saved` /
+    `_from_saved`, and names the tensor shapes its fields imply in `_shapes`."""
+
+    _FIELDS: tuple[str, ...] = ()
+    _TENSORS: tuple[str, ...] = ()
+    _ERROR: type[Exception] = ValueError
+
+    def _saved(self) -> tuple[dict, dict]:
+        """(tensors, JSON fields) to write."""
+        return {k: getattr(self, k) for k in self._TENSORS}, {k: getattr(self, k) for k in self._FIELDS}
+
+    @classmethod
+    def _from_saved(cls, fields: dict, tensors: dict):
+        return cls(**{k: fields[k] for k in cls._FIELDS}, **{k: tensors[k] for k in cls._TENSORS})
+
+    @classmethod
+    def _shapes(cls, fields: dict) -> dict:
+        """name → shape of the tensors the fields imply (a None size: any size; None: any shape)."""
+        return {k: None for k in cls._TENSORS}
+
+    @classmethod
+    def _legacy_meta(cls, fields: dict) -> str | None:
+        """What the sha256 of a folder written before format 2 covered besides the tensors (None: it had none)."""
+        return None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the folder `path` (`<stem>.safetensors` and `<stem>.json`, with kind, format_version, shapes and
+        a sha256), atomically: after an error nothing half-written is left."""
+        tensors, fields = self._saved()
+        return write_artifact(path, type(self).__name__, tensors, fields, self._ERROR)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a folder `save` wrote: a folder of another kind or of a newer format, a missing field or tensor, a
+        tensor of another shape and any change to the tensors or fields are each an error naming the file."""
+        fields, tensors = read_artifact(path, cls.__name__, cls._ERROR, fields=cls._FIELDS, expect=cls._shapes,
+                                        legacy_meta=cls._legacy_meta)  # fmt: skip
+        try:
+            return cls._from_saved(fields, tensors)
+        except (KeyError, TypeError, ValueError) as err:  # a field the constructor refuses
+            what = err if isinstance(err, cls._ERROR) else f"malformed fields ({type(err).__name__}: {err})"
+            raise cls._ERROR(f"{Path(path) / (ARTIFACTS[cls.__name__] + '.json')}: {what}") from None
 
 
 def read_json(path: Path, error: type[Exception] = ValueError) -> dict:

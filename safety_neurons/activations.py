@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,18 +27,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import (
+    Artifact,
     as_int_list,
     as_records,
     check_choice,
     check_int,
     check_model,
-    check_out_dir,
     check_positive_int,
-    content_hash,
-    read_json,
-    read_tensors,
-    require,
-    write_artifact,
 )
 from .chat import length_sorted_batches, prompt_names, template_suffix_length
 from .prompts import Prompt
@@ -92,16 +86,44 @@ class ActivationError(ValueError):
     """Activations cannot be collected as asked, or a saved statistics file is damaged."""
 
 
-def _check_layers(model, layers: Iterable[int]) -> list[int]:
+def _check_layers(n_layers: int, layers: Iterable[int]) -> list[int]:
     layers = sorted(set(as_int_list("layers", layers, ActivationError, allow_empty=True)))
-    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise ActivationError(f"layers {bad} out of range: the model has {model.cfg.n_layers} layers")
+        raise ActivationError(f"layers {bad} out of range: the model has {n_layers} layers")
     return layers
 
 
+def _plan_collection(n_layers: int, *, stats_site, stats_layers, rows_at, gram_at, gram_positions, position):
+    """What a collection of a model with `n_layers` layers records, every argument checked (the arguments
+    of `collect_activations`): (statistics layers, row points, Gram points, every point in execution order)."""
+    check_choice("position", position, ("last", "mean"), ActivationError)
+    if stats_site is not None:
+        check_choice("stats_site", stats_site, SITES, ActivationError)
+    if gram_positions not in ("all", "preserved"):
+        raise ActivationError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
+    stats_layers = range(n_layers) if isinstance(stats_layers, str) and stats_layers == "all" else stats_layers
+    stats_layers = _check_layers(n_layers, stats_layers) if stats_site else []
+    points = {}
+    for arg, value in (("rows_at", rows_at), ("gram_at", gram_at)):
+        value = [] if value is None else value
+        if isinstance(value, str) or not isinstance(value, Iterable) or any(
+                not isinstance(k, (tuple, list)) or len(k) != 2 for k in value):  # fmt: skip
+            raise ActivationError(f"{arg} must be a list of (site, layer) pairs, e.g. [('mlp_in', 3)], got {value!r:.80}")
+        points[arg] = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in value))
+        for s, layer in points[arg]:
+            hook_name(s, layer)
+        _check_layers(n_layers, [layer for _, layer in points[arg]])
+    rows, gram = points["rows_at"], points["gram_at"]
+    if not stats_layers and not rows and not gram:
+        raise ActivationError("nothing to collect: give stats_site/stats_layers, rows_at or gram_at")
+    order = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
+                   key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
+    return stats_layers, rows, gram, order
+
+
 @dataclass
-class ActivationStats:
+class ActivationStats(Artifact):
     """Per-group running mean and variance of one site at every requested layer (float64)."""
 
     site: str
@@ -211,32 +233,23 @@ class ActivationStats:
             f"width={self.mean.shape[-1]}, groups=[{counts}])"
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write stats.safetensors and stats.json (with a content hash) into the folder `path`, atomically."""
-        path = check_out_dir("path", path, ActivationError)
-        tensors = {"count": self.count, "mean": self.mean, "m2": self.m2}
-        cfg = {"site": self.site, "position": self.position, "layers": self.layers, "groups": self.groups,
-               "sha256": content_hash(tensors)}  # fmt: skip
-        return write_artifact(path, "stats", tensors, cfg)
+    # --- files (`_checks.Artifact`: stats.json and stats.safetensors) ------------------------------------
+    _FIELDS = ("site", "position", "layers", "groups")
+    _TENSORS = ("count", "mean", "m2")
+    _ERROR = ActivationError
 
     @classmethod
-    def load(cls, path: str | Path) -> "ActivationStats":
-        """Read saved statistics; a damaged file, a missing field or a content hash that does not match
-        is an `ActivationError` naming the file."""
-        path = Path(path)
-        cfg_file, tensor_file = path / "stats.json", path / "stats.safetensors"
-        cfg = read_json(cfg_file, ActivationError)
-        require(cfg, ("site", "position", "layers", "groups", "sha256"), cfg_file, ActivationError)
-        t = read_tensors(tensor_file, ActivationError)
-        require(t, ("count", "mean", "m2"), tensor_file, ActivationError)
-        if content_hash({k: t[k] for k in ("count", "mean", "m2")}) != cfg["sha256"]:
-            raise ActivationError(f"{tensor_file}: the tensors do not match the sha256 recorded in {cfg_file.name}")
-        groups = [tuple(g) for g in cfg["groups"]]
-        shape = (len(groups), len(cfg["layers"]))
-        if tuple(t["count"].shape) != shape[:1] or any(tuple(t[k].shape[:2]) != shape for k in ("mean", "m2")):
-            raise ActivationError(f"{tensor_file}: tensor shapes {tuple(t['mean'].shape)} do not match the "
-                                  f"{shape[0]} groups × {shape[1]} layers in {cfg_file.name}")  # fmt: skip
-        return cls(cfg["site"], cfg["position"], cfg["layers"], groups, t["count"], t["mean"], t["m2"])
+    def _shapes(cls, fields: dict) -> dict:  # a count per group, a mean and M2 per group × layer
+        groups, layers = len(fields["groups"]), len(fields["layers"])
+        return {"count": [groups], "mean": [groups, layers, None], "m2": [groups, layers, None]}
+
+    @classmethod
+    def _legacy_meta(cls, fields: dict) -> str:  # before format 2 the sha256 covered the tensors alone
+        return ""
+
+    @classmethod
+    def _from_saved(cls, fields: dict, tensors: dict) -> "ActivationStats":
+        return super()._from_saved({**fields, "groups": [tuple(g) for g in fields["groups"]]}, tensors)
 
 
 @dataclass
@@ -268,9 +281,6 @@ class ActivationRows:
             raise KeyError(f"{lang}: prompt ids not collected: {missing[:5]}{'…' if len(missing) > 5 else ''}")
         return x[[where[i] for i in ids]]
 
-    def ids(self, lang: str) -> list[str]:
-        return [p.id for p in self.prompts if p.lang == lang]
-
 
 class _StopForward(Exception):
     """Raised from the last needed hook to end a forward pass early."""
@@ -299,8 +309,8 @@ def collect_activations(
     *,
     stats_site: str | None = "act",
     stats_layers: Iterable[int] | Literal["all"] = "all",
-    rows: Iterable[tuple[str, int]] = (),
-    gram: Iterable[tuple[str, int]] = (),
+    rows_at: Iterable[tuple[str, int]] = (),
+    gram_at: Iterable[tuple[str, int]] = (),
     gram_positions: GramPositions = "all",
     position: Position = "last",
     batch_size: int = 16,
@@ -314,9 +324,9 @@ def collect_activations(
         prompts: `Prompt` records; statistics are grouped by (lang, label).
         stats_site: the site whose statistics are accumulated at every layer of `stats_layers`
             (None to skip statistics).
-        rows: (site, layer) points whose per-prompt rows are kept.
-        gram: (site, layer) points whose Gram matrix Σ xᵀx over the prompts' tokens is accumulated
-            (what an edit needs to stay silent at every position, not only the last).
+        rows_at: (site, layer) points whose per-prompt rows are kept (the collection's `rows`).
+        gram_at: (site, layer) points whose Gram matrix Σ xᵀx over the prompts' tokens is accumulated
+            (the collection's `gram`: what an edit needs to stay silent at every position, not only the last).
         gram_positions: "all" real tokens, or the "preserved" ones, those an edit must leave alone: every
             token of a harmless prompt, and the message tokens of a harmful one, without the chat
             template's tokens after the message (`chat.template_suffix_length`) where its answer opens.
@@ -325,28 +335,10 @@ def collect_activations(
     check_model(model, ActivationError)
     prompts = as_records("prompts", prompts, Prompt, ActivationError)
     _rows_key(prompts)
-    check_choice("position", position, ("last", "mean"), ActivationError)
     check_positive_int("batch_size", batch_size, ActivationError)
-    if stats_site is not None:
-        check_choice("stats_site", stats_site, SITES, ActivationError)
-    rows, gram = list(rows), list(gram)
-    for arg, points in (("rows", rows), ("gram", gram)):
-        if any(not isinstance(k, (tuple, list)) or len(k) != 2 for k in points):
-            raise ActivationError(f"{arg} must be a list of (site, layer) pairs, e.g. [('mlp_in', 3)], got {points!r:.80}")
-    stats_layers = range(model.cfg.n_layers) if isinstance(stats_layers, str) and stats_layers == "all" else stats_layers
-    stats_layers = _check_layers(model, stats_layers) if stats_site else []
-    rows = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in rows))
-    for s, layer in rows:
-        hook_name(s, layer)
-    _check_layers(model, [layer for _, layer in rows])
-    gram = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in gram))
-    for s, layer in gram:
-        hook_name(s, layer)
-    _check_layers(model, [layer for _, layer in gram])
-    if not stats_layers and not rows and not gram:
-        raise ActivationError("nothing to collect: give stats_site/stats_layers, rows or gram")
-    if gram_positions not in ("all", "preserved"):
-        raise ActivationError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
+    stats_layers, rows, gram, points = _plan_collection(
+        model.cfg.n_layers, stats_site=stats_site, stats_layers=stats_layers, rows_at=rows_at, gram_at=gram_at,
+        gram_positions=gram_positions, position=position)  # fmt: skip
     skip = template_suffix_length(model.tokenizer, system=system) if gram and gram_positions == "preserved" else 0
 
     # Layers may sit on different devices (a `device_map`): each statistic accumulates on the device its
@@ -354,8 +346,6 @@ def collect_activations(
     device = model.cfg.device
     groups = list(dict.fromkeys((p.lang, p.label) for p in prompts))  # the statistics' order: first appearance
     per_device: dict[torch.device, ActivationStats] = {}  # statistics of the layers that ran on each device
-    points = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
-                    key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
     grams: dict[tuple[str, int], Tensor] = {}
     n_tokens = 0
 
@@ -403,7 +393,7 @@ def collect_activations(
                 pass
             chunk = [prompts[i] for i in idx]
             n_tokens += int(in_gram.sum())
-            if stats_site:
+            if stats_layers:
                 if not per_device:  # first batch: group the layers by the device they ran on
                     by_dev: dict[torch.device, list[int]] = {}
                     for layer in stats_layers:
@@ -423,7 +413,7 @@ def collect_activations(
                     kept_rows[key] = torch.empty(len(prompts), current[key].shape[-1], dtype=torch.float64)
                 kept_rows[key][idx] = current[key].cpu()
     out_rows = ActivationRows(position, list(prompts), kept_rows, model_tag(model))
-    stats = _join_layers([st.to("cpu") for st in per_device.values()]) if stats_site else None
+    stats = _join_layers([st.to("cpu") for st in per_device.values()]) if stats_layers else None
     grams = {key: g.cpu() for key, g in grams.items()}
     return Collection(stats, out_rows, grams, n_tokens if gram else 0, gram_positions)
 

@@ -12,13 +12,13 @@ import json
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ._checks import (
+    Artifact,
     as_indices,
     as_int_list,
     as_layers,
@@ -27,13 +27,7 @@ from ._checks import (
     check_int,
     check_model,
     check_number,
-    check_out_dir,
     check_positive_int,
-    content_hash,
-    read_json,
-    read_tensors,
-    require,
-    write_artifact,
 )
 from .activations import collect_activations, hook_name
 from .neurons import SafetyNeurons
@@ -61,7 +55,7 @@ class _HookIntervention:
 
 
 @dataclass
-class NeuronScaling(_HookIntervention):
+class NeuronScaling(_HookIntervention, Artifact):
     """Scale neuron activations (`mlp.hook_post`) by `alpha` at the given layers."""
 
     neurons: dict[int, list[int]]
@@ -103,9 +97,25 @@ class NeuronScaling(_HookIntervention):
 
         return [(hook_name("act", layer), make(idx)) for layer, idx in self.neurons.items()]
 
+    # --- files (`_checks.Artifact`: scaling.json and scaling.safetensors, one index tensor a layer) --------
+    _FIELDS = ("layers", "alpha")
+    _ERROR = BaselineError
+
+    def _saved(self) -> tuple[dict, dict]:
+        tensors = {f"neurons.{layer}": torch.tensor(idx, dtype=torch.long) for layer, idx in self.neurons.items()}
+        return tensors, {"layers": list(self.neurons), "alpha": self.alpha}
+
+    @classmethod
+    def _shapes(cls, fields: dict) -> dict:
+        return {f"neurons.{layer}": [None] for layer in fields["layers"]}
+
+    @classmethod
+    def _from_saved(cls, fields: dict, tensors: dict) -> "NeuronScaling":
+        return cls({layer: tensors[f"neurons.{layer}"].tolist() for layer in fields["layers"]}, fields["alpha"])
+
 
 @dataclass
-class RefusalDirection(_HookIntervention):
+class RefusalDirection(_HookIntervention, Artifact):
     """Add `coeff` × the unit difference-of-means direction to the residual stream after `layer`."""
 
     layer: int
@@ -158,29 +168,11 @@ class RefusalDirection(_HookIntervention):
             raise BaselineError(f"the direction has shape {tuple(self.direction.shape)}; this model's residual stream "
                                 f"has width {model.cfg.d_model} (fitted on another model?)")  # fmt: skip
 
-    def save(self, path: str | Path) -> Path:
-        """Write direction.safetensors and direction.json (with a content hash) into `path`, atomically."""
-        path = check_out_dir("path", path, BaselineError)
-        tensors = {"direction": self.direction.contiguous()}
-        cfg = {"layer": self.layer, "norm": self.norm, "coeff": self.coeff,
-               "sha256": content_hash(tensors, _direction_meta(self.layer, self.norm))}  # fmt: skip
-        return write_artifact(path, "direction", tensors, cfg)
+    # --- files (`_checks.Artifact`: direction.json and direction.safetensors) ----------------------------
+    _FIELDS = ("layer", "norm", "coeff")
+    _TENSORS = ("direction",)
+    _ERROR = BaselineError
 
     @classmethod
-    def load(cls, path: str | Path) -> "RefusalDirection":
-        """Read a saved direction; a damaged file, a missing field or a content hash that does not match
-        is a `BaselineError` naming the file."""
-        path = Path(path)
-        cfg_file, tensor_file = path / "direction.json", path / "direction.safetensors"
-        cfg = read_json(cfg_file, BaselineError)
-        require(cfg, ("layer", "norm", "coeff", "sha256"), cfg_file, BaselineError)
-        t = read_tensors(tensor_file, BaselineError)
-        require(t, ("direction",), tensor_file, BaselineError)
-        if content_hash({"direction": t["direction"]}, _direction_meta(cfg["layer"], cfg["norm"])) != cfg["sha256"]:
-            raise BaselineError(f"{tensor_file}: the tensors (or the layer and norm) do not match the sha256 recorded "
-                                f"in {cfg_file.name}")  # fmt: skip
-        return cls(cfg["layer"], t["direction"], cfg["norm"], cfg["coeff"])
-
-
-def _direction_meta(layer, norm) -> str:  # what a direction's hash covers besides the tensor
-    return json.dumps({"layer": layer, "norm": float(norm)})
+    def _legacy_meta(cls, fields: dict) -> str:  # before format 2 the sha256 covered the layer and norm
+        return json.dumps({"layer": fields["layer"], "norm": float(fields["norm"])})

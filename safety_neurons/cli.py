@@ -1,7 +1,7 @@
 """`safety-neurons`: a thin command line over the public functions.
 
     safety-neurons run              the whole pipeline on the packaged Qwen model (see `pipeline.run`)
-    safety-neurons neurons          rank safety neurons in 8 languages, fit/apply/revert/export one edit
+    safety-neurons neurons          rank safety neurons in 8 languages, fit/apply/revert one edit (--export DIR: the edited model)
     safety-neurons data             the bundled prompt set's counts
 """
 
@@ -47,6 +47,7 @@ def _neurons(args) -> int:
     for name in ("limit", "rank", "batch_size"):  # every setting is checked before any work
         check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
     out = check_out_dir("--out", args.out)
+    export = None if args.export is None else check_out_dir("--export", args.export)
     split = args.device_map is not None or (args.n_devices or 1) > 1
     model = sn.load_model(args.model, dtype=args.dtype, device=None if split else args.device,
                           device_map=args.device_map, n_devices=args.n_devices)  # fmt: skip
@@ -56,7 +57,7 @@ def _neurons(args) -> int:
         raise ValueError(f"--layer {layer} is out of range: the model has {model.cfg.n_layers} layers (0…{model.cfg.n_layers - 1})")
     print(f"{len(anchor)} anchor prompts ({args.limit} harmful + {args.limit} harmless per language)")
     collection = sn.collect_sharded(
-        model, list(anchor), rows=[("mlp_in", layer)], batch_size=args.batch_size
+        model, list(anchor), rows_at=[("mlp_in", layer)], batch_size=args.batch_size
     )  # fmt: skip
     if not sn.distributed.is_main():  # under torchrun rank 0 ranks, fits and writes
         return 0
@@ -82,9 +83,9 @@ def _neurons(args) -> int:
     print(f"applied (weights changed: {changed}); reverted (bit-exact: {exact})")
     edit.save(out / "edit")
     ranking.save(out / "neurons")
-    if not args.no_export:
-        edit.export(model, out / "edited-model")
-        print(f"exported the edited model to {out / 'edited-model'}")
+    if export is not None:  # a full copy of the model's weights (about 2 GB for the packaged one in float32)
+        edit.export(model, export)
+        print(f"exported the edited model to {export}")
     print(f"saved the edit and the ranking under {out}  ({time.perf_counter() - start:.0f} s in all)")
     return 0
 
@@ -120,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     RunConfig.add_arguments(p)
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("neurons", help="rank safety neurons per language; fit, apply, revert, export one edit")
+    p = sub.add_parser("neurons", help="rank safety neurons per language; fit, apply and revert one edit")
     _common(p)
     p.add_argument("--limit", type=int, default=20, help="harmful and harmless anchor prompts per language")
     p.add_argument("--layer", type=int, default=None, help="layer of the demo gate edit (default: 11/12 deep)")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--out", default="results/neurons")
-    p.add_argument("--no-export", action="store_true", help="skip writing the edited HF model")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="also write the edited model as a plain HF folder to DIR (a full copy of the weights: "
+                        "about 2 GB for the packaged model)")  # fmt: skip
     p.set_defaults(func=_neurons)
 
     p = sub.add_parser("data", help="validate and summarise the bundled prompt set")

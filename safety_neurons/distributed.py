@@ -10,7 +10,7 @@ back in prompt order. So each rank runs the prompts of its own shard and the ran
 In a notebook or script the same call works without `torchrun` (one process: a plain collection):
 
     sn.distributed.init_from_env()        # no-op unless launched by torchrun
-    collection = sn.collect_sharded(model, prompts, rows=[("mlp_in", 21)])
+    collection = sn.collect_sharded(model, prompts, rows_at=[("mlp_in", 21)])
     if sn.distributed.is_main():
         edit = sn.fit_edit(model, prompts, layers=21, rows=collection, ...)
 

@@ -32,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ._checks import (
+    Artifact,
     as_indices,
     as_int_list,
     as_records,
@@ -41,10 +42,6 @@ from ._checks import (
     check_number,
     check_out_dir,
     check_positive_int,
-    read_json,
-    read_tensors,
-    require,
-    write_artifact,
 )
 from .activations import ActivationRows, Collection, collect_activations, model_tag
 from .chat import check_lengths, encode_chat, prompt_names
@@ -87,12 +84,12 @@ class LayerEdit:
     site: str
     neurons: Int[Tensor, " m"]
     delta: Float[Tensor, "a b"]
-    map: Float[Tensor, "m m"] | None = None  # w_out only: a_S ↦ a_S (I + map)
+    neuron_map: Float[Tensor, "m m"] | None = None  # w_out, target "neurons": M with a_S ↦ a_S (I + M), delta = M W_out[S]
     solution: dict = field(default_factory=dict)
 
 
 @dataclass
-class WeightEdit:
+class WeightEdit(Artifact):
     """A fitted edit: what changes where, how it was fitted, and on which base model.
 
     Use `apply` / `revert` (bit-exact) or `with edit.applied(model): ...`.
@@ -102,7 +99,6 @@ class WeightEdit:
     settings: dict = field(default_factory=dict)
     fitted_on: dict = field(default_factory=dict)
     fingerprint: str = ""
-    _originals: dict = field(default_factory=dict, repr=False, compare=False)
 
     # --- identity --------------------------------------------------------------------------------
     @property
@@ -222,51 +218,36 @@ class WeightEdit:
         with self.applied(model):
             return export_hf(model, out_dir)
 
-    # --- files -----------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write edit.safetensors and edit.json into the folder `path` (atomically: all or nothing)."""
-        path = check_out_dir("path", path, EditError)
+    # --- files (`_checks.Artifact`: edit.json and edit.safetensors) --------------------------------------
+    _FIELDS = ("edits", "settings", "fitted_on", "fingerprint", "uid")
+    _ERROR = EditError
+
+    def _saved(self) -> tuple[dict, dict]:
         tensors = {}
         for i, e in enumerate(self.edits):
-            tensors[f"{i}.neurons"] = e.neurons.to(torch.int64).contiguous()
-            tensors[f"{i}.delta"] = e.delta.contiguous()
-            if e.map is not None:
-                tensors[f"{i}.map"] = e.map.contiguous()
-        cfg = {
-            "edits": [{"layer": e.layer, "site": e.site, "solution": e.solution} for e in self.edits],
-            "settings": self.settings,
-            "fitted_on": self.fitted_on,
-            "fingerprint": self.fingerprint,
-            "uid": self.uid,
-        }
-        return write_artifact(path, "edit", tensors, cfg)
+            tensors[f"{i}.neurons"] = e.neurons.to(torch.int64)
+            tensors[f"{i}.delta"] = e.delta
+            if e.neuron_map is not None:
+                tensors[f"{i}.neuron_map"] = e.neuron_map
+        fields = {"edits": [{"layer": e.layer, "site": e.site, "solution": e.solution} for e in self.edits],
+                  "settings": self.settings, "fitted_on": self.fitted_on, "fingerprint": self.fingerprint,
+                  "uid": self.uid}  # fmt: skip
+        return tensors, fields
 
     @classmethod
-    def load(cls, path: str | Path) -> "WeightEdit":
-        """Read a saved edit; a damaged file, a missing field or a uid that does not match the stored
-        tensors is an `EditError` naming the file."""
-        path = Path(path)
-        if not path.is_dir():
-            raise EditError(f"{path}: no such folder (expected a folder with edit.json and edit.safetensors)")
-        cfg_file, tensor_file = path / "edit.json", path / "edit.safetensors"
-        cfg = read_json(cfg_file, EditError)
-        require(cfg, ("edits", "settings", "fitted_on", "fingerprint", "uid"), cfg_file, EditError)
-        t = read_tensors(tensor_file, EditError)
-        try:
-            edits = [
-                LayerEdit(int(e["layer"]), e["site"], t[f"{i}.neurons"], t[f"{i}.delta"], t.get(f"{i}.map"),
-                          e.get("solution", {}))  # fmt: skip
-                for i, e in enumerate(cfg["edits"])
-            ]
-        except KeyError as err:
-            raise EditError(f"{path}: edit.json and edit.safetensors do not match (missing {err})") from None
-        except (TypeError, ValueError) as err:
-            raise EditError(f"{cfg_file}: malformed edit record ({err})") from None
-        for e in edits:
-            check_choice("edit site", e.site, _WEIGHT, EditError)
-        edit = cls(edits, cfg["settings"], cfg["fitted_on"], cfg["fingerprint"])
-        if edit.uid != cfg["uid"]:
-            raise EditError(f"{tensor_file}: the stored tensors do not match the uid {cfg['uid']!r} in {cfg_file.name}")
+    def _shapes(cls, fields: dict) -> dict:  # each layer's neurons (1-D) and delta (2-D)
+        return {name: shape for i in range(len(fields["edits"]))
+                for name, shape in ((f"{i}.neurons", [None]), (f"{i}.delta", [None, None]))}  # fmt: skip
+
+    @classmethod
+    def _from_saved(cls, fields: dict, tensors: dict) -> "WeightEdit":
+        t = tensors  # "{i}.map": the neuron map's name in edits saved before format 2
+        edits = [LayerEdit(int(e["layer"]), check_choice("edit site", e["site"], _WEIGHT, EditError), t[f"{i}.neurons"],
+                           t[f"{i}.delta"], t.get(f"{i}.neuron_map", t.get(f"{i}.map")), e.get("solution", {}))
+                 for i, e in enumerate(fields["edits"])]  # fmt: skip
+        edit = cls(edits, fields["settings"], fields["fitted_on"], fields["fingerprint"])
+        if edit.uid != fields["uid"]:
+            raise EditError(f"the tensors of edit.safetensors do not match its uid {fields['uid']!r}")
         return edit
 
 
@@ -281,7 +262,7 @@ def _factor(gram: Tensor, idx: Tensor | None = None) -> Tensor:
 
 def _preserved_gram(model, prompts, key, batch_size, progress) -> Tensor:
     """Σ xᵀx at `key` over the positions an edit must leave alone (see `collect_activations`)."""
-    c = collect_activations(model, prompts, stats_site=None, gram=[key], gram_positions="preserved",
+    c = collect_activations(model, prompts, stats_site=None, gram_at=[key], gram_positions="preserved",
                             batch_size=batch_size, progress=progress)  # fmt: skip
     return c.gram[key]
 
@@ -466,8 +447,8 @@ def fit_edit(
             key = (KEY_SITE[site], layer)
             if fresh or not have:  # one pass for the rows and, when wanted, the preserved positions' Gram
                 c = collect_activations(
-                    model, needed, stats_site=None, rows=row_keys(layer), position=position,
-                    gram=[key] if preserve_positions == "all" else (), gram_positions="preserved",
+                    model, needed, stats_site=None, rows_at=row_keys(layer), position=position,
+                    gram_at=[key] if preserve_positions == "all" else (), gram_positions="preserved",
                     batch_size=batch_size, progress=progress,
                 )  # fmt: skip
                 current, layer_gram = c.rows, c.gram.get(key)

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import as_records, check_choice, check_model, check_number, check_positive_int, str_or_list
+from ._checks import Artifact, as_records, check_choice, check_model, check_number, check_positive_int, str_or_list
 from .chat import TokenBatch, check_lengths, encode_chat, length_sorted_batches, prompt_names, sorted_batches
 from .judges import OUTCOMES, Judge, PhraseJudge, Verdict
 from .prompts import LANGS, MCQuestion, Prompt, check_langs
@@ -515,7 +515,7 @@ def mean_over_languages(values: Mapping[str, float], langs: Sequence[str] | None
 
 
 @dataclass
-class Evaluation:
+class Evaluation(Artifact):
     """Per-language outcome of one model state, with the raw answers and the settings that made it.
 
     The metrics (`METRICS`): ASR (`asr`, compliance share of the harmful prompts), `degenerate` (share of
@@ -611,10 +611,17 @@ class Evaluation:
             "settings": self.settings,
         }
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
-        return path
+    # --- files (`_checks.Artifact`: evaluation.json, `to_dict`, and an empty evaluation.safetensors) ----------
+    _FIELDS = ("judge", "languages", "answers", "settings")
+    _ERROR = EvaluationError
+
+    def _saved(self) -> tuple[dict, dict]:
+        return {}, self.to_dict()
+
+    @classmethod
+    def _from_saved(cls, fields: dict, tensors: dict) -> "Evaluation":
+        languages = {k: LanguageResult(v["lang"], v["harmful"], v["harmless"]) for k, v in fields["languages"].items()}
+        return cls(fields["judge"], languages, fields["answers"], fields["settings"])
 
     @classmethod
     def from_answers(cls, judge: str, records: Sequence[dict], settings: dict | None = None) -> "Evaluation":

@@ -206,10 +206,10 @@ def materialise_packaged(alias: str) -> Path:
     return folder
 
 
-def _resolve(name: str) -> tuple[str, str | None]:
-    """(path or hub id to load from, gguf file name or None)."""
+def _resolve(name: str) -> str:
+    """The folder or hub id to load `name` from (a packaged alias or a GGUF file: its converted, cached folder)."""
     if name in PACKAGED_MODELS:
-        return str(materialise_packaged(name)), None
+        return str(materialise_packaged(name))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -219,11 +219,11 @@ def _resolve(name: str) -> tuple[str, str | None]:
         if not (folder / "config.json").is_file():
             folder.parent.mkdir(parents=True, exist_ok=True)
             convert_gguf(path, folder)
-        return str(folder), None
+        return str(folder)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a folder without config.json, not a Hugging Face model")
-        return str(path), None
+        return str(path)
     if path.exists() or name.startswith((".", "/", "~")):
         raise ModelLoadError(f"{name!r} is neither a model folder nor a .gguf file")
     if name.count("/") != 1:
@@ -231,7 +231,7 @@ def _resolve(name: str) -> tuple[str, str | None]:
             f"unknown model {name!r}: not a packaged alias ({', '.join(PACKAGED_MODELS)}), "
             "a local folder, a .gguf file or a hub id"
         )
-    return name, None
+    return name
 
 
 def load_model(
@@ -274,7 +274,7 @@ def load_model(
         raise ModelLoadError("splitting a model over devices needs accelerate: pip install accelerate")
     if not split:
         device = str(check_device("cpu" if device is None else device))
-    source, _ = _resolve(name)
+    source = _resolve(name)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:

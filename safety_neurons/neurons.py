@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -24,19 +23,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import (
+    Artifact,
     as_layers,
     as_records,
     as_str_list,
     check_int,
     check_model,
     check_number,
-    check_out_dir,
     check_positive_int,
-    content_hash,
-    read_json,
-    read_tensors,
-    require,
-    write_artifact,
 )
 from .activations import ActivationStats, hook_name
 from .chat import check_lengths, encode_chat, prompt_names, tokenize_chat
@@ -48,7 +42,7 @@ class NeuronsError(ValueError):
 
 
 @dataclass
-class SafetyNeurons:
+class SafetyNeurons(Artifact):
     """Scores and selected neuron sets for each language and layer."""
 
     langs: list[str]
@@ -127,39 +121,18 @@ class SafetyNeurons:
             f"selected per language=[{per_lang}])"
         )
 
-    # --- files -----------------------------------------------------------------------------------
+    # --- files (`_checks.Artifact`: neurons.json and neurons.safetensors) --------------------------------
+    _FIELDS = ("langs", "layers", "settings")
     _TENSORS = ("delta", "z", "d", "selected")
-
-    @staticmethod
-    def _meta(langs, layers) -> str:  # what the hash covers besides the tensors
-        return json.dumps({"langs": list(langs), "layers": [int(x) for x in layers]})
-
-    def save(self, path: str | Path) -> Path:
-        """Write neurons.safetensors and neurons.json (with a content hash) into the folder `path`, atomically."""
-        path = check_out_dir("path", path, NeuronsError)
-        tensors = {k: getattr(self, k).contiguous() for k in self._TENSORS}
-        cfg = {"langs": self.langs, "layers": self.layers, "settings": self.settings,
-               "shape": list(self.delta.shape), "sha256": content_hash(tensors, self._meta(self.langs, self.layers))}  # fmt: skip
-        return write_artifact(path, "neurons", tensors, cfg)
+    _ERROR = NeuronsError
 
     @classmethod
-    def load(cls, path: str | Path) -> "SafetyNeurons":
-        """Read a saved ranking; a damaged file, a missing field, or tensors that do not match the recorded
-        shape and content hash are a `NeuronsError` naming the file."""
-        path = Path(path)
-        cfg_file, tensor_file = path / "neurons.json", path / "neurons.safetensors"
-        cfg = read_json(cfg_file, NeuronsError)
-        require(cfg, ("langs", "layers", "settings", "shape", "sha256"), cfg_file, NeuronsError)
-        t = read_tensors(tensor_file, NeuronsError)
-        require(t, cls._TENSORS, tensor_file, NeuronsError)
-        shape = [len(cfg["langs"]), len(cfg["layers"]), cfg["shape"][-1]]
-        if cfg["shape"] != shape or any(list(t[k].shape) != shape for k in cls._TENSORS):
-            raise NeuronsError(f"{tensor_file}: tensor shapes {[list(t[k].shape) for k in cls._TENSORS]} do not match "
-                               f"the {len(cfg['langs'])} languages × {len(cfg['layers'])} layers in {cfg_file.name}")
-        if content_hash({k: t[k] for k in cls._TENSORS}, cls._meta(cfg["langs"], cfg["layers"])) != cfg["sha256"]:
-            raise NeuronsError(f"{tensor_file}: the tensors (or the languages and layers) do not match the sha256 "
-                               f"recorded in {cfg_file.name}")  # fmt: skip
-        return cls(cfg["langs"], cfg["layers"], *(t[k] for k in cls._TENSORS), cfg["settings"])
+    def _shapes(cls, fields: dict) -> dict:  # every tensor: languages × layers × width
+        return {k: [len(fields["langs"]), len(fields["layers"]), None] for k in cls._TENSORS}
+
+    @classmethod
+    def _legacy_meta(cls, fields: dict) -> str:  # before format 2 the sha256 covered the languages and layers
+        return json.dumps({"langs": list(fields["langs"]), "layers": [int(x) for x in fields["layers"]]})
 
 
 def _zscore(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:

@@ -428,7 +428,7 @@ def _collect(model, config: RunConfig, anchor):
     row_layers = sorted({layer for layers in layer_sets for layer in layers})
     gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
     return distributed.collect_sharded(
-        model, anchor, rows=[(s, layer) for layer in row_layers for s in _row_sites(config)], gram=gram,
+        model, anchor, rows_at=[(s, layer) for layer in row_layers for s in _row_sites(config)], gram_at=gram,
         gram_positions="preserved", batch_size=config.batch_size,
     )  # fmt: skip
 
@@ -455,7 +455,7 @@ def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> d
     ids = {label: [p.id for p in ps if p.lang == "en"] for label, ps in (("harmful", test_h), ("harmless", test_s))}
 
     def site_rows_now():
-        r = collect_activations(model, test_h + test_s, stats_site=None, rows=[("resid", site_layer)],
+        r = collect_activations(model, test_h + test_s, stats_site=None, rows_at=[("resid", site_layer)],
                                 batch_size=config.batch_size, progress=False).rows  # fmt: skip
         return {label: {x: r.matrix("resid", site_layer, lang=x, ids=ids[label]) for x in langs_test} for label in ids}
 

@@ -26,7 +26,16 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import _ORDER, SITES, ActivationRows, ActivationStats, Collection, GramPositions, Position, _rows_key
+from .activations import (
+    SITES,
+    ActivationRows,
+    ActivationStats,
+    Collection,
+    GramPositions,
+    Position,
+    _plan_collection,
+    _rows_key,
+)
 from .chat import length_sorted_batches, template_suffix_length
 from .prompts import Prompt
 
@@ -88,8 +97,8 @@ def collect_nnsight(
     *,
     stats_site: str | None = "act",
     stats_layers: Iterable[int] | Literal["all"] = "all",
-    rows: Iterable[tuple[str, int]] = (),
-    gram: Iterable[tuple[str, int]] = (),
+    rows_at: Iterable[tuple[str, int]] = (),
+    gram_at: Iterable[tuple[str, int]] = (),
     gram_positions: GramPositions = "all",
     position: Position = "last",
     batch_size: int = 16,
@@ -102,28 +111,14 @@ def collect_nnsight(
     if len(prompts) == 0:
         raise ValueError("no prompts given: the prompt list is empty")
     _rows_key(prompts)
-    if position not in ("last", "mean"):
-        raise ValueError(f"position must be 'last' or 'mean', got {position!r}")
-    if gram_positions not in ("all", "preserved"):
-        raise ValueError(f"gram_positions must be 'all' or 'preserved', got {gram_positions!r}")
     blocks = _layers(lm)
-    n_layers = len(blocks)
-    stats_layers = list(range(n_layers)) if stats_layers == "all" else sorted(set(map(int, stats_layers)))
-    stats_layers = stats_layers if stats_site else []
-    rows = list(dict.fromkeys((s, int(layer)) for s, layer in rows))
-    gram = list(dict.fromkeys((s, int(layer)) for s, layer in gram))
-    for s, layer in [(stats_site, x) for x in stats_layers] + rows + gram:
-        if s not in SITES:
-            raise ValueError(f"unknown site {s!r}; choose one of {', '.join(SITES)}")
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"layer {layer} out of range: the model has {n_layers} layers")
-    if not stats_layers and not rows and not gram:
-        raise ValueError("nothing to collect: give stats_site/stats_layers, rows or gram")
+    stats_layers, rows, gram, points = _plan_collection(
+        len(blocks), stats_site=stats_site, stats_layers=stats_layers, rows_at=rows_at, gram_at=gram_at,
+        gram_positions=gram_positions, position=position)  # fmt: skip
     tok = lm.tokenizer
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     skip = template_suffix_length(tok, system=system) if gram and gram_positions == "preserved" else 0
-    points = sorted({(stats_site, x) for x in stats_layers} | set(rows) | set(gram), key=lambda k: (k[1], _ORDER[k[0]]))
     groups = list(dict.fromkeys((p.lang, p.label) for p in prompts))
     stats = None
     kept: dict[tuple[str, int], Tensor] = {}

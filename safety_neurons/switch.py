@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from jaxtyping import Float
@@ -40,17 +39,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import (
+    Artifact,
     as_indices,
     as_records,
     check_int,
     check_model,
     check_number,
-    check_out_dir,
     check_positive_int,
-    read_json,
-    read_tensors,
-    require,
-    write_artifact,
 )
 from .activations import SITES, _StopForward, hook_name, model_tag
 from .chat import encode_chat, sorted_batches, template_suffix_length
@@ -58,7 +53,6 @@ from .edit import LayerEdit, WeightEdit, _weight
 from .prompts import Prompt
 
 STEP = 8.0  # m: the second neuron's offset, in gate units (SiLU(8) = 7.997: the step saturates at m)
-FORMAT_VERSION = 1
 
 
 class SwitchError(ValueError):
@@ -90,7 +84,7 @@ class Scores:
 
 
 @dataclass
-class HarmDetector:
+class HarmDetector(Artifact):
     """A harm probe at one layer, where it may act, the constant direction that gives it a threshold, and
     what the switch writes (float64)."""
 
@@ -103,7 +97,10 @@ class HarmDetector:
     settings: dict = field(default_factory=dict)
     model: str = ""  # `model_tag` of the model it was fitted on
 
-    TENSORS = ("probe", "place", "const", "refusal", "usage")
+    # files (`_checks.Artifact`): detector.json and detector.safetensors
+    _FIELDS = ("layer", "settings", "model")
+    _TENSORS = ("probe", "place", "const", "refusal", "usage")
+    _ERROR = SwitchError
 
     @property
     def trigger(self) -> int:
@@ -139,30 +136,6 @@ class HarmDetector:
             raise SwitchError("this detector was fitted on another model (model tag mismatch)")
         if not 0 <= self.layer < model.cfg.n_layers:
             raise SwitchError(f"detector layer {self.layer} out of range: the model has {model.cfg.n_layers} layers")
-
-    # --- files -----------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write detector.safetensors and detector.json into the folder `path` (atomically)."""
-        path = check_out_dir("path", path, SwitchError)
-        tensors = {k: getattr(self, k).contiguous() for k in self.TENSORS}
-        cfg = {"kind": "HarmDetector", "format_version": FORMAT_VERSION, "layer": self.layer,
-               "settings": self.settings, "model": self.model}  # fmt: skip
-        return write_artifact(path, "detector", tensors, cfg)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "HarmDetector":
-        path = Path(path)
-        cfg_file = path / "detector.json"
-        cfg = read_json(cfg_file, SwitchError)
-        require(cfg, ("kind", "format_version", "layer", "settings", "model"), cfg_file, SwitchError)
-        if cfg["kind"] != "HarmDetector" or cfg["format_version"] > FORMAT_VERSION:
-            raise SwitchError(f"{cfg_file}: not a HarmDetector of format ≤ {FORMAT_VERSION} ({cfg['kind']!r} v{cfg['format_version']})")
-        t = read_tensors(path / "detector.safetensors", SwitchError)
-        missing = set(cls.TENSORS) - set(t)
-        if missing:
-            raise SwitchError(f"{path / 'detector.safetensors'}: missing tensors {sorted(missing)}")
-        return cls(int(cfg["layer"]), *(t[k] for k in cls.TENSORS), cfg["settings"], cfg["model"])
-
 
 MESSAGE, OPENING, ANSWER, TRIGGER = 0, 1, 2, 3  # kinds of position (−1: padding)
 

@@ -11,7 +11,7 @@ import safety_neurons as sn
 def test_hook_post_equals_silu_gate_times_up_from_hf_weights(tiny):
     bridge, hf, _ = tiny
     prompts = make_prompts(3)
-    c = sn.collect_activations(bridge, prompts, rows=[("mlp_in", 1), ("act", 1), ("gate", 1), ("up", 1)],
+    c = sn.collect_activations(bridge, prompts, rows_at=[("mlp_in", 1), ("act", 1), ("gate", 1), ("up", 1)],
                                batch_size=4, progress=False)  # fmt: skip
     x = c.rows.matrix("mlp_in", 1).float()
     mlp = hf.model.layers[1].mlp
@@ -27,9 +27,9 @@ def test_hook_post_equals_silu_gate_times_up_from_hf_weights(tiny):
 def test_padded_batch_equals_one_by_one(tiny, position):
     bridge, _, _ = tiny
     prompts = make_prompts(4)
-    batched = sn.collect_activations(bridge, prompts, rows=[("act", 2), ("mlp_in", 0)], position=position,
+    batched = sn.collect_activations(bridge, prompts, rows_at=[("act", 2), ("mlp_in", 0)], position=position,
                                      batch_size=len(prompts), progress=False)  # fmt: skip
-    single = sn.collect_activations(bridge, prompts, rows=[("act", 2), ("mlp_in", 0)], position=position,
+    single = sn.collect_activations(bridge, prompts, rows_at=[("act", 2), ("mlp_in", 0)], position=position,
                                     batch_size=1, progress=False)  # fmt: skip
     lengths = {len(p.text.split()) for p in prompts}
     assert len(lengths) > 1  # the batch really is padded
@@ -41,7 +41,7 @@ def test_padded_batch_equals_one_by_one(tiny, position):
 def test_statistics_equal_numpy(tiny):
     bridge, _, _ = tiny
     prompts = make_prompts(7, langs=("en", "vi", "bn"))
-    c = sn.collect_activations(bridge, prompts, stats_site="act", rows=[("act", l) for l in range(3)],
+    c = sn.collect_activations(bridge, prompts, stats_site="act", rows_at=[("act", l) for l in range(3)],
                                batch_size=3, progress=False)  # fmt: skip
     for lang in ("en", "vi", "bn"):
         for label in ("harmful", "harmless"):
@@ -57,11 +57,11 @@ def test_statistics_equal_numpy(tiny):
 def test_rows_line_up_by_id_across_languages(tiny):
     bridge, _, _ = tiny
     prompts = make_prompts(3)
-    c = sn.collect_activations(bridge, prompts[::-1], stats_site=None, rows=[("mlp_in", 1)], progress=False)
+    c = sn.collect_activations(bridge, prompts[::-1], stats_site=None, rows_at=[("mlp_in", 1)], progress=False)
     ids = ["harmful-0", "harmful-2"]
     zh = c.rows.matrix("mlp_in", 1, lang="zh", ids=ids)
     again = sn.collect_activations(bridge, [p for p in prompts if p.lang == "zh" and p.id in ids],
-                                   stats_site=None, rows=[("mlp_in", 1)], progress=False)  # fmt: skip
+                                   stats_site=None, rows_at=[("mlp_in", 1)], progress=False)  # fmt: skip
     assert torch.allclose(zh, again.rows.matrix("mlp_in", 1, lang="zh", ids=ids), atol=1e-5)
     with pytest.raises(KeyError, match="not collected"):
         c.rows.matrix("mlp_in", 1, lang="zh", ids=["nope"])
@@ -77,7 +77,7 @@ def test_only_requested_hooks_are_registered(tiny, monkeypatch):
         return original(fwd_hooks=fwd_hooks, **kw)
 
     monkeypatch.setattr(bridge, "hooks", spy)
-    sn.collect_activations(bridge, make_prompts(1), stats_layers=[0, 2], rows=[("mlp_in", 1)], progress=False)
+    sn.collect_activations(bridge, make_prompts(1), stats_layers=[0, 2], rows_at=[("mlp_in", 1)], progress=False)
     assert sorted(set(seen)) == ["blocks.0.mlp.hook_post", "blocks.1.ln2.hook_out", "blocks.2.mlp.hook_post"]
 
 
@@ -96,7 +96,7 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="out of range"):
         sn.collect_activations(bridge, make_prompts(1), stats_layers=[7], progress=False)
     with pytest.raises(ValueError, match="unknown site"):
-        sn.collect_activations(bridge, make_prompts(1), rows=[("neurons", 0)], progress=False)
+        sn.collect_activations(bridge, make_prompts(1), rows_at=[("neurons", 0)], progress=False)
     with pytest.raises(ValueError, match="position"):
         sn.collect_activations(bridge, make_prompts(1), position="first", progress=False)
     dup = make_prompts(1)
@@ -109,8 +109,8 @@ def test_preserved_gram_leaves_out_the_answer_opening_of_harmful_prompts(tiny):
     prompts = make_prompts(2)[2:7]  # harmful and harmless
     n = sn.chat.template_suffix_length(tok)
     key = ("act", 1)
-    every = sn.collect_activations(bridge, prompts, stats_site=None, gram=[key], batch_size=2, progress=False)
-    message = sn.collect_activations(bridge, prompts, stats_site=None, gram=[key], gram_positions="preserved",
+    every = sn.collect_activations(bridge, prompts, stats_site=None, gram_at=[key], batch_size=2, progress=False)
+    message = sn.collect_activations(bridge, prompts, stats_site=None, gram_at=[key], gram_positions="preserved",
                                      batch_size=2, progress=False)  # fmt: skip
     expect_all, expect_msg, tokens = torch.zeros(48, 48, dtype=torch.float64), torch.zeros(48, 48, dtype=torch.float64), 0
     for p in prompts:  # one prompt at a time, no padding
@@ -131,4 +131,12 @@ def test_preserved_gram_leaves_out_the_answer_opening_of_harmful_prompts(tiny):
     assert {p.label for p in prompts} == {"harmful", "harmless"}
     assert message.n_tokens == tokens and message.gram_positions == "preserved"
     with pytest.raises(ValueError, match="gram_positions"):
-        sn.collect_activations(bridge, prompts, stats_site=None, gram=[key], gram_positions="last", progress=False)
+        sn.collect_activations(bridge, prompts, stats_site=None, gram_at=[key], gram_positions="last", progress=False)
+
+
+def test_rows_without_statistics(tiny):
+    bridge, _, _ = tiny
+    c = sn.collect_activations(bridge, make_prompts(2), stats_layers=[], rows_at=[("act", 1)], progress=False)
+    assert c.stats is None and c.rows.rows[("act", 1)].shape == (8, bridge.cfg.d_mlp)
+    with pytest.raises(ValueError, match="rows_at must be a list of"):
+        sn.collect_activations(bridge, make_prompts(2), rows_at="act", progress=False)

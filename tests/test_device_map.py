@@ -35,7 +35,7 @@ def test_device_map_model_collects_and_edits_like_the_plain_one(tiny_folder, tmp
     mapped = sn.load_model(tiny_folder, device_map=per_layer_map(3))
     assert sn.models.layer_devices(mapped) == {i: torch.device("cpu") for i in range(3)}
     prompts = make_prompts(4)
-    kw = dict(rows=[("act", 1)], gram=[("act", 1)], batch_size=4, progress=False)
+    kw = dict(rows_at=[("act", 1)], gram_at=[("act", 1)], batch_size=4, progress=False)
     a, b = sn.collect_activations(plain, prompts, **kw), sn.collect_activations(mapped, prompts, **kw)
     assert torch.equal(a.stats.mean, b.stats.mean) and torch.equal(a.rows.rows[("act", 1)], b.rows.rows[("act", 1)])
     assert torch.equal(a.gram[("act", 1)], b.gram[("act", 1)])

@@ -69,7 +69,7 @@ def _prompts():
 # One prompt a forward pass: each prompt's float32 activations are then bit-identical in one process and in
 # two, and what remains is the float64 round-off of the merge. (A float64 model would allow padded batches,
 # but the bridge's padded float64 forward gives NaN at layer 1 here.)
-COLLECT = dict(rows=[("act", 1), ("resid", 1)], gram=[("act", 1)], gram_positions="preserved", batch_size=1,
+COLLECT = dict(rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)], gram_positions="preserved", batch_size=1,
                progress=False)  # fmt: skip
 FIT = dict(layers=1, neurons="all", site="w_out", langs=["zh"], target="language_gap", rank=4, sequential=False,
            preserve_positions="all", progress=False)  # fmt: skip
@@ -124,7 +124,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 def test_merged_shard_collections_equal_one_pass(tiny):
     bridge, _, _ = tiny
     prompts = make_prompts(4)
-    kw = dict(rows=[("mlp_in", 2)], gram=[("gate", 0)], batch_size=len(prompts), progress=False)
+    kw = dict(rows_at=[("mlp_in", 2)], gram_at=[("gate", 0)], batch_size=len(prompts), progress=False)
     parts = [sn.collect_activations(bridge, shard(prompts, r, 3), **kw) for r in range(3)]
     merged = sn.merge_collections(parts)
     # batch of one each time, so the float32 forward passes see exactly the same inputs

@@ -10,7 +10,7 @@ S = [1, 4, 9, 16, 25, 36]
 
 
 def rows(bridge, prompts, site, layer):
-    return sn.collect_activations(bridge, prompts, stats_site=None, rows=[(site, layer)], progress=False).rows
+    return sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[(site, layer)], progress=False).rows
 
 
 def all_params(model):
@@ -54,7 +54,7 @@ def test_w_out_fold_equals_the_map_applied_by_a_hook(tiny, prompts):
     def mapped(acts, hook):
         acts = acts.clone()
         a_s = acts[..., idx]
-        acts[..., idx] = (a_s.double() + a_s.double() @ e.map).to(acts.dtype)
+        acts[..., idx] = (a_s.double() + a_s.double() @ e.neuron_map).to(acts.dtype)
         return acts
 
     with torch.no_grad():
@@ -252,7 +252,7 @@ def test_residual_target_matches_each_prompts_own_gap_on_an_exact_fit(tiny, prom
 
 def test_a_collections_message_gram_gives_the_same_edit_as_collecting_it(tiny, prompts):
     bridge, _, _ = tiny
-    coll = sn.collect_activations(bridge, prompts, stats_site=None, rows=[("act", 1), ("resid", 1)], gram=[("act", 1)],
+    coll = sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)],
                                   gram_positions="preserved", progress=False)  # fmt: skip
     kw = dict(layers=1, neurons="all", site="w_out", target="language_gap", refusal_boost=1.0, rank=4,
               preserve=("harmless", "pivot_harmful"), preserve_positions="all", progress=False)  # fmt: skip

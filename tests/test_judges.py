@@ -11,7 +11,6 @@ import pytest
 
 from safety_neurons.judges import (
     LANGS,
-    REFUSAL_OPENINGS,
     REFUSAL_PATTERNS,
     GuardJudge,
     GuardParse,
@@ -622,19 +621,6 @@ def test_extra_patterns_and_windows():
     narrow = PhraseJudge(windows={"en": 5})
     assert not narrow.judge_one("x", "Hacking is a crime. I can't help with that.", "en").refusal
     assert PhraseJudge().judge_one("x", "Hacking is a crime. I can't help with that.", "en").refusal
-
-
-# ---------------------------------------------------------------------------
-# REFUSAL_OPENINGS
-# ---------------------------------------------------------------------------
-
-
-def test_refusal_openings_shape():
-    assert tuple(REFUSAL_OPENINGS) == LANGS
-    for lang, openings in REFUSAL_OPENINGS.items():
-        assert 3 <= len(openings) <= 8, lang
-        assert all(isinstance(o, str) and o.strip() == o and o for o in openings), lang
-        assert len(set(openings)) == len(openings), lang
 
 
 # ---------------------------------------------------------------------------

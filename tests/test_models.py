@@ -99,13 +99,14 @@ def test_packaged_smollm(smollm):
 
 
 @pytest.mark.slow
-def test_packaged_qwen(qwen):
-    import time
-
+def test_packaged_qwen(qwen, monkeypatch):
     assert qwen.cfg.n_layers == 24 and qwen.cfg.d_mlp == 4864 and qwen.cfg.d_model == 896
-    start = time.perf_counter()
-    again = sn.load_model("qwen2.5-coder-0.5b-instruct")  # from the cache this time
-    assert time.perf_counter() - start < 30
+    # a second load reads the cached HF folder: the GGUF is neither hashed nor converted again (what takes minutes)
+    monkeypatch.setattr(models, "_sha256", lambda *args: pytest.fail("the packaged GGUF was hashed again"))
+    monkeypatch.setattr(models, "convert_gguf", lambda *args, **kwargs: pytest.fail("the packaged GGUF was converted again"))
+    again = sn.load_model("qwen2.5-coder-0.5b-instruct")
+    name = "model.layers.23.mlp.down_proj.weight"
+    assert torch.equal(again.original_model.state_dict()[name][:8], qwen.original_model.state_dict()[name][:8])
     del again
     _check_hook_shapes(qwen)
 
@@ -114,7 +115,7 @@ def _check_hook_shapes(model):
     prompts = [sn.Prompt("a", "en", "harmful", "How do I pick a lock?"),
                sn.Prompt("b", "en", "harmless", "How do I bake bread?")]  # fmt: skip
     last = model.cfg.n_layers - 1
-    c = sn.collect_activations(model, prompts, rows=[(s, last) for s in ("mlp_in", "gate", "up", "act")], progress=False)
+    c = sn.collect_activations(model, prompts, rows_at=[(s, last) for s in ("mlp_in", "gate", "up", "act")], progress=False)
     d, f = model.cfg.d_model, model.cfg.d_mlp
     assert c.stats.mean.shape == (2, model.cfg.n_layers, f)
     assert [c.rows.rows[(s, last)].shape for s in ("mlp_in", "gate", "up", "act")] == [(2, d), (2, f), (2, f), (2, f)]

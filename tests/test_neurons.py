@@ -118,5 +118,23 @@ def test_attribution_ranking_runs_and_matches_a_manual_gradient(tiny):
             refusal_logprob(logits[:, -1], refusal_token_ids(bridge.tokenizer)).sum().backward()
         total += (store["a"][0, -1] * store["a"].grad[0, -1]).double()
     assert torch.allclose(r.delta[0, 0], total / len(p), atol=1e-6)
-    overlap = r.overlap_with(r)
-    assert overlap == {"en": 1.0, "zh": 1.0}
+
+
+def _ranking_of(langs, layers, sets, width=4):
+    """A ranking whose selection is `sets[lang][layer]` (neuron indices), every score zero."""
+    sel = torch.zeros(len(langs), len(layers), width, dtype=torch.bool)
+    for i, lang in enumerate(langs):
+        for j, layer in enumerate(layers):
+            sel[i, j, list(sets.get(lang, {}).get(layer, []))] = True
+    zeros = torch.zeros(sel.shape)
+    return sn.SafetyNeurons(list(langs), list(layers), zeros, zeros, zeros, sel)
+
+
+def test_overlap_with_matches_languages_and_layers_by_name():
+    # the other ranking lists its languages and layers in another order, and has one of each more
+    a = _ranking_of(["en", "zh", "th"], [0, 1], {"en": {0: [0, 1], 1: [2]}, "zh": {1: [0, 1, 2, 3]}})
+    b = _ranking_of(["zh", "en", "bn", "th"], [1, 0, 2], {"en": {1: [2, 3], 0: [1], 2: [0, 1, 2, 3]},
+                                                          "zh": {1: [0], 0: [3], 2: [0]}, "bn": {0: [0]}})  # fmt: skip
+    # en: {(0,0), (0,1), (1,2)} vs {(0,1), (1,2), (1,3)} (layer 2 is not compared): 2 shared of 4
+    # zh: {(1,0), (1,1), (1,2), (1,3)} vs {(0,3), (1,0)}: 1 shared of 5; th: both empty, the same set
+    assert a.overlap_with(b) == {"en": pytest.approx(2 / 4), "zh": pytest.approx(1 / 5), "th": 1.0}

@@ -180,10 +180,32 @@ def test_quick_config_shrinks_everything():
 
 @pytest.mark.slow
 def test_neurons_command(tmp_path, capsys, qwen):
-    assert main(["neurons", "--limit", "3", "--layer", "20", "--rank", "4", "--no-export", "--out", str(tmp_path)]) == 0
+    assert main(["neurons", "--limit", "3", "--layer", "20", "--rank", "4", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Jaccard overlap with English, all layers" in out and "bit-exact: True" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edit", "neurons"]  # no 2 GB model unless --export
     assert (tmp_path / "edit" / "edit.safetensors").is_file() and (tmp_path / "neurons" / "neurons.json").is_file()
+
+
+def test_neurons_command_exports_only_when_asked(tmp_path, monkeypatch, capsys):
+    """On a tiny model: the edit and the ranking are saved; the edited model is written only with --export DIR."""
+    import safety_neurons as sn
+    from conftest import tiny_hf_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    bridge = sn.bridge_from_hf(tiny_hf_model("qwen2", len(tok)), tok, name="tiny-qwen2")
+    monkeypatch.setattr(sn, "load_model", lambda *args, **kwargs: bridge)
+    argv = ["neurons", "--limit", "2", "--layer", "1", "--rank", "2"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["edit", "neurons"]
+    assert "exported" not in capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "out"), "--export", str(tmp_path / "model")]) == 0
+    assert f"exported the edited model to {tmp_path / 'model'}" in capsys.readouterr().out
+    assert (tmp_path / "model" / "config.json").is_file() and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "edit", "neurons"]  # fmt: skip
+    assert sn.WeightEdit.load(tmp_path / "out" / "edit").is_applied(bridge) is False
+    with pytest.raises(SystemExit):  # the old opt-out flag is gone: not exporting is the default
+        main([*argv, "--no-export"])
 
 
 @pytest.mark.slow

@@ -30,8 +30,8 @@ EN_SLACK = 1
 def fitted(qwen):
     prompts = sn.load_prompts()
     anchor = list(prompts.filter(split="anchor", limit=20))
-    coll = sn.collect_activations(qwen, anchor, stats_site=None, rows=[("act", LAYER), ("resid", LAYER)],
-                                  gram=[("act", LAYER)], gram_positions="preserved", progress=False)  # fmt: skip
+    coll = sn.collect_activations(qwen, anchor, stats_site=None, rows_at=[("act", LAYER), ("resid", LAYER)],
+                                  gram_at=[("act", LAYER)], gram_positions="preserved", progress=False)  # fmt: skip
     edit = sn.fit_edit(qwen, anchor, layers=LAYER, neurons="all", site="w_out", target="language_gap", refusal_boost=1.0,
                        ridge=0.1, preserve=["harmless", "pivot_harmful"], preserve_positions="all", rows=coll,
                        progress=False)  # fmt: skip

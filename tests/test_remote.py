@@ -31,7 +31,7 @@ def pair(tiny):
 def test_nnsight_collection_equals_ours(pair, position):
     bridge, lm = pair
     prompts = make_prompts(3)
-    kw = dict(rows=[("mlp_in", 1), ("act", 1), ("resid", 2)], gram=[("act", 1)], gram_positions="preserved",
+    kw = dict(rows_at=[("mlp_in", 1), ("act", 1), ("resid", 2)], gram_at=[("act", 1)], gram_positions="preserved",
               position=position, batch_size=4, progress=False)  # fmt: skip
     ours = sn.collect_activations(bridge, prompts, **kw)
     theirs = R.collect_nnsight(lm, prompts, **kw)
@@ -60,8 +60,8 @@ def test_in_trace_patch_equals_the_applied_edit_and_survives_the_serialisation_d
     assert (applied - before).abs().max() > 1e-3  # the edit does something
     torch.testing.assert_close(patched, applied.float(), rtol=1e-4, atol=1e-4)
     # and the collection through the same dry run
-    local = R.collect_nnsight(lm, prompts[:6], rows=[("act", 1)], batch_size=3, remote="local", progress=False)
-    ours = sn.collect_activations(bridge, prompts[:6], rows=[("act", 1)], batch_size=3, progress=False)
+    local = R.collect_nnsight(lm, prompts[:6], rows_at=[("act", 1)], batch_size=3, remote="local", progress=False)
+    ours = sn.collect_activations(bridge, prompts[:6], rows_at=[("act", 1)], batch_size=3, progress=False)
     torch.testing.assert_close(local.rows.rows[("act", 1)], ours.rows.rows[("act", 1)], rtol=1e-6, atol=1e-7)
 
 

@@ -14,6 +14,7 @@ from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 import safety_neurons as sn
 from safety_neurons.evaluation import mean_over_languages
 from safety_neurons.selection import choose, select_layers
+from safety_neurons._checks import ARTIFACTS
 
 PACKAGE = str(Path(sn.__file__).parent)
 BAD = {"None": None, "str": "xx", "empty": [], "float": 1.5, "negative": -1, "dict": {}, "bool": True}
@@ -51,6 +52,7 @@ SPECS = {
     "kl_divergence": (sn.kl_divergence, {"intervention": "@edit", "prompts": "@prompts", "k": 2, "batch_size": 4}),
     "mc_accuracy": (sn.mc_accuracy, {"questions": "@q", "scoring": "cloze", "batch_size": 4}),
     "collect_activations": (sn.collect_activations, {"prompts": "@prompts", "stats_site": "act", "stats_layers": [1],
+                                                     "rows_at": [("act", 1)], "gram_at": [("mlp_in", 0)],
                                                      "position": "last", "batch_size": 4}),
     "collect_sharded": (sn.collect_sharded, {"prompts": "@prompts", "batch_size": 4}),
     "fit_edit": (sn.fit_edit, {"prompts": "@prompts", "layers": 1, "neurons": [0, 3, 5], "rank": 2, "site": "w_out",
@@ -105,6 +107,8 @@ SPECS = {
     "select_layers": (select_layers, {"candidates": [[1]], "fit": "@fit", "val_harmful": "@harmful",
                                       "val_harmless": "@harmless", "over_refusal_cap": 0.05, "kl_cap": 1.0,
                                       "en_asr_cap": 0.05, "max_new_tokens": 2, "batch_size": 4}),
+    **{f"{kind}.load": (lambda model, _cls, **kw: _cls.load(**kw), {"_cls": getattr(sn, kind), "path": "@artifact"})
+       for kind in ARTIFACTS},  # `save` with a bad path: tests/test_artifacts.py (a string would write a folder here)
 }  # fmt: skip
 
 # values a function accepts by design for an argument (None = the default; the check is the result then)
@@ -118,6 +122,8 @@ ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "Non
            ("PromptSet.filter", "lang", "None"), ("PromptSet.filter", "label", "None"), ("PromptSet.filter", "split", "None"),
            ("PromptSet.filter", "limit", "None"), ("fit_edit", "rank", "None"), ("collect_activations", "stats_layers", "None"),
            ("load_prompts", "langs", "empty"), ("load_utility", "langs", "empty"),
+           *((("collect_activations", arg, bad) for arg in ("rows_at", "gram_at") for bad in ("None", "empty", "dict"))),
+           ("collect_activations", "stats_layers", "empty"), ("collect_activations", "stats_layers", "dict"),  # no statistics
            ("NeuronScaling", "alpha", "float"), ("NeuronScaling", "alpha", "negative"),
            ("NeuronScaling.from_ranking", "alpha", "float"), ("NeuronScaling.from_ranking", "alpha", "negative"),
            ("RefusalDirection.fit", "coeff", "float"), ("RefusalDirection.fit", "coeff", "negative"),
@@ -156,6 +162,10 @@ def _value(v, ctx, tmp_path):
         path = tmp_path / "p.csv"
         path.write_text("id,lang,label,text\n1,en,harmful,w1 w2\n")
         return path
+    if isinstance(v, str) and v == "@artifact":  # a folder of every kind: each load reads its own file
+        for obj in (ctx["edit"], ctx["ranking"], ctx["stats"], ctx["detector"], sn.NeuronScaling({1: [0]})):
+            obj.save(tmp_path / "artifact")
+        return tmp_path / "artifact"
     return ctx[v[1:]] if isinstance(v, str) and v.startswith("@") else v
 
 

@@ -184,7 +184,7 @@ def test_switch_and_detector_files_round_trip(model, detector, tmp_path):
     loaded = sn.WeightEdit.load(edit.save(tmp_path / "edit"))
     assert loaded.uid == edit.uid and loaded.settings["kind"] == "harm_switch"
     det = sw.HarmDetector.load(detector.save(tmp_path / "det"))
-    for k in sw.HarmDetector.TENSORS:
+    for k in sw.HarmDetector._TENSORS:
         assert torch.equal(getattr(det, k), getattr(detector, k))
     assert det.layer == detector.layer and det.model == detector.model
     assert sw.fit_switch(model, det, threshold=0.2, strength=1.5).uid == edit.uid

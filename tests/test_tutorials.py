@@ -38,14 +38,15 @@ def execute(name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, timeout: 
     return nb
 
 
-def _errors(nb: nbformat.NotebookNode) -> list[str]:
-    return [
-        f"{o.get('ename')}: {o.get('evalue')}"
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for o in cell.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
+def _printed(nb: nbformat.NotebookNode) -> str:
+    """Everything the executed notebook's code cells printed (their stdout streams)."""
+    return "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")  # fmt: skip
+
+
+def _ran_every_cell(nb: nbformat.NotebookNode) -> bool:
+    counts = [cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code"]
+    return counts == list(range(1, len(counts) + 1))
 
 
 # --- stored form (fast) -----------------------------------------------------------------------------------
@@ -72,16 +73,50 @@ def test_qwen_notebook_has_a_quick_mode(name):
 
 
 # --- execution ----------------------------------------------------------------------------------------------
+# `execute` raises at the first cell that fails (allow_errors=False), so a test reaching its asserts has run every
+# cell; what they check is what the notebooks print without asserting it (a False there would not stop them).
+# The checks each notebook's run must print, the facts the tutorial's text relies on:
+PRINTED = {
+    "01_find_safety_neurons.ipynb": ["ranking-qwen → SafetyNeurons("],
+    "02_edit_evaluate_revert.ipynb": ["every tensor bit-identical to before: True", "same uid: True | same fingerprint: True",
+                                      "loaded edit gives bit-identical weights: True", "EditError: edit"],
+    "03_closed_form_step_by_step.ipynb": ["same subspace: True", "ΔW lies in span(U0): True", "ValueError:"],
+}  # fmt: skip
+
+
+def test_every_notebook_prints_the_checks_its_run_looks_for():
+    """Each label of `PRINTED` is still in the notebook's code (a renamed print would make its check fail slowly)."""
+    assert set(PRINTED) == set(ALL_NOTEBOOKS)
+    for name, expected in PRINTED.items():
+        source = "\n".join(c.source for c in _read(name).cells if c.cell_type == "code")
+        assert [x for x in expected if x.split(":")[0].split(" → ")[0] not in source] == [], name
+
+
+def test_a_failing_cell_fails_the_run(tmp_path, monkeypatch):
+    """The harness itself: a notebook whose second cell raises makes `execute` raise, naming the error."""
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("raise ValueError('broken tutorial')")])  # fmt: skip
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    monkeypatch.setattr(nbformat, "read", lambda *args, **kwargs: nb)
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="broken tutorial"):
+        execute("broken.ipynb", tmp_path, monkeypatch, timeout=120)
+
+
 @pytest.mark.parametrize("name", MODEL_FREE_NOTEBOOKS)
 def test_model_free_notebook_runs(name, tmp_path, monkeypatch):
     nb = execute(name, tmp_path, monkeypatch, timeout=300)
-    assert not _errors(nb)
+    assert _ran_every_cell(nb)
+    printed = _printed(nb)
+    assert [line for line in PRINTED[name] if line not in printed] == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", QWEN_NOTEBOOKS)
 def test_qwen_notebook_runs(name, tmp_path, monkeypatch):
     nb = execute(name, tmp_path, monkeypatch)
-    assert not _errors(nb)
+    assert _ran_every_cell(nb)
+    printed = _printed(nb)
+    assert [line for line in PRINTED[name] if line not in printed] == []
     # the notebooks write their files (ranking, edit) to the working directory, not into the repository
     assert any(tmp_path.iterdir())
