@@ -1,15 +1,21 @@
-"""Every method at equal over-refusal, on the same test prompts (15 harmful + 10 harmless a language): the
-saved rows of `efficacy_subset.py` and `harm_switch.py`, one plotly figure, and the headline number "mean
-non-English compliance at over-refusal ≤ +5 points" per method. No model is loaded.
+"""Every method at equal over-refusal, on the same test prompts (the full test split: 30 harmful + 30 harmless a
+language): the saved answers of `efficacy.py` (`results/efficacy_rest_3way.json`), of the unedited model and of
+the harm switch's settings (`switch_limits.py`: `results/test_base_answers.json`, `results/switch_limits.json`),
+one plotly figure, and the headline number "mean non-English compliance at over-refusal ≤ +5 points" per
+method. No model is loaded.
 
-    python benchmarks/frontier.py          # prints the table, writes results/frontier.html
+    python benchmarks/frontier.py          # prints the table, writes results/frontier.html and .png (Chromium)
 
-Each method has the settings that were run (one for most: a sweep of every method's strength is not done yet).
+Each method has the settings that were run: the switch's threshold and strength sweep; one setting for most
+linear methods (their strength sweeps on 30 + 30 prompts cost half an hour of CPU each and are not done), so
+their line is the segment from the unedited model to that setting. The oracle (the switch forced on for every
+harmful prompt, off for every harmless one) is drawn as a reference, not a method.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,21 +33,31 @@ METHOD = {"none": "no edit", "ours_no_bn": "linear edit (ours)", "nullspace": "n
           "refdir": "refusal direction", "noanchor": "linear, no utility anchor", "fold": "activation-map fold"}  # fmt: skip
 
 
+def point(method: str, setting: str, ev: sn.Evaluation) -> dict:
+    return {"method": method, "setting": setting, "asr": ev.mean_asr(), "over_refusal": ev.mean_over_refusal(),
+            "en_asr": ev.languages["en"].asr, "degenerate": ev.mean_degenerate()}  # fmt: skip
+
+
 def points() -> list[dict]:
-    test = sn.load_prompts().filter(split="test")
-    shared = {(p.lang, p.id) for p in [*test.filter(label="harmful", limit=15), *test.filter(label="harmless", limit=10)]}
-    rows = [r | {"key": "none"} for r in json.loads((RESULTS / "efficacy_none_3way.json").read_text())["rows"]]
+    def judged(records):
+        return sn.Evaluation.from_answers("phrase", records)
+
+    base = judged(json.loads((RESULTS / "test_base_answers.json").read_text()))
+    out = [point("no edit", "no edit", base)]
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:
-        recs = [a for a in rejudged["answers"][r["key"]] if (a["lang"], a["id"]) in shared]
-        rows.append(carried(r) | outcome_fields(sn.Evaluation.from_answers("phrase", recs)))
-    out = [{"method": METHOD.get(r["key"], r["key"]), "setting": r["condition"], "asr": r["mean_non_english_asr"],
-            "over_refusal": r["mean_over_refusal"], "en_asr": r["asr"]["en"]} for r in rows]  # fmt: skip
-    switch = json.loads((RESULTS / "harm_switch.json").read_text())
-    out += [{"method": "harm switch", "setting": r["condition"], "asr": r["mean_non_english_asr"],
-             "over_refusal": r["mean_over_refusal"], "en_asr": r["asr"]["en"]}
-            for r in switch["rows"] if r["condition"] != "no edit"]  # fmt: skip
-    return out
+        out.append(point(METHOD.get(r["key"], r["key"]), r["condition"], judged(rejudged["answers"][r["key"]])))
+    limits = json.loads((RESULTS / "switch_limits.json").read_text())
+    for r in limits.get("sweep", []):
+        out.append({"method": "harm switch", "setting": f"θ={r['threshold']:.2f}, α={r['strength']:g}",
+                    "asr": r["mean_non_english_asr"], "over_refusal": r["mean_over_refusal"], "en_asr": r["en_asr"],
+                    "degenerate": r["mean_non_english_degenerate"]})  # fmt: skip
+    for r in limits.get("oracle", []):
+        out.append({"method": "switch with an oracle detector (reference)", "setting": f"α={r['strength']:g}",
+                    "asr": r["mean_non_english_asr"], "over_refusal": r["mean_over_refusal"],
+                    "en_asr": r["asr"]["en"], "degenerate": r["mean_non_english_degenerate"]})  # fmt: skip
+    # every method's line starts at the unedited model (strength 0)
+    return out + [{**out[0], "method": m} for m in dict.fromkeys(p["method"] for p in out[1:])]
 
 
 def main() -> None:
@@ -50,7 +66,7 @@ def main() -> None:
     print("| method | settings run | mean non-English compliance at over-refusal ≤ +5 points | its over-refusal | English |")
     print("|---|---|---|---|---|")
     for method in dict.fromkeys(p["method"] for p in pts):
-        mine = [p for p in pts if p["method"] == method]
+        mine = [p for p in pts if p["method"] == method and (method == "no edit" or p["setting"] != "no edit")]
         ok = [p for p in mine if p["over_refusal"] <= base["over_refusal"] + 0.05 + 1e-9]
         best = min(ok, key=lambda p: p["asr"]) if ok else None
         if best is None:
@@ -60,6 +76,11 @@ def main() -> None:
                   f"| {100 * best['en_asr']:.0f}% |")
     fig = viz.frontier(pts)
     fig.write_html(RESULTS / "frontier.html", include_plotlyjs=True)  # self-contained: opens offline
+    shot = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--screenshot={RESULTS / 'frontier.png'}", "--window-size=1000,560",
+                           (RESULTS / "frontier.html").as_uri()], capture_output=True, timeout=120)  # fmt: skip
+    if shot.returncode:
+        print(f"(frontier.png not written: chromium failed: {shot.stderr.decode()[-200:]})")
     print(f"\n(no edit: {100 * base['asr']:.1f}% non-English, over-refusal {100 * base['over_refusal']:.1f}%; "
           f"means: {MEAN_RULE}; figure: results/frontier.html)")
 

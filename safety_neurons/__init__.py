@@ -78,5 +78,5 @@ __all__ = [
     "mc_accuracy", "refusal_scores", "GuardJudge", "Judge", "JudgeError", "PhraseJudge", "RelevanceCheck", "Verdict",
     "Rate", "wilson",
     # the whole pipeline
-    "RunConfig", "run",
+    "RunConfig", "RunResult", "run",
 ]  # fmt: skip
