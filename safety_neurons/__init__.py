@@ -16,6 +16,7 @@ from .baselines import BaselineError, NeuronScaling, RefusalDirection
 from .chat import PromptTooLongError, TokenBatch, chat_strings, tokenize_chat
 from .distributed import collect_sharded
 from .edit import EditError, LayerEdit, WeightEdit, fit_edit
+from .recipes import EditSpec, SwitchOptions
 from .evaluation import AnswerCache, Evaluation, EvaluationError, LanguageResult, evaluate, generate, kl_divergence, mc_accuracy, refusal_scores
 from .judges import GuardJudge, Judge, JudgeError, PhraseJudge, RelevanceCheck, Verdict
 from .rates import Rate, wilson
@@ -43,7 +44,7 @@ from .prompts import (
 )
 
 from .pipeline import RunConfig, run
-from .solver import Solution, solve_edit
+from .solver import Solution, SolverError, SolverOptions, solve_edit
 from .switch import HarmDetector, SwitchError, fit_detector, fit_switch
 
 __version__ = "0.1.0"
