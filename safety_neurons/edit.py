@@ -363,8 +363,11 @@ def fit_edit(
             "w_out" or "gate"; each layer's ``solution["rank"]`` records the rank used. A harm-switch spec fits
             the detector on `prompts` (`fit_detector`) and then the switch (`fit_switch`).
         rows: precomputed `ActivationRows` (from `collect_activations`, this model, the spec's position) used
-            where they hold the needed (site, layer) rows, or the whole `Collection`, whose Gram matrices
-            (collected with gram_positions="preserved") then serve preserve_positions="all".
+            where they hold the needed (site, layer) rows, or the whole `Collection`. Its Gram matrices
+            (collected with gram_positions="preserved") serve preserve_positions="all" only when the
+            collection holds exactly the prompts this call uses: a Gram matrix is a sum over every prompt
+            collected and cannot be restricted to fewer, so otherwise it is computed here over the call's
+            prompts (one pass), and the edit is the same with and without `rows`.
 
     Where the targets come from: "neurons" (the paper), the pivot's pre-activations (gate/up) or activations
     (w_out) at S; with site="w_out" wider targets write into the residual stream through rows S of W_out:
@@ -412,7 +415,9 @@ def fit_edit(
     needed = list({(p.lang, p.id): p for p in low + piv + keep + ref_safe}.values())
     grams = {}
     if isinstance(rows, Collection):
-        grams = rows.gram if rows.gram_positions == "preserved" else {}
+        # its Gram matrices sum over the prompts it holds: they serve only when those are this call's prompts
+        if rows.gram_positions == "preserved" and set(rows.rows.prompts) == set(needed):
+            grams = rows.gram
         rows = rows.rows
 
     def row_keys(layer):
@@ -452,7 +457,7 @@ def fit_edit(
             options = solver.replace(rank=None if solver.rank is None else min(solver.rank, limit))
             gram = None
             if preserve_positions == "all":  # every position but the harmful prompts' answer opening
-                if layer_gram is None:  # rows were given without it
+                if layer_gram is None:  # rows were given without it (or with one over other prompts)
                     layer_gram = _preserved_gram(model, needed, key, batch_size, progress)
                 gram = spec.position_weight * layer_gram
             if site == "w_out":  # the keys are the safety neurons' activations

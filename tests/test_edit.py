@@ -265,6 +265,20 @@ def test_a_collections_message_gram_gives_the_same_edit_as_collecting_it(tiny, p
     assert own.settings["preserve_positions"] == "all" and own.settings["position_weight"] == 0.2
 
 
+@pytest.mark.parametrize("change", [{"langs": ["zh"]}, {"preserve": ["pivot_harmful"]}], ids=["no-bn", "no-anchor"])
+def test_a_collection_over_more_prompts_gives_the_same_edit_as_none(tiny, prompts, change):
+    """A Collection's Gram matrix sums over every prompt it holds. A call that uses fewer of them (here without
+    Bengali, as the benchmarks' `ours_no_bn` row, or without the non-English harmless prompts) must still get
+    the edit it gets without `rows=`: it once kept the collection's Gram over the other prompts too."""
+    bridge, _, _ = tiny
+    coll = sn.collect_activations(bridge, prompts, stats_site=None, rows=[("act", 1), ("resid", 1)], gram=[("act", 1)],
+                                  gram_positions="preserved", progress=False)  # fmt: skip
+    spec = sn.EditSpec.linear(layers=1, rank=4, **change)
+    given = sn.fit_edit(bridge, prompts, spec, rows=coll, progress=False)
+    own = sn.fit_edit(bridge, prompts, spec, progress=False)
+    assert torch.allclose(given.edits[0].delta, own.edits[0].delta, rtol=1e-4, atol=1e-6)  # batching differs
+
+
 def test_new_options_reject_bad_input(tiny, prompts):
     bridge, _, _ = tiny
     with pytest.raises(sn.EditError, match="refusal_boost"):
