@@ -11,20 +11,18 @@ shared prompts.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
-from pathlib import Path
+
+import _common as C
 
 import safety_neurons as sn
-
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).parent))
-from efficacy import NON_EN, carried, markdown, outcome_fields  # noqa: E402
+from _common import NON_EN, RESULTS, carried, markdown, outcome_fields
 
 
 def main() -> None:
-    test = sn.load_prompts().filter(split="test")
-    shared = {(p.lang, p.id) for p in [*test.filter(label="harmful", limit=15), *test.filter(label="harmless", limit=10)]}
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help
+    shared = C.shared_test()
     rows = json.loads((RESULTS / "efficacy_none_3way.json").read_text())["rows"]
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:

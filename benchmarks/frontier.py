@@ -9,26 +9,21 @@ Each method has the settings that were run (one for most: a sweep of every metho
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
-from pathlib import Path
+
+import _common as C
 
 import safety_neurons as sn
-
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from efficacy import NON_EN, carried, outcome_fields  # noqa: E402
-
-from safety_neurons import viz  # noqa: E402
+from _common import NON_EN, RESULTS, carried, outcome_fields
+from safety_neurons import viz
 
 METHOD = {"none": "no edit", "ours_no_bn": "linear edit (ours)", "nullspace": "null-space", "alpha": "α-scaling",
           "refdir": "refusal direction", "noanchor": "linear, no utility anchor", "fold": "activation-map fold"}  # fmt: skip
 
 
 def points() -> list[dict]:
-    test = sn.load_prompts().filter(split="test")
-    shared = {(p.lang, p.id) for p in [*test.filter(label="harmful", limit=15), *test.filter(label="harmless", limit=10)]}
+    shared = C.shared_test()
     rows = [r | {"key": "none"} for r in json.loads((RESULTS / "efficacy_none_3way.json").read_text())["rows"]]
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:
@@ -44,6 +39,7 @@ def points() -> list[dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help
     pts = points()
     base = next(p for p in pts if p["method"] == "no edit")
     print("| method | settings run | mean non-English compliance at over-refusal ≤ +5 points | its over-refusal | English |")

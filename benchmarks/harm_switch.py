@@ -20,17 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
+import torch
 
-import torch  # noqa: E402
-
-import safety_neurons as sn  # noqa: E402
-from safety_neurons import switch as sw  # noqa: E402
-from safety_neurons.evaluation import kl_divergence  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).parent))
-from efficacy import NON_EN, markdown, outcome_fields  # noqa: E402
+import safety_neurons as sn
+from _common import NON_EN, RESULTS, markdown, outcome_fields
+from safety_neurons import switch as sw
+from safety_neurons.evaluation import kl_divergence
 
 
 def evaluation_of(records: list[dict]) -> sn.Evaluation:
@@ -48,7 +44,7 @@ def refused_more(ev: sn.Evaluation, base: sn.Evaluation) -> dict[str, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layer", type=int, default=20)
+    p.add_argument("--layer", type=int, default=C.SWITCH_LAYER)
     p.add_argument("--ridge", type=float, default=1.0)
     p.add_argument("--strengths", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     p.add_argument("--fires", type=int, nargs="+", default=[0, 2, 4, 8],
@@ -60,8 +56,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.perf_counter()
-    model = sn.load_model(sn.DEFAULT_MODEL)
-    prompts = sn.load_prompts()
+    model = C.load_model()
     saved = json.loads((RESULTS / "harmless_answers_32.json").read_text())
     answers = {split: {(k.split("|")[1], k.split("|")[2]): v for k, v in saved.items() if k.startswith(split + "|")}
                for split in ("anchor", "val")}  # fmt: skip
@@ -71,9 +66,9 @@ def main() -> None:
         if (det.layer, det.settings["ridge"]) != (args.layer, args.ridge):
             raise SystemExit(f"{args.detector}: fitted at layer {det.layer}, ridge {det.settings['ridge']}; not the asked settings")
     else:
-        det = sw.fit_detector(model, prompts.filter(split="anchor"), layer=args.layer, answers=answers["anchor"],
-                              ridge=args.ridge, progress=True)  # fmt: skip
-    val = list(prompts.filter(split="val", limit=20))
+        det = sw.fit_detector(model, C.split("anchor"), layer=args.layer, answers=answers["anchor"], ridge=args.ridge,
+                              progress=True)  # fmt: skip
+    val = C.split("val", limit=20)
     scores = det.scores(model, val, [answers["val"].get((q.lang, q.id)) if q.label == "harmless" else None for q in val])
     harmless = torch.tensor([q.label == "harmless" for q in val])
     print(f"# Harm switch at layer {args.layer}\n\nDetector on the validation split (20 + 20 a language): ROC AUC of the"
@@ -140,8 +135,8 @@ def main() -> None:
     print(f"\nThe edit touches {weights} weights of layer {args.layer}'s MLP "
           f"({100 * weights / (3 * model.cfg.d_model * model.cfg.d_mlp):.3f}% of it): neurons {edit.settings['neurons']}.")
     print(f"\n{time.perf_counter() - start:.0f} s in all", file=sys.stderr)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "grid": grid, "chosen": best, "sweep": sweep,
-                                          "rows": rows, "answers": kept}, indent=1, ensure_ascii=False))  # fmt: skip
+    Path(args.out).write_text(json.dumps({"args": vars(args), "grid": grid, "chosen": best, "spec": edit.spec.to_dict(),
+                                          "sweep": sweep, "rows": rows, "answers": kept}, indent=1, ensure_ascii=False))  # fmt: skip
 
 
 if __name__ == "__main__":
