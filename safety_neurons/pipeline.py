@@ -19,7 +19,6 @@ from ._checks import (as_int_list, as_str_list, atomic_dir, check_choice, check_
 from .activations import collect_activations
 from .chat import check_lengths, encode_chat, prompt_names
 from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
-from .recipes import EditSpec
 from .evaluation import (
     MC_SCORING, AnswerCache, Evaluation, evaluate, kl_divergence, kl_from_logits, last_token_logits, mc_accuracy,
 )
@@ -27,6 +26,7 @@ from .judges import PhraseJudge
 from .models import DEFAULT_MODEL, cache_dir, load_model
 from .neurons import SafetyNeurons, rank_neurons
 from .prompts import LANG_NAMES, LANGS, check_langs, load_prompts, load_utility
+from .recipes import EditSpec
 
 NON_EN = [x for x in LANGS if x != "en"]
 _SIZES = ("batch_size", "anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank")

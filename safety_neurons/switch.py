@@ -55,8 +55,8 @@ from ._checks import (
 from .activations import SITES, _StopForward, hook_name, model_tag
 from .chat import encode_chat, sorted_batches, template_suffix_length
 from .edit import LayerEdit, WeightEdit, _weight
-from .recipes import EditSpec
 from .prompts import Prompt
+from .recipes import EditSpec
 
 STEP = 8.0  # m: the second neuron's offset, in gate units (SiLU(8) = 7.997: the step saturates at m)
 FORMAT_VERSION = 1
