@@ -31,7 +31,7 @@ def generate_ids(model, prompts, max_new_tokens: int, batch_size: int, desc: str
     out: list[list[int]] = [[] for _ in prompts]
     batches = list(length_sorted_batches(tok, [p.text for p in prompts], batch_size))
     with torch.no_grad():
-        for idx, batch in tqdm(batches, desc=desc, unit="batch"):
+        for idx, batch in tqdm(batches, desc=desc, unit="batch", disable=False):  # shown despite TQDM_DISABLE
             ids = model.original_model.generate(
                 batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=False, pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None,
