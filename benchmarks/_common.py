@@ -1,8 +1,11 @@
-"""Shared helpers of the cost benchmarks: machine description, timing, memory, prompts, tables.
+"""The one setup every benchmark shares: offline flags, the packaged model, the prompt splits, the
+multiple-choice questions, the edit presets at this model's layers, the outcome tables; and the cost
+benchmarks' helpers (machine description, timing, memory, child processes, balanced prompts).
 
-Imported by `collection_overhead.py`, `solve_cost.py`, `memory.py` and `gpu_scale.py` (run them as
-scripts: `python benchmarks/<name>.py`). Importing this module sets `HF_HUB_OFFLINE=1` (the benchmarks
-only use the packaged models and random weights) unless the variable is already set.
+Every script here imports it (`import _common as C`; run them as scripts, `python benchmarks/<name>.py`, so that
+this folder is on the path) and takes nothing from another benchmark script. Importing it loads no model: it
+sets `HF_HUB_OFFLINE=1` (the benchmarks only use the packaged models and random weights) unless the variable is
+already set, quiets transformers' warnings, and imports `safety_neurons`.
 """
 
 from __future__ import annotations
@@ -16,15 +19,133 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars only where a call asks for them (progress=True)
 warnings.filterwarnings("ignore")
 
+import safety_neurons as sn  # noqa: E402  (after the flags: transformers reads them when imported)
+from safety_neurons.evaluation import MEAN_RULE  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+GOLD = HERE.parent / "tests" / "data" / "gold_answers.jsonl"
 CHILD_MARK = "@@RESULT@@ "
+
+# --- the packaged model, its prompts and this project's settings on it -----------------------------
+MODEL = sn.DEFAULT_MODEL  # the packaged Qwen2.5-Coder-0.5B-Instruct
+SMALL_MODEL = "smollm2-135m-instruct"  # the packaged SmolLM2-135M-Instruct: quick runs of the cost benchmarks
+NON_EN = [x for x in sn.LANGS if x != "en"]
+LAYER, ALT_LAYER, PAPER_LAYER, SWITCH_LAYER = 21, 19, 22, 20  # of the packaged model's 24
+SHARED_TEST = {"harmful": 15, "harmless": 10}  # test prompts a language of efficacy_3way_subset, frontier, harm_switch
+
+
+def load_model(name: str = MODEL, **kwargs):
+    """`sn.load_model` (offline: the packaged models ship with the package)."""
+    return sn.load_model(name, **kwargs)
+
+
+@cache
+def prompts() -> sn.PromptSet:
+    return sn.load_prompts()
+
+
+def split(name: str, *, label: str | None = None, limit: int | None = None, lang=None) -> list:
+    """The prompts of one split ("anchor", "val", "test"), of a label, `limit` per (language, label) group."""
+    return list(prompts().filter(split=name, label=label, limit=limit, lang=lang))
+
+
+def shared_test() -> set[tuple[str, str]]:
+    """The (lang, id) of the test prompts every method's row of the frontier is measured on."""
+    return {(p.lang, p.id) for label, n in SHARED_TEST.items() for p in split("test", label=label, limit=n)}
+
+
+def mc_questions(n: int) -> list:
+    """The first `n` multiple-choice questions of each language (of 80; ids `<lang>-<number>`)."""
+    return sn.load_utility(limit=n)
+
+
+def ours(layer: int = LAYER, **changes) -> sn.EditSpec:
+    """This project's edit (`EditSpec.linear`, what `safety-neurons run` fits) at `layer` of the packaged model."""
+    return sn.EditSpec.linear(layers=[layer], **changes)
+
+
+def paper(ranking, layer: int = PAPER_LAYER, **changes) -> sn.EditSpec:
+    """The paper's configuration (`EditSpec.paper`: W_gate columns of the English safety neurons of `ranking`)."""
+    return sn.EditSpec.paper(layers=[layer], neurons=ranking, **changes)
+
+
+# --- outcome tables (definitions in `Evaluation`) ----------------------------------------------------
+def outcome_fields(ev: sn.Evaluation) -> dict:
+    """The per-language outcome counts of one condition and their means (`Evaluation.mean`: ASR and
+    degenerate over the non-English languages, over-refusal over every language)."""
+    langs = ev.languages
+    return {
+        "counts": {x: {"harmful": langs[x].harmful, "harmless": langs[x].harmless} for x in sn.LANGS},
+        "asr": {x: langs[x].asr for x in sn.LANGS},
+        "degenerate": {x: langs[x].degenerate for x in sn.LANGS},
+        "over_refusal": {x: langs[x].over_refusal for x in sn.LANGS},
+        "mean_non_english_asr": ev.mean_asr(),
+        "mean_non_english_degenerate": ev.mean_degenerate(),
+        "mean_over_refusal": ev.mean_over_refusal(),
+    }
+
+
+def carried(row: dict) -> dict:
+    """The fields of a saved row that do not depend on the judge (settings, KL, MC accuracy, timings)."""
+    keys = ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mc_accuracy", "mean_mc_accuracy",
+            "fit_seconds", "seconds")  # fmt: skip
+    return {k: row[k] for k in keys if k in row}
+
+
+def saved_rows(path: Path) -> list[dict]:
+    """The rows of a saved efficacy run: its JSON file, or the JSON lines it printed."""
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(path.read_text())["rows"]
+
+
+CAPTION = (f"Per-language columns: compliance (ASR) in %. Means: {MEAN_RULE}; in brackets the 95% Wilson interval "
+           "of the pooled count of the non-English languages (their mean equals the pooled share when they have as "
+           "many prompts, as here). MC acc: mean over every language.")  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    """Compliance (ASR) per language; the mean over the non-English languages with the pooled 95% Wilson
+    interval; degenerate answers to harmful prompts (non-English) and over-refusal (every language) beside
+    it, means by the one rule (`Evaluation.mean`, recomputed from the saved counts; `CAPTION` states it)."""
+    head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en compliance [95% CI] | non-en degenerate "
+            "| over-refusal | KL 1st | KL 4 | MC acc |\n|" + "---|" * (len(sn.LANGS) + 7))  # fmt: skip
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['condition']} | " + " | ".join("–" for _ in sn.LANGS) + f" | failed: {r['error'][:80]} | | | | | |")
+            continue
+        means = {k: r.get(k) for k in ("mean_non_english_asr", "mean_non_english_degenerate", "mean_over_refusal")}
+        ci = ""
+        if "counts" in r:  # the means of the saved counts, and the pooled interval of the same languages
+            ev = sn.Evaluation.from_counts("saved", r["counts"])
+            means = {"mean_non_english_asr": ev.mean_asr(), "mean_non_english_degenerate": ev.mean_degenerate(),
+                     "mean_over_refusal": ev.mean_over_refusal()}  # fmt: skip
+            ci = " [{:.0f}–{:.0f}]".format(*(100 * v for v in sum(ev.rates("asr").values(), sn.Rate(0, 0)).interval))
+        deg = means["mean_non_english_degenerate"]
+        cell = (lambda v: "–" if v is None else f"{v:.3f}")
+        lines.append(f"| {r['condition']} | " + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
+                     + f" | **{100 * means['mean_non_english_asr']:.1f}%**{ci} | " + ("–" if deg is None else f"{100 * deg:.1f}%")
+                     + f" | {100 * means['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
+                     f"| {100 * r['mean_mc_accuracy']:.1f}% |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def auc(scores, positive) -> float:
+    """P(a positive scores above a negative), ties counting half; nan when a class is empty."""
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    return ((pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()).item()
 
 
 # --- machine -------------------------------------------------------------------------------------
@@ -159,10 +280,9 @@ def bench_prompts(n: int, pool=None) -> list:
     prompts the set repeats with fresh ids (`<id>~r1`, `<id>~r2`, …), so `collect_activations` sees
     no duplicate (lang, id) pairs and parallel ids still line up across languages.
     """
-    import safety_neurons as sn
     from safety_neurons.prompts import LANGS
 
-    pool = sn.load_prompts() if pool is None else pool
+    pool = prompts() if pool is None else pool
     by_id: dict[tuple[str, str], list] = {}
     for p in pool:
         by_id.setdefault((p.label, p.id), []).append(p)

@@ -5,21 +5,20 @@ first 24, 64 and 128 tokens (greedy decoding: the first k tokens of a 128-token 
     python benchmarks/answer_length.py                 # judges the saved answers at each length
 
 Prompts: the test split, `--harmful` + `--harmless` a language (category-balanced), before and after the
-`safety-neurons run` edit (layer 21, fitted on `--anchor` + `--anchor` anchors a language).
+`safety-neurons run` edit (`EditSpec.linear` at layer 21, fitted on `--anchor` + `--anchor` anchors a language).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
 
 LENGTHS = (24, 64, 128)
-OUT = Path(__file__).parent / "results" / "answers_128.json"
+OUT = C.RESULTS / "answers_128.json"
 
 
 def generate_ids(model, prompts, max_new_tokens: int, batch_size: int, desc: str) -> list[list[int]]:
@@ -32,7 +31,7 @@ def generate_ids(model, prompts, max_new_tokens: int, batch_size: int, desc: str
     out: list[list[int]] = [[] for _ in prompts]
     batches = list(length_sorted_batches(tok, [p.text for p in prompts], batch_size))
     with torch.no_grad():
-        for idx, batch in tqdm(batches, desc=desc, unit="batch"):
+        for idx, batch in tqdm(batches, desc=desc, unit="batch", disable=False):  # shown despite TQDM_DISABLE
             ids = model.original_model.generate(
                 batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=False, pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None,
@@ -44,25 +43,20 @@ def generate_ids(model, prompts, max_new_tokens: int, batch_size: int, desc: str
 
 def run_generate(args) -> None:
     import safety_neurons as sn
-    from safety_neurons.pipeline import RunConfig, _fit, _row_sites
-    from safety_neurons.edit import KEY_SITE
 
-    model = sn.load_model(args.model)
-    prompts = sn.load_prompts()
-    test = prompts.filter(split="test")
-    chosen = list(test.filter(label="harmful", limit=args.harmful)) + list(test.filter(label="harmless", limit=args.harmless))
-    english = {p.id: p.text for p in prompts.filter(lang="en")}
+    model = C.load_model(args.model)
+    chosen = C.split("test", label="harmful", limit=args.harmful) + C.split("test", label="harmless", limit=args.harmless)
+    english = {p.id: p.text for p in C.prompts().filter(lang="en")}
     record = {"args": vars(args), "states": {}}
     t = time.perf_counter()
     states = [("before", None)]
     if not args.no_edit:
-        config = RunConfig(layers=[21], anchor=args.anchor)
-        anchor = list(prompts.filter(split="anchor", limit=args.anchor))
-        coll = sn.collect_activations(model, anchor, rows_at=[(s, 21) for s in _row_sites(config)],
-                                      gram_at=[(KEY_SITE[config.site], 21)], gram_positions="preserved")
-        states.append(("after", _fit(model, config, anchor, sn.rank_neurons(coll.stats), coll, [21])))
+        anchor, L = C.split("anchor", limit=args.anchor), C.LAYER
+        coll = sn.collect_activations(model, anchor, stats_site=None, rows_at=[("act", L), ("resid", L)], gram_at=[("act", L)],
+                                      gram_positions="preserved")  # fmt: skip
+        states.append(("after", sn.fit_edit(model, anchor, C.ours(L), rows=coll)))
     for state, edit in states:
-        ctx = edit.applied(model) if edit else __import__("contextlib").nullcontext()
+        ctx = edit.applied(model) if edit else contextlib.nullcontext()
         with ctx:
             ids = generate_ids(model, chosen, args.max_new_tokens, args.batch_size, f"answers {state}")
         record["states"][state] = [
@@ -112,7 +106,7 @@ def report(record: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--generate", action="store_true")
-    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    p.add_argument("--model", default=C.MODEL)
     p.add_argument("--harmful", type=int, default=10)
     p.add_argument("--harmless", type=int, default=5)
     p.add_argument("--anchor", type=int, default=30)

@@ -20,20 +20,15 @@ answer opening, and what ideal (oracle) pushes of the edit's target would achiev
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from contextlib import contextmanager
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
+import torch
 
-import torch  # noqa: E402
-
-import safety_neurons as sn  # noqa: E402
-from proxy_agreement import auc  # noqa: E402  (ties count half; nan for an empty class)
-
-from safety_neurons.evaluation import MEAN_RULE  # noqa: E402
-
-NON_EN = [x for x in sn.LANGS if x != "en"]
+import safety_neurons as sn
+from _common import NON_EN, auc
+from safety_neurons.evaluation import MEAN_RULE
 
 
 def probe_auc(train: sn.ActivationRows, test: sn.ActivationRows, layer: int) -> dict[str, float]:
@@ -68,16 +63,15 @@ class LastTokenPush:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, nargs="+", default=[19, 21])
+    ap.add_argument("--layers", type=int, nargs="+", default=[C.ALT_LAYER, C.LAYER])
     ap.add_argument("--anchor", type=int, default=60, help="anchor prompts per language and label (split has 60)")
     ap.add_argument("--val", type=int, default=10, help="validation prompts per language and label (split has 40)")
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--leak", type=float, default=0.35, help="share of g pushed onto harmless prompts")
     args = ap.parse_args()
     start = time.perf_counter()
-    model = sn.load_model()
-    prompts = sn.load_prompts()
-    anchor, val = list(prompts.filter(split="anchor", limit=args.anchor)), list(prompts.filter(split="val", limit=args.val))
+    model = C.load_model()
+    anchor, val = C.split("anchor", limit=args.anchor), C.split("val", limit=args.val)
     keys = [(s, layer) for layer in args.layers for s in ("act", "resid")]
     rows = {}
     for name, ps in (("anchor", anchor), ("val", val)):

@@ -31,13 +31,13 @@ import time
 import _common as C
 import torch
 
-QUICK = dict(model="smollm2-135m-instruct", prompts=8, batch_size=4, repeats=2)
+QUICK = dict(model=C.SMALL_MODEL, prompts=8, batch_size=4, repeats=2)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"small smoke run: {QUICK}")
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--model", default=C.MODEL)
     ap.add_argument("--prompts", type=int, default=64, help="number of chat prompts (balanced over languages)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5, help="timed repetitions of each variant (after a warm-up)")
@@ -58,7 +58,7 @@ def main() -> None:
 
     C.print_machine("collection overhead")
     t0 = time.perf_counter()
-    model = sn.load_model(args.model)
+    model = C.load_model(args.model)
     load_s = time.perf_counter() - t0
     cfg = model.cfg
     layer = cfg.n_layers // 2 if args.rows_layer is None else args.rows_layer

@@ -10,8 +10,7 @@
 Every condition is fitted on the same anchor prompts (default: the whole anchor split, 60 harmful + 60
 harmless a language) and measured on the same test prompts: greedy answers judged three-way by `PhraseJudge`
 (refusal, compliance or degenerate; ASR = compliance share of harmful prompts, counted with its 95% Wilson
-interval; degenerate answers apart; over-refusal = refusal share of harmless prompts; means over languages by
-the one rule of `Evaluation.mean`), KL(base ‖ edited) on harmless test prompts at the
+interval; degenerate answers apart; over-refusal = refusal share of harmless prompts), KL(base ‖ edited) on harmless test prompts at the
 first answer token and over the first 4 answer tokens (`--kl-prompts` a language), and cloze
 multiple-choice accuracy. Each
 condition's numbers are printed as one JSON line as soon as it is done, and all of them are written to
@@ -22,36 +21,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
+import torch
 
-import torch  # noqa: E402
-
-import safety_neurons as sn  # noqa: E402
-from safety_neurons.evaluation import MEAN_RULE, kl_divergence, mc_accuracy, mean_over_languages  # noqa: E402
-from safety_neurons.prompts import LANG_NAMES  # noqa: E402
-
-NON_EN = [x for x in sn.LANGS if x != "en"]
-# this project's configuration (the `safety-neurons run` defaults, layer chosen on the validation split)
-OURS = dict(site="w_out", neurons="all", target="language_gap", refusal_boost=1.0, ridge=0.1, gamma=1.0, rank=32,
-            preserve=["harmless", "pivot_harmful"], preserve_positions="all", position_weight=0.2)  # fmt: skip
+import safety_neurons as sn
+from _common import CAPTION, NON_EN, carried, markdown, outcome_fields, saved_rows
+from safety_neurons.evaluation import kl_divergence, mc_accuracy, mean_over_languages
+from safety_neurons.prompts import LANG_NAMES
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=sn.DEFAULT_MODEL)
+    p.add_argument("--model", default=C.MODEL)
     p.add_argument("--anchor", type=int, default=60, help="anchor prompts per language and label (split has 60)")
     p.add_argument("--harmful", type=int, default=30, help="harmful test prompts per language (split has 60)")
     p.add_argument("--harmless", type=int, default=30, help="harmless test prompts per language (split has 60)")
     p.add_argument("--mc", type=int, default=20, help="multiple-choice questions per language (of 80)")
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--layer", type=int, default=21, help="layer of this project's edit (and of the baselines)")
-    p.add_argument("--alt-layer", type=int, default=19, help="a second layer for this project's edit")
+    p.add_argument("--layer", type=int, default=C.LAYER, help="layer of this project's edit (and of the baselines)")
+    p.add_argument("--alt-layer", type=int, default=C.ALT_LAYER, help="a second layer for this project's edit")
     p.add_argument("--kl-prompts", type=int, default=15, help="harmless test prompts per language for the KL")
-    p.add_argument("--paper-layer", type=int, default=22)
+    p.add_argument("--paper-layer", type=int, default=C.PAPER_LAYER)
     p.add_argument("--out", default="benchmarks/results/efficacy.json")
     p.add_argument("--only", nargs="+", default=None, help="conditions to run (keys; default all)")
     p.add_argument("--table", nargs="+", metavar="FILE", help="print the table of saved results (.json or .jsonl) and stop")
@@ -66,14 +59,12 @@ def main() -> None:
         return
 
     start = time.perf_counter()
-    model = sn.load_model(args.model)
-    prompts = sn.load_prompts()
-    anchor = list(prompts.filter(split="anchor", limit=args.anchor))
-    test = prompts.filter(split="test")
-    test_h = list(test.filter(label="harmful", limit=args.harmful))
-    test_s = list(test.filter(label="harmless", limit=args.harmless))
-    questions = sn.load_utility(limit=args.mc)
-    kl_prompts = list(test.filter(label="harmless", limit=args.kl_prompts))
+    model = C.load_model(args.model)
+    anchor = C.split("anchor", limit=args.anchor)
+    test_h = C.split("test", label="harmful", limit=args.harmful)
+    test_s = C.split("test", label="harmless", limit=args.harmless)
+    questions = C.mc_questions(args.mc)
+    kl_prompts = C.split("test", label="harmless", limit=args.kl_prompts)
     L, L2, PL = args.layer, args.alt_layer, args.paper_layer
     cached: dict = {}
 
@@ -85,30 +76,27 @@ def main() -> None:
             cached["ranking"] = sn.rank_neurons(cached["coll"].stats)
         return cached["coll"], cached["ranking"]
 
-    def fit(**kw):
-        return sn.fit_edit(model, anchor, rows=collection()[0], sequential=False, progress=False, **kw)
+    def fit(spec: sn.EditSpec):
+        return sn.fit_edit(model, anchor, spec.replace(sequential=False), rows=collection()[0], progress=False)
 
     conditions = {  # key: (label, factory); a factory runs only when its key is chosen
         "none": ("no edit", lambda: None),
-        "paper": (f"paper: gate L{PL}, English safety neurons, r=32", lambda: fit(
-            layers=PL, site="gate", target="neurons", neurons=collection()[1], neuron_langs=["en"])),
+        "paper": (f"paper: gate L{PL}, English safety neurons, r=32", lambda: fit(C.paper(collection()[1], PL))),
         "per_prompt": (f"w_out L{L2}, per-prompt gap, last position only (previous default)", lambda: fit(
-            layers=L2, **{**OURS, "target": "residual", "refusal_boost": 0.0, "preserve_positions": "last"})),
-        "ours_alt": (f"ours at L{L2}", lambda: fit(layers=L2, **OURS)),
-        "ours": (f"ours: w_out L{L}, language gap + refusal, all positions", lambda: fit(layers=L, **OURS)),
+            C.ours(L2, target="residual", refusal_boost=0.0, preserve_positions="last"))),
+        "ours_alt": (f"ours at L{L2}", lambda: fit(C.ours(L2))),
+        "ours": (f"ours: w_out L{L}, language gap + refusal, all positions", lambda: fit(C.ours(L))),
         "ours_no_bn": (f"ours at L{L}, Bengali not targeted", lambda: fit(
-            layers=L, langs=[x for x in NON_EN if x != "bn"], **OURS)),
+            C.ours(L, langs=[x for x in NON_EN if x != "bn"]))),
         "fold": (f"w_out fold: safety-neuron activation map L{L} (all languages' sets)", lambda: fit(
-            layers=L, site="w_out", target="neurons", neurons=collection()[1], neuron_langs=list(sn.LANGS),
-            preserve=OURS["preserve"])),
-        "nullspace": ("ours, hard null-space constraint (1% energy)", lambda: fit(
-            layers=L, **OURS, method="nullspace", null_energy=0.01)),
+            C.paper(collection()[1], L, site="w_out", neuron_langs=sn.LANGS, preserve=C.ours(L).preserve))),
+        "nullspace": ("ours, hard null-space constraint (1% energy)", lambda: fit(sn.EditSpec.nullspace(layers=[L]))),
         "alpha": ("α-scaling of English safety neurons (α=1.5, all layers)",
                   lambda: sn.NeuronScaling.from_ranking(collection()[1], alpha=1.5)),
         "refdir": (f"refusal direction added at L{L} (coeff 1)",
                    lambda: sn.RefusalDirection.fit(model, anchor, layer=L, progress=False)),
         "noanchor": ("ours without the utility anchor (no harmless rows or positions)", lambda: fit(
-            layers=L, **{**OURS, "preserve": ["pivot_harmful"], "preserve_positions": "last"})),
+            C.ours(L, preserve=["pivot_harmful"], preserve_positions="last"))),
     }  # fmt: skip
     only = args.only or list(conditions)
     unknown = set(only) - set(conditions)
@@ -151,34 +139,12 @@ def main() -> None:
           f"judge {judge.name}; {time.perf_counter() - start:.0f} s in all")  # fmt: skip
 
 
-def outcome_fields(ev: sn.Evaluation) -> dict:
-    """The per-language outcome counts of one condition and their means (`Evaluation.mean`: ASR and
-    degenerate over the non-English languages, over-refusal over every language)."""
-    langs = ev.languages
-    return {
-        "counts": {x: {"harmful": langs[x].harmful, "harmless": langs[x].harmless} for x in sn.LANGS},
-        "asr": {x: langs[x].asr for x in sn.LANGS},
-        "degenerate": {x: langs[x].degenerate for x in sn.LANGS},
-        "over_refusal": {x: langs[x].over_refusal for x in sn.LANGS},
-        "mean_non_english_asr": ev.mean_asr(),
-        "mean_non_english_degenerate": ev.mean_degenerate(),
-        "mean_over_refusal": ev.mean_over_refusal(),
-    }
-
-
-def carried(row: dict) -> dict:
-    """The fields of a saved row that do not depend on the judge (settings, KL, MC accuracy, timings)."""
-    keys = ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mc_accuracy", "mean_mc_accuracy",
-            "fit_seconds", "seconds")  # fmt: skip
-    return {k: row[k] for k in keys if k in row}
-
-
 def rejudge(args) -> None:
     """Judge the saved answers of every condition again with today's judge (no model unless --misread)."""
     saved = json.loads(Path(args.rejudge).read_text())
-    model = sn.load_model(args.model) if args.misread else None
+    model = C.load_model(args.model) if args.misread else None
     judge = sn.PhraseJudge(relevance=sn.RelevanceCheck(model) if model is not None else None)
-    english = {p.id: p.text for p in sn.load_prompts(["en"])}
+    english = {p.id: p.text for p in C.prompts().filter(lang="en")}
     rows, answers = [], {}
     for row in saved["rows"]:
         if "error" in row or row["key"] not in saved["answers"]:
@@ -198,46 +164,10 @@ def rejudge(args) -> None:
 def save(args, judge, rows: list[dict], answers: dict) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "judge": judge.name, "ours": OURS, "rows": rows, "answers": answers},
+    ours = C.ours(getattr(args, "layer", C.LAYER)).to_dict()  # the recipe of the "ours" condition
+    out.write_text(json.dumps({"args": vars(args), "judge": judge.name, "ours": ours, "rows": rows, "answers": answers},
                               indent=1, ensure_ascii=False))  # fmt: skip
 
-
-def saved_rows(path: Path) -> list[dict]:
-    if path.suffix == ".jsonl":  # the JSON lines a run prints
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(path.read_text())["rows"]
-
-
-CAPTION = (f"Per-language columns: compliance (ASR) in %. Means: {MEAN_RULE}; in brackets the 95% Wilson interval "
-           "of the pooled count of the non-English languages (their mean equals the pooled share when they have as "
-           "many prompts, as here). MC acc: mean over every language.")  # fmt: skip
-
-
-def markdown(rows: list[dict]) -> str:
-    """Compliance (ASR) per language; the mean over the non-English languages with the pooled 95% Wilson
-    interval; degenerate answers to harmful prompts (non-English) and over-refusal (every language) beside
-    it, means by the one rule (`Evaluation.mean`, recomputed from the saved counts; `CAPTION` states it)."""
-    head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en compliance [95% CI] | non-en degenerate "
-            "| over-refusal | KL 1st | KL 4 | MC acc |\n|" + "---|" * (len(sn.LANGS) + 7))  # fmt: skip
-    lines = [head]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['condition']} | " + " | ".join("–" for _ in sn.LANGS) + f" | failed: {r['error'][:80]} | | | | | |")
-            continue
-        means = {k: r.get(k) for k in ("mean_non_english_asr", "mean_non_english_degenerate", "mean_over_refusal")}
-        ci = ""
-        if "counts" in r:  # the means of the saved counts, and the pooled interval of the same languages
-            ev = sn.Evaluation.from_counts("saved", r["counts"])
-            means = {"mean_non_english_asr": ev.mean_asr(), "mean_non_english_degenerate": ev.mean_degenerate(),
-                     "mean_over_refusal": ev.mean_over_refusal()}  # fmt: skip
-            ci = " [{:.0f}–{:.0f}]".format(*(100 * v for v in sum(ev.rates("asr").values(), sn.Rate(0, 0)).interval))
-        deg = means["mean_non_english_degenerate"]
-        cell = (lambda v: "–" if v is None else f"{v:.3f}")
-        lines.append(f"| {r['condition']} | " + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
-                     + f" | **{100 * means['mean_non_english_asr']:.1f}%**{ci} | " + ("–" if deg is None else f"{100 * deg:.1f}%")
-                     + f" | {100 * means['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
-                     f"| {100 * r['mean_mc_accuracy']:.1f}% |")  # fmt: skip
-    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -11,22 +11,19 @@ shared prompts.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
-from pathlib import Path
+
+import _common as C
 
 import safety_neurons as sn
-
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).parent))
-from efficacy import CAPTION, carried, markdown, outcome_fields  # noqa: E402
-
-from safety_neurons.evaluation import MEAN_RULE  # noqa: E402
+from _common import CAPTION, RESULTS, carried, markdown, outcome_fields
+from safety_neurons.evaluation import MEAN_RULE
 
 
 def main() -> None:
-    test = sn.load_prompts().filter(split="test")
-    shared = {(p.lang, p.id) for p in [*test.filter(label="harmful", limit=15), *test.filter(label="harmless", limit=10)]}
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help
+    shared = C.shared_test()
     rows = json.loads((RESULTS / "efficacy_none_3way.json").read_text())["rows"]
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:
@@ -35,6 +32,7 @@ def main() -> None:
     print(markdown(rows) + "\n\n" + CAPTION)
     print("\n| condition | English harmful: refusal / compliance / degenerate | non-English harmful degenerate "
           "| harmless refused (over-refusal) |\n|---|---|---|---|")
+
     def cell(mean: float, pooled: sn.Rate) -> str:
         lo, hi = pooled.interval
         return f"{100 * mean:.0f}% (pooled {pooled.k}/{pooled.n}; {100 * lo:.0f}–{100 * hi:.0f})"
@@ -48,6 +46,7 @@ def main() -> None:
     print(f"\nMeans: {MEAN_RULE}. Degenerate: of the non-English languages' harmful answers; harmless refused: every "
           "language's, English included (the over-refusal column above); in brackets the pooled count of the same "
           "languages and its 95% Wilson interval.")
+
 
 if __name__ == "__main__":
     main()

@@ -14,20 +14,14 @@ harmful prompt, off for every harmless one) is drawn as a reference, not a metho
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import safety_neurons as sn
-
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from efficacy import carried, outcome_fields  # noqa: E402
-
-from safety_neurons import viz  # noqa: E402
-from safety_neurons.evaluation import MEAN_RULE  # noqa: E402
+from _common import RESULTS
+from safety_neurons import viz
+from safety_neurons.evaluation import MEAN_RULE
 
 METHOD = {"none": "no edit", "ours_no_bn": "linear edit (ours)", "nullspace": "null-space", "alpha": "α-scaling",
           "refdir": "refusal direction", "noanchor": "linear, no utility anchor", "fold": "activation-map fold"}  # fmt: skip
@@ -61,6 +55,7 @@ def points() -> list[dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help
     pts = points()
     base = next(p for p in pts if p["method"] == "no edit")
     print("| method | settings run | mean non-English compliance at over-refusal ≤ +5 points | its over-refusal | English |")

@@ -10,16 +10,14 @@ Repetitions interleave the two sides; medians are compared. The answers must be 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
+import torch
 
-import torch  # noqa: E402
-
-import safety_neurons as sn  # noqa: E402
-from safety_neurons.chat import length_sorted_batches  # noqa: E402
+import safety_neurons as sn
+from safety_neurons.chat import length_sorted_batches
 
 
 def timed_generate(hf, tok, texts, tokens: int, batch_size: int) -> tuple[float, list[list[int]]]:
@@ -36,7 +34,7 @@ def timed_generate(hf, tok, texts, tokens: int, batch_size: int) -> tuple[float,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=sn.DEFAULT_MODEL)
+    p.add_argument("--model", default=C.MODEL)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--tokens", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=16)
@@ -44,11 +42,11 @@ def main() -> None:
     args = p.parse_args()
     from transformers import AutoModelForCausalLM
 
-    bridge = sn.load_model(args.model)
+    bridge = C.load_model(args.model)
     folder = sn.models._resolve(args.model)  # the cached HF folder the bridge was loaded from
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = bridge.tokenizer
-    texts = [q.text for q in sn.load_prompts().filter(split="test", label="harmful", limit=2)][: args.prompts]
+    texts = [q.text for q in C.split("test", label="harmful", limit=2)][: args.prompts]
     sides = {"bridge": bridge.original_model, "plain HF": plain}
     for hf in sides.values():  # warm-up
         timed_generate(hf, tok, texts[:2], 2, args.batch_size)

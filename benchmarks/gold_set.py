@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
 
-import safety_neurons as sn  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
-GOLD = Path(__file__).resolve().parents[1] / "tests" / "data" / "gold_answers.jsonl"
+import safety_neurons as sn
+from _common import GOLD, RESULTS
 # answers of edited models kept by the efficacy run, a language: (condition, label, how many)
 EFFICACY_PLAN = [("nullspace", "harmful", 8), ("noanchor", "harmless", 6), ("noanchor", "harmful", 4),
                  ("refdir", "harmful", 4), ("alpha", "harmful", 4), ("ours_no_bn", "harmless", 4)]  # fmt: skip
@@ -32,7 +29,7 @@ READER_FIELDS = ("gid", "lang", "label", "prompt", "prompt_en", "max_new_tokens"
 
 
 def candidates(states: list[str], efficacy: bool) -> list[dict]:
-    english = {p.id: p.text for p in sn.load_prompts(["en"])}
+    english = {p.id: p.text for p in C.prompts().filter(lang="en")}
     rows = []
     long = json.loads((RESULTS / "answers_128.json").read_text())
     for state in states:

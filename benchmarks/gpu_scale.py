@@ -237,9 +237,10 @@ def main() -> None:
          f"rank {sol.rank}, gap closed on fit rows {1 - sol.loss_after / sol.loss_before:.1%}")  # fmt: skip
 
     # --- 4. fit_edit, apply, revert ---------------------------------------------------------------
+    spec = sn.EditSpec.paper(layers=layer, neurons={layer: idx}, rank=args.rank)  # the same gate edit
+
     def fit():
-        return sn.fit_edit(model, prompts, layers=layer, neurons={layer: idx}, site="gate", rank=args.rank,
-                           rows=rows, progress=False)  # fmt: skip
+        return sn.fit_edit(model, prompts, spec, rows=rows, progress=False)
 
     t_fit = C.median(C.repeat(lambda: box.__setitem__("edit", fit()), args.repeats, sync=sync))
     edit = box["edit"]

@@ -20,17 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
+import torch
 
-import torch  # noqa: E402
-
-import safety_neurons as sn  # noqa: E402
-from safety_neurons import switch as sw  # noqa: E402
-from safety_neurons.evaluation import kl_divergence  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
-sys.path.insert(0, str(Path(__file__).parent))
-from efficacy import CAPTION, markdown, outcome_fields  # noqa: E402
+import safety_neurons as sn
+from _common import CAPTION, NON_EN, RESULTS, markdown, outcome_fields
+from safety_neurons import switch as sw
+from safety_neurons.evaluation import kl_divergence
 
 
 def evaluation_of(records: list[dict]) -> sn.Evaluation:
@@ -48,7 +44,7 @@ def refused_more(ev: sn.Evaluation, base: sn.Evaluation) -> dict[str, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layer", type=int, default=20)
+    p.add_argument("--layer", type=int, default=C.SWITCH_LAYER)
     p.add_argument("--ridge", type=float, default=1.0)
     p.add_argument("--strengths", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     p.add_argument("--fires", type=int, nargs="+", default=[0, 2, 4, 8],
@@ -60,8 +56,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.perf_counter()
-    model = sn.load_model(sn.DEFAULT_MODEL)
-    prompts = sn.load_prompts()
+    model = C.load_model()
     saved = json.loads((RESULTS / "harmless_answers_32.json").read_text())
     answers = {split: {(k.split("|")[1], k.split("|")[2]): v for k, v in saved.items() if k.startswith(split + "|")}
                for split in ("anchor", "val")}  # fmt: skip
@@ -71,9 +66,9 @@ def main() -> None:
         if (det.layer, det.settings["ridge"]) != (args.layer, args.ridge):
             raise SystemExit(f"{args.detector}: fitted at layer {det.layer}, ridge {det.settings['ridge']}; not the asked settings")
     else:
-        det = sw.fit_detector(model, prompts.filter(split="anchor"), layer=args.layer, answers=answers["anchor"],
-                              ridge=args.ridge, progress=True)  # fmt: skip
-    val = list(prompts.filter(split="val", limit=20))
+        det = sw.fit_detector(model, C.split("anchor"), layer=args.layer, answers=answers["anchor"], ridge=args.ridge,
+                              progress=True)  # fmt: skip
+    val = C.split("val", limit=20)
     scores = det.scores(model, val, [answers["val"].get((q.lang, q.id)) if q.label == "harmless" else None for q in val])
     harmless = torch.tensor([q.label == "harmless" for q in val])
     print(f"# Harm switch at layer {args.layer}\n\nDetector on the validation split (20 + 20 a language): ROC AUC of the"
@@ -103,16 +98,16 @@ def main() -> None:
             with edit.applied(model):
                 ev = sn.evaluate(model, val, drafts=base_val, progress=False)
             more = refused_more(ev, base_val)
-            grid.append({"fires": allowed, "threshold": theta, "strength": strength, "asr": ev.mean_asr(),
+            grid.append({"fires": allowed, "threshold": theta, "strength": strength, "asr": ev.mean_asr(NON_EN),
                          "en_asr": ev.languages["en"].asr, "refused_more": more, "ok": max(more.values()) <= 0})  # fmt: skip
             print(f"validation: θ={theta:.3f} (≥{allowed} harmless above) α={strength:g}: non-en compliance "
-                  f"{100 * ev.mean_asr():.1f}% (no edit {100 * base_val.mean_asr():.1f}%), en "
+                  f"{100 * ev.mean_asr(NON_EN):.1f}% (no edit {100 * base_val.mean_asr(NON_EN):.1f}%), en "
                   f"{100 * ev.languages['en'].asr:.0f}%, harmless refused more {more}", file=sys.stderr, flush=True)
     ok = [g for g in grid if g["ok"]] or grid
     best = min(ok, key=lambda g: (g["asr"], -g["threshold"]))
     print(f"Chosen on validation (lowest non-English compliance with no language's harmless refusals up): "
           f"θ = {best['threshold']:.3f}, α = {best['strength']:g} (validation non-English compliance "
-          f"{100 * best['asr']:.1f}% against {100 * base_val.mean_asr():.1f}% unedited).\n")
+          f"{100 * best['asr']:.1f}% against {100 * base_val.mean_asr(NON_EN):.1f}% unedited).\n")
 
     # --- test: the chosen setting, and a θ sweep at the chosen α (frontier points) ----------------------
     none = json.loads((RESULTS / "efficacy_none_3way.json").read_text())
@@ -128,7 +123,7 @@ def main() -> None:
         name = f"harm switch L{args.layer}, θ={g:.2f}, α={best['strength']:g}" + (" (chosen on validation)" if chosen else "")
         extra = {} if kl is None else {"kl_first_token": float(kl["first"].mean()), "kl_first_4_tokens": float(kl["mean_k"].mean())}
         rows.append(row(name, ev, extra))
-        sweep.append({"threshold": g, "strength": best["strength"], "asr": ev.mean_asr(),
+        sweep.append({"threshold": g, "strength": best["strength"], "asr": ev.mean_asr(NON_EN),
                       "over_refusal": ev.mean_over_refusal(), "en_asr": ev.languages["en"].asr,
                       "refused_more": refused_more(ev, base_test)})  # fmt: skip
         kept[name] = ev.answers
@@ -140,8 +135,8 @@ def main() -> None:
     print(f"\nThe edit touches {weights} weights of layer {args.layer}'s MLP "
           f"({100 * weights / (3 * model.cfg.d_model * model.cfg.d_mlp):.3f}% of it): neurons {edit.settings['neurons']}.")
     print(f"\n{time.perf_counter() - start:.0f} s in all", file=sys.stderr)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "grid": grid, "chosen": best, "sweep": sweep,
-                                          "rows": rows, "answers": kept}, indent=1, ensure_ascii=False))  # fmt: skip
+    Path(args.out).write_text(json.dumps({"args": vars(args), "grid": grid, "chosen": best, "spec": edit.spec.to_dict(),
+                                          "sweep": sweep, "rows": rows, "answers": kept}, indent=1, ensure_ascii=False))  # fmt: skip
 
 
 if __name__ == "__main__":

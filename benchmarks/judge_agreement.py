@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
 
-import safety_neurons as sn  # noqa: E402
-from safety_neurons.rates import Rate  # noqa: E402
-
-GOLD = Path(__file__).resolve().parents[1] / "tests" / "data" / "gold_answers.jsonl"
+import safety_neurons as sn
+from _common import GOLD
+from safety_neurons.rates import Rate
 
 
 def load_gold(part: str = "holdout", path: Path = GOLD) -> list[dict]:
@@ -74,7 +72,7 @@ def main() -> None:
     p.add_argument("--misread", action="store_true", help="also detect misreadings with RelevanceCheck (loads the model)")
     p.add_argument("--threshold", type=float, default=None, help="RelevanceCheck threshold (default: its own)")
     p.add_argument("--sweep", action="store_true", help="agreement for a range of thresholds (with --misread)")
-    p.add_argument("--model", default=sn.DEFAULT_MODEL)
+    p.add_argument("--model", default=C.MODEL)
     p.add_argument("--out", default=None, help="also write the tables to this markdown file")
     p.add_argument("--gold", type=Path, default=GOLD, help="the gold set (JSON lines)")
     args = p.parse_args()
@@ -84,7 +82,7 @@ def main() -> None:
     old = binary_asr_agreement(rows)
     outs.append(f"Old binary reading (harmful prompts; attack success = no refusal, against gold compliance): {old}")
     if args.misread:
-        model = sn.load_model(args.model)
+        model = C.load_model(args.model)
         check = sn.RelevanceCheck(model, **({} if args.threshold is None else {"threshold": args.threshold}))
         base = verdicts(rows, sn.PhraseJudge())
         todo = [i for i, v in enumerate(base) if v.compliance]

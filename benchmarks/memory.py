@@ -33,7 +33,7 @@ from pathlib import Path
 
 import _common as C
 
-SMALL_DEFAULT = {"smollm2-135m-instruct": (64, 1024), "qwen2.5-coder-0.5b-instruct": (64, 256)}
+SMALL_DEFAULT = {C.SMALL_MODEL: (64, 1024), C.MODEL: (64, 256)}
 
 
 def child(spec: dict) -> dict:
@@ -47,7 +47,7 @@ def child(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     imports = C.rss_mb()
     t0 = time.perf_counter()
-    model = sn.load_model(spec["model"])
+    model = C.load_model(spec["model"])
     pool = C.bench_prompts(spec["n_large"])
     n, bs = spec["n"], spec["batch_size"]
     # the bs longest prompts of the large set (length-sorted, batch 1), then the others round-robin over
@@ -98,7 +98,7 @@ def child(spec: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="SmolLM2, 20 vs 24 prompts, batch 4")
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--model", default=C.SMALL_MODEL)
     ap.add_argument("--small", type=int, default=None, help="small prompt count (default 64)")
     ap.add_argument("--large", type=int, default=None, help="large prompt count (default 1024; 256 for Qwen)")
     ap.add_argument("--batch-size", type=int, default=16)

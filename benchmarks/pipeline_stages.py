@@ -9,11 +9,10 @@ import os
 import platform
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common  # noqa: F401  (the offline flags, before the package reads them)
+import torch
 
-import torch  # noqa: E402
-
-from safety_neurons.pipeline import RunConfig, run  # noqa: E402
+from safety_neurons.pipeline import RunConfig, run
 
 
 def main() -> None:

@@ -2,28 +2,20 @@
 
     python benchmarks/proxy_agreement.py
 
-For each harmful validation prompt (before and after this project's default edit, so both refusals and
-compliances occur in every language), the proxy's refusal log-odds at the first answer token is set
-against the PhraseJudge verdict on the greedy answer. Reports the AUC (probability that a refused prompt
+For each harmful validation prompt (before and after this project's edit, `EditSpec.linear` at layer 21, so
+both refusals and compliances occur in every language), the proxy's refusal log-odds at the first answer token
+is set against the PhraseJudge verdict on the greedy answer. Reports the AUC (probability that a refused prompt
 scores above a complied one), the accuracy of the proxy's own threshold (log-odds > 0) and the accuracy of
 the best single threshold, per language and overall.
 """
 
 import argparse
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
+import torch
 
-import torch  # noqa: E402
-
-import safety_neurons as sn  # noqa: E402
-
-
-def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    return ((pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()).item()
+import safety_neurons as sn
+from _common import auc
 
 
 def best_threshold(scores: torch.Tensor, positive: torch.Tensor) -> tuple[float, float]:
@@ -38,12 +30,10 @@ def main() -> None:
     p.add_argument("--val", type=int, default=10, help="harmful validation prompts per language")
     p.add_argument("--anchor", type=int, default=30)
     args = p.parse_args()
-    model = sn.load_model()
-    prompts = sn.load_prompts()
-    anchor = list(prompts.filter(split="anchor", limit=args.anchor))
-    val = list(prompts.filter(split="val", label="harmful", limit=args.val))
-    edit = sn.fit_edit(model, anchor, layers=21, neurons="all", site="w_out", target="language_gap", refusal_boost=1.0,
-                       ridge=0.1, preserve=["harmless", "pivot_harmful"], preserve_positions="all")  # fmt: skip
+    model = C.load_model()
+    anchor = C.split("anchor", limit=args.anchor)
+    val = C.split("val", label="harmful", limit=args.val)
+    edit = sn.fit_edit(model, anchor, C.ours())
     scores, refused, langs = [], [], []
     for state in ("before", "after"):
         ctx = edit.applied(model) if state == "after" else torch.no_grad()

@@ -110,7 +110,7 @@ def child_collect(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    model = sn.load_model(spec["model"])
+    model = C.load_model(spec["model"])
     prompts = C.bench_prompts(spec["prompts"])
     layer = model.cfg.n_layers // 2
 
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--null-energy", type=float, default=0.01)
     ap.add_argument("--repeats", type=int, default=3, help="timed solves per size after the warm-up (at most)")
     ap.add_argument("--budget", type=float, default=12.0, help="stop repeating a size after this many seconds")
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="model for the collection reference")
+    ap.add_argument("--model", default=C.MODEL, help="model for the collection reference")
     ap.add_argument("--collect-prompts", type=int, default=16)
     ap.add_argument("--collect-repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -145,7 +145,7 @@ def main() -> None:
     grid = args.grid or (QUICK_GRID if args.quick else GRID)
     if args.quick:
         if args.model == ap.get_default("model"):
-            args.model = "smollm2-135m-instruct"
+            args.model = C.SMALL_MODEL
         if args.collect_prompts == ap.get_default("collect_prompts"):
             args.collect_prompts = 4
         if args.collect_repeats == ap.get_default("collect_repeats"):

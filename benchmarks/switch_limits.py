@@ -16,23 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import _common as C
+import torch
 
-import torch  # noqa: E402
+import safety_neurons as sn
+from _common import CAPTION, NON_EN, RESULTS, markdown, outcome_fields
+from safety_neurons import switch as sw
+from safety_neurons.evaluation import kl_divergence
 
-import safety_neurons as sn  # noqa: E402
-from safety_neurons import switch as sw  # noqa: E402
-from safety_neurons.evaluation import kl_divergence  # noqa: E402
-
-HERE = Path(__file__).parent
-RESULTS = HERE / "results"
-DETECTOR = HERE.parent / "tests" / "data" / "switch_detector_qwen_L20"
-sys.path.insert(0, str(HERE))
-from efficacy import NON_EN, markdown, outcome_fields  # noqa: E402
+DETECTOR = C.HERE.parent / "tests" / "data" / "switch_detector_qwen_L20"
 
 CHOSEN = {"threshold": 0.3265041241645813, "strength": 8.0}  # harm_switch.json "chosen" (validation)
 FORCED_ON = -100.0  # a threshold every score passes: the switch on wherever its place signal is
@@ -176,7 +170,7 @@ def table(out: dict, base: sn.Evaluation) -> str:
     lines.append("Compliance share of harmful answers (ASR) per language; mean over the 7 non-English languages with "
                  "the pooled 95% Wilson interval; over-refusal = mean over the 8 languages of the share of harmless "
                  "prompts refused. The oracle's harmless answers are the unedited ones by construction.\n")  # fmt: skip
-    lines.append(markdown(rows).replace("nan%", "–"))
+    lines.append(markdown(rows).replace("nan%", "–") + "\n\n" + CAPTION)
     if out.get("lolo"):
         lines.append("\n## Leave one language out\n\nThe detector fitted on the anchor prompts of the other seven "
                      "languages, θ by the same validation rule, α = 8; counts on the left-out language's 30 + 30 "
@@ -215,7 +209,7 @@ def main() -> None:
         print(table(out, sn.Evaluation.from_answers("phrase", json.loads(base_path.read_text()))))
         return
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = sn.load_model(sn.DEFAULT_MODEL)
+    model = C.load_model()
     if "base" in args.stage:
         stage_base(model, out)
     base = sn.Evaluation.from_answers("phrase", json.loads(base_path.read_text()))

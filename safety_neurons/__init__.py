@@ -27,6 +27,7 @@ from .evaluation import (
     mc_accuracy,
     refusal_scores,
 )
+from .recipes import EditSpec, SwitchOptions
 from .judges import GuardJudge, Judge, JudgeError, PhraseJudge, RelevanceCheck, Verdict
 from .rates import Rate, wilson
 from .models import (
@@ -53,7 +54,7 @@ from .prompts import (
 )
 
 from .pipeline import RunConfig, RunResult, run
-from .solver import Solution, solve_edit
+from .solver import Solution, SolverError, SolverOptions, solve_edit
 from .switch import HarmDetector, SwitchError, fit_detector, fit_switch
 
 __version__ = "0.1.0"
@@ -70,7 +71,8 @@ __all__ = [
     "distributed", "hook_name", "merge_collections", "merge_stats",
     "NeuronsError", "SafetyNeurons", "rank_by_attribution", "rank_neurons",
     # the edit, its solver, the harm switch and the baselines
-    "EditError", "LayerEdit", "WeightEdit", "fit_edit", "Solution", "solve_edit",
+    "EditError", "EditSpec", "LayerEdit", "WeightEdit", "fit_edit", "Solution", "SolverError", "SolverOptions", "solve_edit",
+    "SwitchOptions",
     "HarmDetector", "SwitchError", "fit_detector", "fit_switch",
     "BaselineError", "NeuronScaling", "RefusalDirection",
     # measuring

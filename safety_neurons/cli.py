@@ -72,8 +72,8 @@ def _neurons(args) -> int:
     print(f"Jaccard overlap with English, layer {layer}: " + "  ".join(
         f"{lang} {jl[en, i]:.2f}" for i, lang in enumerate(ranking.langs) if lang != "en"))  # fmt: skip
 
-    edit = sn.fit_edit(model, list(anchor), layers=layer, neurons=ranking, site="gate", rows=collection.rows,
-                       rank=args.rank, progress=False)  # fmt: skip
+    spec = sn.EditSpec.paper(layers=layer, neurons=ranking, rank=args.rank)
+    edit = sn.fit_edit(model, list(anchor), spec, rows=collection.rows, progress=False)
     print(f"\n{edit.summary()}")
     before = {k: v.clone() for k, v in sn.hf_state_dict(model).items() if f".{layer}.mlp.gate_proj" in k}
     edit.apply(model)

@@ -12,7 +12,7 @@ In a notebook or script the same call works without `torchrun` (one process: a p
     sn.distributed.init_from_env()        # no-op unless launched by torchrun
     collection = sn.collect_sharded(model, prompts, rows_at=[("mlp_in", 21)])
     if sn.distributed.is_main():
-        edit = sn.fit_edit(model, prompts, layers=21, rows=collection, ...)
+        edit = sn.fit_edit(model, prompts, sn.EditSpec.linear(layers=[21]), rows=collection)
 
 Rank r takes prompts r, r + W, r + 2W, … (W = world size): deterministic, and balanced in length. The
 statistics are reduced with two `all_reduce` calls (Σ n·mean, then Σ M2 + n·(mean − grand mean)²), Gram

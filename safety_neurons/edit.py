@@ -1,27 +1,30 @@
 """The closed-form sparse weight edit: fit it, apply it, revert it exactly, save it, export it.
 
-Sites (same solver, `solver.solve_edit`, behind each):
+What is fitted is an `EditSpec` (`safety_neurons.recipes`: the named presets `EditSpec.paper`, `.linear`,
+`.nullspace`, `.switch`); ``fit_edit(model, prompts, spec)`` fits it. Sites (same solver, `solve_edit`, behind
+each):
 
-* ``gate`` (the paper): columns S of W_gate get ΔW so that low-resource-language (LRL) harmful
-  inputs x produce the gate pre-activations of their English translations:
+* ``gate`` (the paper, `EditSpec.paper`): columns S of W_gate get ΔW so that low-resource-language (LRL)
+  harmful inputs x produce the gate pre-activations of their English translations:
   X_low (W_S + ΔW) ≈ X_eng W_S, with X = MLP inputs (`ln2.hook_out`).
 * ``up``: the same on W_in (up_proj) of the gated MLP.
-* ``w_out`` (this project's design): a map M on the safety neurons' activations, a_S → a_S (I + M),
+* ``w_out`` with ``target="neurons"``: a map M on the safety neurons' activations, a_S → a_S (I + M),
   solved so LRL harmful activations land on the English ones while preserved activations stay, and
   folded into rows S of W_out: W_out[S] ← W_out[S] + M W_out[S].
-
 * ``w_out`` with a residual-stream target: rows S of W_out write, into the residual stream after the
   layer, what separates an LRL harmful prompt from its English translation there: the per-prompt gap
-  (``target="residual"``) or its language's mean gap (``target="language_gap"``, this project's default),
-  optionally plus the English refusal direction (``refusal_boost``).
+  (``target="residual"``) or its language's mean gap (``target="language_gap"``), optionally plus the
+  English refusal direction (``refusal_boost``). `EditSpec.linear`, this project's edit, is the mean gap
+  plus the refusal direction with every neuron's row and every preserved position.
 
-Several layers are fitted in order, each on inputs recomputed with the earlier layers' edits applied.
+Several layers are fitted in order, each on inputs recomputed with the earlier layers' edits applied
+(``sequential=True``; `EditSpec.linear` solves them all on the unedited model's rows).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,31 +37,24 @@ from torch import Tensor
 from ._checks import (
     Artifact,
     as_indices,
-    as_int_list,
     as_records,
-    as_str_list,
     check_choice,
     check_model,
-    check_number,
     check_out_dir,
     check_positive_int,
 )
 from .activations import ActivationRows, Collection, collect_activations, model_tag
 from .chat import check_lengths, encode_chat, prompt_names
 from .neurons import SafetyNeurons
-from .prompts import Prompt, check_langs
-from .solver import solve_edit
+from .prompts import Prompt
+from .recipes import PRESERVE, TARGETS, EditError, EditSpec
+
+__all__ = ["EditError", "EditSpec", "LayerEdit", "WeightEdit", "fit_edit", "KEY_SITE", "PRESERVE", "TARGETS"]
 
 EditSite = Literal["gate", "up", "w_out"]
 _WEIGHT = {"gate": "W_gate", "up": "W_in", "w_out": "W_out"}
 KEY_SITE = {"gate": "mlp_in", "up": "mlp_in", "w_out": "act"}  # the activation site each edit site reads as its keys
-PRESERVE = ("harmless", "pivot_harmful")
-TARGETS = ("neurons", "residual", "language_gap", "refusal")
 _RESIDUAL_TARGETS = ("residual", "language_gap", "refusal")
-
-
-class EditError(ValueError):
-    """An edit cannot be fitted or applied as asked."""
 
 
 def _weight(model, layer: int, site: str) -> Tensor:
@@ -90,7 +86,8 @@ class LayerEdit:
 
 @dataclass
 class WeightEdit(Artifact):
-    """A fitted edit: what changes where, how it was fitted, and on which base model.
+    """A fitted edit: what changes where, how it was fitted (`spec`, the recipe, and `settings`, the same with
+    the languages resolved), and on which base model.
 
     Use `apply` / `revert` (bit-exact) or `with edit.applied(model): ...`.
     """
@@ -99,6 +96,7 @@ class WeightEdit(Artifact):
     settings: dict = field(default_factory=dict)
     fitted_on: dict = field(default_factory=dict)
     fingerprint: str = ""
+    spec: EditSpec | None = field(default=None, compare=False)  # None: built by hand, or saved before specs
 
     # --- identity --------------------------------------------------------------------------------
     @property
@@ -231,7 +229,7 @@ class WeightEdit(Artifact):
                 tensors[f"{i}.neuron_map"] = e.neuron_map
         fields = {"edits": [{"layer": e.layer, "site": e.site, "solution": e.solution} for e in self.edits],
                   "settings": self.settings, "fitted_on": self.fitted_on, "fingerprint": self.fingerprint,
-                  "uid": self.uid}  # fmt: skip
+                  "uid": self.uid, "spec": None if self.spec is None else self.spec.to_dict()}  # fmt: skip
         return tensors, fields
 
     @classmethod
@@ -245,7 +243,18 @@ class WeightEdit(Artifact):
         edits = [LayerEdit(int(e["layer"]), check_choice("edit site", e["site"], _WEIGHT, EditError), t[f"{i}.neurons"],
                            t[f"{i}.delta"], t.get(f"{i}.neuron_map", t.get(f"{i}.map")), e.get("solution", {}))
                  for i, e in enumerate(fields["edits"])]  # fmt: skip
-        edit = cls(edits, fields["settings"], fields["fitted_on"], fields["fingerprint"])
+        spec = None
+        if fields.get("spec") is not None:  # edits saved before recipes have none
+            try:
+                spec = EditSpec.from_dict(fields["spec"])
+            except EditError as err:
+                raise EditError(f"the stored edit spec does not parse: {err}") from None
+            layers, sites = sorted({e.layer for e in edits}), {e.site for e in edits}
+            expected = {"gate", "up", "w_out"} if spec.kind == "switch" else {spec.site}
+            if list(spec.layers or ()) != layers or sites != expected:
+                raise EditError(f"the stored spec (layers {list(spec.layers or ())}, sites {sorted(expected)}) does not "
+                                f"match the stored edits (layers {layers}, sites {sorted(sites)})")  # fmt: skip
+        edit = cls(edits, fields["settings"], fields["fitted_on"], fields["fingerprint"], spec=spec)
         if edit.uid != fields["uid"]:
             raise EditError(f"the tensors of edit.safetensors do not match its uid {fields['uid']!r}")
         return edit
@@ -314,125 +323,81 @@ def _split_prompts(prompts: Sequence[Prompt], langs: list[str], pivot: str, pres
 def fit_edit(
     model,
     prompts: Sequence[Prompt],
+    spec: EditSpec,
     *,
-    layers: int | Iterable[int],
-    neurons: SafetyNeurons | Mapping[int, Sequence[int]] | Sequence[int] | str,
-    site: EditSite = "gate",
-    langs: Iterable[str] | None = None,
-    pivot: str = "en",
-    neuron_langs: Iterable[str] | None = None,
-    rank: int | None = 32,
-    gamma: float = 1.0,
-    ridge: float = 1e-2,
-    method: Literal["soft", "nullspace"] = "soft",
-    null_threshold: float | None = None,
-    null_energy: float | None = None,
-    position: Literal["last", "mean"] = "last",
-    preserve: Sequence[str] = ("harmless",),
-    target: str = "neurons",
-    refusal_boost: float = 0.0,
-    preserve_positions: Literal["last", "all"] = "last",
-    position_weight: float = 0.2,
-    sequential: bool = True,
     rows: ActivationRows | Collection | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> WeightEdit:
-    """Fit the closed-form edit at one or several layers. Returns it un-applied.
+    """Fit the edit that `spec` describes (`EditSpec.paper`, `.linear`, `.nullspace`, `.switch` or a variation
+    of one: ``EditSpec.linear(layers=[21]).replace(rank=8)``). Returns it un-applied, with `spec` attached.
 
     Args:
-        prompts: harmful prompts in `langs` and their `pivot` (English) translations (same ids), plus
-            the harmless prompts that anchor utility; typically `load_prompts().filter(split="anchor")`.
-        layers: the layer(s) to edit; several are fitted in increasing order, each on inputs computed
-            with the earlier edits applied.
-        neurons: which neurons (S): a `SafetyNeurons` ranking (its `neuron_langs` sets, default the
-            pivot's, united), a {layer: indices} map, one index list for every layer, or "all".
-        site: "gate" (the paper), "up", or "w_out".
-        rank, gamma, ridge, method, null_threshold, null_energy: the solver's (see `solve_edit`);
-            ridge is relative to tr(Q)/d. `rank` is capped at the largest rank a layer allows,
-            min(key width, output width), e.g. 3 for 3 neurons at site "w_out" or "gate"; each layer's
-            `solution["rank"]` records the rank used.
-        preserve: rows whose outputs the edit should leave alone: "harmless" prompts (the paper's
-            utility anchor) and/or "pivot_harmful" (the English harmful prompts, to keep English safe).
-        target: what the LRL rows should match. "neurons" (the paper): the pivot's pre-activations
-            (gate/up) or activations (w_out) at S. With site="w_out" wider targets write into the
-            residual stream through rows S of W_out: "residual", the whole gap between the pivot's and
-            the LRL's residual stream after the layer; "language_gap", the mean of that gap over the
-            language's harmful prompts (one vector per language: it drops the prompt-specific part,
-            which does not generalise); "refusal", the gap's component along the layer's refusal
-            direction r (pivot harmful − harmless mean residual).
-        refusal_boost: with "residual" / "language_gap", add this multiple of r (at its natural size)
-            to every target: the English refusal signal on top of "look like English".
-        preserve_positions: "last" keeps the preserved prompts' rows at the fitted position; "all" also
-            keeps every token of every harmless prompt and every *message* token of every harmful prompt
-            unchanged, leaving the edit free only where a harmful prompt's answer opens (the chat
-            template's tokens after the message), which is where the model decides how to answer: a
-            weight edit acts at every position and on every generated token.
-        position_weight: with preserve_positions="all", the weight of each such token (one
-            last-position row weighs 1).
-        sequential: fit each later layer on inputs recomputed with the earlier edits applied (one
-            collection pass per layer); False solves every layer on the unedited model's rows.
-        rows: precomputed `ActivationRows` (from `collect_activations`) to use where they suffice, or the
-            whole `Collection`, whose Gram matrices (collected with gram_positions="preserved") then serve
-            preserve_positions="all".
+        prompts: harmful prompts in the spec's `langs` and their `pivot` (English) translations (same ids),
+            plus the harmless prompts that anchor utility; typically `load_prompts().filter(split="anchor")`.
+            For the harm switch: harmful and harmless prompts in every language it should serve.
+        spec: the recipe; `EditSpec` documents every field. Several layers are fitted in increasing order,
+            each on inputs computed with the earlier edits applied (unless ``sequential=False``). The rank is
+            capped at the largest a layer allows, min(key width, output width), e.g. 3 for 3 neurons at site
+            "w_out" or "gate"; each layer's ``solution["rank"]`` records the rank used. A harm-switch spec fits
+            the detector on `prompts` (`fit_detector`) and then the switch (`fit_switch`).
+        rows: precomputed `ActivationRows` (from `collect_activations`, this model, the spec's position) used
+            where they hold the needed (site, layer) rows, or the whole `Collection`. Its Gram matrices
+            (collected with gram_positions="preserved") serve preserve_positions="all" only when the
+            collection holds exactly the prompts this call uses: a Gram matrix is a sum over every prompt
+            collected and cannot be restricted to fewer, so otherwise it is computed here over the call's
+            prompts (one pass), and the edit is the same with and without `rows`.
+
+    Where the targets come from: "neurons" (the paper), the pivot's pre-activations (gate/up) or activations
+    (w_out) at S; with site="w_out" wider targets write into the residual stream through rows S of W_out:
+    "residual", the whole gap between the pivot's and the low-resource language's residual stream after the
+    layer; "language_gap", the mean of that gap over the language's harmful prompts (one vector per
+    language: it drops the prompt-specific part, which does not generalise); "refusal", the gap's component
+    along the layer's refusal direction r (pivot harmful − harmless mean residual); refusal_boost adds that
+    multiple of r to a "residual" or "language_gap" target. preserve_positions="all" keeps every token of
+    every harmless prompt and every message token of every harmful prompt unchanged, leaving the edit free
+    only where a harmful prompt's answer opens (the chat template's tokens after the message): a weight edit
+    acts at every position and on every generated token.
     """
     check_model(model, EditError)
-    layers = sorted(set(as_int_list("layers", layers, EditError)))
-    prompts = as_records("prompts", prompts, Prompt, EditError)
-    if isinstance(neurons, str):
-        check_choice("neurons", neurons, ("all",), EditError)
-    check_choice("edit site", site, KEY_SITE, EditError)
-    check_choice("method", method, ("soft", "nullspace"), EditError)
-    check_choice("position", position, ("last", "mean"), EditError)
-    preserve = as_str_list("preserve", preserve, EditError, allow_empty=True)
-    if rank is not None:
-        rank = check_positive_int("rank", rank, EditError)
-    gamma = check_number("gamma", gamma, EditError, minimum=0)
-    ridge = check_number("ridge", ridge, EditError, minimum=0)
-    refusal_boost = check_number("refusal_boost", refusal_boost, EditError)
-    position_weight = check_number("position_weight", position_weight, EditError)
+    if not isinstance(spec, EditSpec):
+        raise EditError(f"spec must be an EditSpec (e.g. sn.EditSpec.linear(layers=[21])), got {type(spec).__name__} "
+                        f"{spec!r:.60}")  # fmt: skip
+    prompts = list(as_records("prompts", prompts, Prompt, EditError))
     batch_size = check_positive_int("batch_size", batch_size, EditError)
+    if spec.layers is None:
+        raise EditError("the spec names no layers: give them, e.g. EditSpec.linear(layers=[21]) or spec.replace(layers=[21])")
+    for layer in spec.layers:
+        if not 0 <= layer < model.cfg.n_layers:
+            raise EditError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
+    if spec.kind == "switch":
+        return _fit_switch(model, prompts, spec, rows, batch_size, progress)
+    layers, site, target, solver, pivot = list(spec.layers), spec.site, spec.target, spec.solver, spec.pivot
+    position, preserve_positions, refusal_boost = spec.position, spec.preserve_positions, spec.refusal_boost
     if rows is not None:  # precomputed rows must come from this model, at this position
         given = rows.rows if isinstance(rows, Collection) else rows
         if not isinstance(given, ActivationRows):
             raise EditError(f"rows must be ActivationRows or a Collection from collect_activations, got {type(rows).__name__}")
         if given.position != position:
             raise EditError(f"the given rows were collected at position={given.position!r}, the edit is fitted at "
-                            f"position={position!r}; collect them again or pass position={given.position!r}")  # fmt: skip
+                            f"position={position!r}; collect them again or use position={given.position!r}")  # fmt: skip
         if given.model and given.model != model_tag(model):
             raise EditError("the given rows were collected on another model (model tag mismatch); collect them on this one")
-    for layer in layers:
-        if not 0 <= layer < model.cfg.n_layers:
-            raise EditError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
-    prompts = list(prompts)
     check_lengths(encode_chat(model.tokenizer, [p.text for p in prompts]), model.cfg.n_ctx, prompt_names(prompts))
-    check_langs([pivot])
-    langs = [x for x in dict.fromkeys(p.lang for p in prompts) if x != pivot] if langs is None else check_langs(langs)
-    if pivot in langs:
-        raise EditError(f"the pivot language {pivot!r} cannot also be a language to fix")
-    neuron_langs = [pivot] if neuron_langs is None else check_langs(neuron_langs)
-    low, piv, keep = _split_prompts(prompts, langs, pivot, preserve)
-    if site not in KEY_SITE:
-        raise EditError(f"unknown edit site {site!r}; choose one of {', '.join(KEY_SITE)}")
-    if preserve_positions not in ("last", "all"):
-        raise EditError(f"preserve_positions must be 'last' or 'all', got {preserve_positions!r}")
-    if target not in TARGETS:
-        raise EditError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if target != "neurons" and site != "w_out":
-        raise EditError(f"target={target!r} writes to the residual stream: it needs site='w_out'")
-    if refusal_boost and target not in ("residual", "language_gap"):
-        raise EditError(f"refusal_boost adds to a residual-stream gap: it needs target='residual' or 'language_gap', not {target!r}")
-    if not position_weight > 0:
-        raise EditError(f"position_weight must be > 0, got {position_weight}")
+    langs = [x for x in dict.fromkeys(p.lang for p in prompts) if x != pivot] if spec.langs is None else list(spec.langs)
+    neuron_langs = [pivot] if spec.neuron_langs is None else list(spec.neuron_langs)
+    low, piv, keep = _split_prompts(prompts, langs, pivot, spec.preserve)
     ref_safe = [p for p in prompts if p.lang == pivot and p.label == "harmless"]
     if (target == "refusal" or refusal_boost) and not ref_safe:
         raise EditError(f"the refusal direction needs {pivot} harmless prompts (target='refusal' or refusal_boost)")
-    grams = {}
-    if isinstance(rows, Collection):
-        grams = rows.gram if rows.gram_positions == "preserved" else {}
-        rows = rows.rows
     # one collection set: every row needed, each prompt once
     needed = list({(p.lang, p.id): p for p in low + piv + keep + ref_safe}.values())
+    grams = {}
+    if isinstance(rows, Collection):
+        # its Gram matrices sum over the prompts it holds: they serve only when those are this call's prompts
+        if rows.gram_positions == "preserved" and set(rows.rows.prompts) == set(needed):
+            grams = rows.gram
+        rows = rows.rows
 
     def row_keys(layer):
         return [(KEY_SITE[site], layer)] + ([("resid", layer)] if target in _RESIDUAL_TARGETS else [])
@@ -441,8 +406,8 @@ def fit_edit(
     applied: list[WeightEdit] = []
     try:
         for n, layer in enumerate(layers):
-            idx = _neurons_for(neurons, layer, model.cfg.d_mlp, neuron_langs)
-            fresh = sequential and n > 0
+            idx = _neurons_for(spec.neurons, layer, model.cfg.d_mlp, neuron_langs)
+            fresh = spec.sequential and n > 0
             have = rows is not None and all(k in rows.rows for k in row_keys(layer))
             key = (KEY_SITE[site], layer)
             if fresh or not have:  # one pass for the rows and, when wanted, the preserved positions' Gram
@@ -468,13 +433,12 @@ def fit_edit(
             # the rank is capped at what this layer's problem allows: min(key width, output width)
             widths = {"w_out": (len(idx), len(idx) if target == "neurons" else model.cfg.d_model)}
             limit = min(widths.get(site, (model.cfg.d_model, len(idx))))
-            solve = dict(rank=None if rank is None else min(rank, limit), gamma=gamma, ridge=ridge, method=method,
-                         null_threshold=null_threshold, null_energy=null_energy)  # fmt: skip
+            options = solver.replace(rank=None if solver.rank is None else min(solver.rank, limit))
             gram = None
             if preserve_positions == "all":  # every position but the harmful prompts' answer opening
-                if layer_gram is None:  # rows were given without it
+                if layer_gram is None:  # rows were given without it (or with one over other prompts)
                     layer_gram = _preserved_gram(model, needed, key, batch_size, progress)
-                gram = position_weight * layer_gram
+                gram = spec.position_weight * layer_gram
             if site == "w_out":  # the keys are the safety neurons' activations
                 keys, keep_keys = X_low[:, idx], None if X_keep is None else X_keep[:, idx]
                 if gram is not None:  # stay silent at every preserved position
@@ -482,11 +446,11 @@ def fit_edit(
             elif gram is not None:
                 X_keep = _factor(gram) if X_keep is None else torch.cat([X_keep, _factor(gram)])
             if target == "neurons" and site == "w_out":
-                sol = solve_edit(keys, X_piv[:, idx] - keys, keep_keys, **solve)
+                sol = options.solve(keys, X_piv[:, idx] - keys, keep_keys)
                 edit = LayerEdit(layer, site, idx, sol.delta @ w[idx], sol.delta, sol.to_dict())
             elif target == "neurons":
                 w_s = w[:, idx]
-                sol = solve_edit(X_low, (X_piv - X_low) @ w_s, X_keep, **solve)
+                sol = options.solve(X_low, (X_piv - X_low) @ w_s, X_keep)
                 edit = LayerEdit(layer, site, idx, sol.delta, None, sol.to_dict())
             else:
                 resid_piv = take(piv, ("resid", layer))
@@ -503,29 +467,38 @@ def fit_edit(
                             gap[sel] = gap[sel].mean(0)
                 if refusal_boost:
                     gap = gap + refusal_boost * r
-                sol = solve_edit(keys, gap, keep_keys, **solve)
+                sol = options.solve(keys, gap, keep_keys)
                 edit = LayerEdit(layer, site, idx, sol.delta, None, sol.to_dict())
             done.append(edit)
-            if layer != layers[-1] and sequential:  # later layers see this one's effect
+            if layer != layers[-1] and spec.sequential:  # later layers see this one's effect
                 applied.append(WeightEdit([edit]).apply(model))
     finally:
         for e in reversed(applied):
             e.revert(model)
 
-    settings = {
-        "site": site, "layers": layers, "rank": rank, "gamma": gamma, "ridge": ridge, "ridge_mode": "relative",
-        "method": method, "null_threshold": null_threshold, "null_energy": null_energy, "position": position,
-        "preserve": list(preserve), "pivot": pivot, "langs": langs, "neuron_langs": neuron_langs,
-        "neurons": neurons if isinstance(neurons, str) else type(neurons).__name__, "target": target,
-        "refusal_boost": refusal_boost, "sequential": sequential, "preserve_positions": preserve_positions,
-        "position_weight": position_weight,
-    }  # fmt: skip
+    recipe = {k: v for k, v in spec.to_dict().items() if k not in ("kind", "solver", "neurons")}
+    settings = {**recipe, **solver.to_dict(), "langs": langs, "neuron_langs": neuron_langs,
+                "neurons": spec.neurons if isinstance(spec.neurons, str) else type(spec.neurons).__name__}  # fmt: skip
     fitted_on = {
         "harmful_ids": sorted({p.id for p in low}),
         "langs": langs,
         "preserved": {"count": len(keep), "ids": sorted({p.id for p in keep})},
         "rows": {"low": len(low), "preserved": len(keep)},
     }
-    result = WeightEdit(done, settings, fitted_on)
+    result = WeightEdit(done, settings, fitted_on, spec=spec)
     result.fingerprint = result.model_fingerprint(model)
     return result
+
+
+def _fit_switch(model, prompts, spec: EditSpec, rows, batch_size: int, progress: bool) -> WeightEdit:
+    """The harm switch of `spec`: its detector fitted on `prompts`, then the two-neuron step."""
+    from .switch import fit_detector, fit_switch
+
+    if rows is not None:
+        raise EditError("the harm switch fits its own detector in one streaming pass: rows= does not apply to it")
+    o = spec.switch_options
+    detector = fit_detector(model, prompts, layer=spec.layers[0], answer_tokens=o.answer_tokens, trigger=o.trigger,
+                            pivot=spec.pivot, ridge=o.probe_ridge, batch_size=batch_size, progress=progress)  # fmt: skip
+    edit = fit_switch(model, detector, threshold=o.threshold, width=o.width, strength=o.strength, neurons=spec.neurons)
+    edit.spec = spec
+    return edit

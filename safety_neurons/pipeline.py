@@ -31,11 +31,15 @@ from .models import DEFAULT_MODEL, cache_dir, load_model
 from .neurons import SafetyNeurons, rank_neurons
 from .prompts import LANG_NAMES, LANGS, PromptSet, check_langs, load_prompts, load_utility
 from .rates import Rate
+from .recipes import EditSpec
 from .selection import choose, select_layers  # noqa: F401 - `pipeline.choose` / `select_layers` as before
 
 NON_EN = [x for x in LANGS if x != "en"]
 _SIZES = ("batch_size", "anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank")
 _NUMBERS = ("gamma", "ridge", "refusal_boost", "position_weight", "over_refusal_cap", "kl_cap")
+_LINEAR = EditSpec.linear()  # the edit a run fits: this preset, with the recipe fields below changed
+_RECIPE = ("site", "target", "refusal_boost", "langs", "rank", "gamma", "ridge", "method", "preserve",
+           "preserve_positions", "position_weight")  # fmt: skip
 
 
 class RunConfigError(ValueError):
@@ -63,21 +67,21 @@ class RunConfig:
     mc_scoring: str = "cloze"
     max_new_tokens: int = 24
     select_tokens: int = 12  # answer length when judging the validation answers in the layer selection
-    # the edit
-    site: str = "w_out"
-    target: str = "language_gap"
-    refusal_boost: float = 1.0
+    # the edit: `EditSpec.linear` (defaults below are the preset's), these fields changed (`edit_spec`)
+    site: str = _LINEAR.site
+    target: str = _LINEAR.target
+    refusal_boost: float = _LINEAR.refusal_boost
     neurons: str = "all"  # "all" MLP neurons, or "en" / "langs": the safety neurons of English / of every language
     langs: list[str] | None = None  # languages the edit fixes (default: every non-English one)
     candidates: list[list[int]] = field(default_factory=lambda: [[19], [21]])
     layers: list[int] | None = None  # fixed layers: skips the selection on the validation split
-    rank: int = 32
-    gamma: float = 1.0
-    ridge: float = 0.1
-    method: str = "soft"
-    preserve: list[str] = field(default_factory=lambda: ["harmless", "pivot_harmful"])
-    preserve_positions: str = "all"
-    position_weight: float = 0.2
+    rank: int = _LINEAR.solver.rank
+    gamma: float = _LINEAR.solver.gamma
+    ridge: float = _LINEAR.solver.ridge
+    method: str = _LINEAR.solver.method
+    preserve: list[str] = field(default_factory=lambda: list(_LINEAR.preserve))
+    preserve_positions: str = _LINEAR.preserve_positions
+    position_weight: float = _LINEAR.position_weight
     # layer selection (`selection.choose`): the lowest judged non-English ASR on the validation split among
     # the candidates whose over-refusal rise ≤ over_refusal_cap, English ASR rise ≤ en_asr_cap (shares: 0.05
     # = 5 points) and KL ≤ kl_cap (nats, first answer token of harmless prompts); when none qualifies, the
@@ -114,6 +118,15 @@ class RunConfig:
         p.add_argument("--preserve", nargs="+", default=d.preserve, choices=["harmless", "pivot_harmful"])
         p.add_argument("--preserve-positions", default=d.preserve_positions, choices=["last", "all"])
         p.add_argument("--mc-scoring", default=d.mc_scoring, choices=list(MC_SCORING))
+
+    def edit_spec(self, layers, ranking: SafetyNeurons | None = None) -> EditSpec:
+        """The edit this run fits at `layers`: `EditSpec.linear` with the recipe fields above, and the neuron
+        choice ("en" / "langs": the union of `ranking`'s English / every language's safety neurons)."""
+        neurons, neuron_langs = "all", None
+        if self.neurons != "all":
+            neurons, neuron_langs = ranking, ["en"] if self.neurons == "en" else list(ranking.langs)
+        return _LINEAR.replace(layers=layers, neurons=neurons, neuron_langs=neuron_langs,
+                               **{name: getattr(self, name) for name in _RECIPE})  # fmt: skip
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
@@ -186,19 +199,9 @@ def _splits(config: RunConfig, prompts) -> dict:
     }
 
 
-def _neuron_choice(config: RunConfig, ranking: SafetyNeurons):
-    return {"all": ("all", None), "en": (ranking, ["en"]), "langs": (ranking, list(ranking.langs))}[config.neurons]
-
-
 def _fit(model, config: RunConfig, anchor, ranking, collection, layers, progress=False) -> WeightEdit:
-    neurons, neuron_langs = _neuron_choice(config, ranking)
-    return fit_edit(
-        model, anchor, layers=layers, neurons=neurons, neuron_langs=neuron_langs, site=config.site, langs=config.langs,
-        target=config.target, refusal_boost=config.refusal_boost, rank=config.rank, gamma=config.gamma,
-        ridge=config.ridge, method=config.method, preserve=config.preserve, preserve_positions=config.preserve_positions,
-        position_weight=config.position_weight, rows=collection, sequential=False, batch_size=config.batch_size,
-        progress=progress,
-    )  # fmt: skip
+    return fit_edit(model, anchor, config.edit_spec(layers, ranking), rows=collection, batch_size=config.batch_size,
+                    progress=progress)  # fmt: skip
 
 
 def _row_sites(config: RunConfig) -> list[str]:

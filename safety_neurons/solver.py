@@ -20,12 +20,16 @@ The **nullspace** edit (AlphaEdit-style) additionally forces ``ΔW = U0 B`` wher
 columns of ``U0`` (d × d0) span the (approximate) null space of ``X_safe``; the same reduced-rank
 ridge problem is solved for ``B`` with keys ``X U0``, so ``X_safe ΔW ≈ 0`` to numerical precision
 when ``U0`` is the exact null space.
+
+The settings (rank, γ, ridge, method, null-space threshold) are one small object, `SolverOptions`: its defaults
+are `solve_edit`'s, and an `EditSpec` carries one as its ``solver``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Union
 
 import numpy as np
@@ -33,7 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Solution", "solve_edit", "objective", "null_space_basis"]
+__all__ = ["Solution", "SolverError", "SolverOptions", "solve_edit", "objective", "null_space_basis"]
 
 _F64 = torch.float64
 _EPS = float(torch.finfo(_F64).eps)
@@ -42,6 +46,10 @@ _EPS = float(torch.finfo(_F64).eps)
 _EXACT_COND_MAX_DIM = 2048
 
 ArrayLike = Union[Float[Tensor, "..."], Float[np.ndarray, "..."]]
+
+
+class SolverError(ValueError):
+    """The solver's inputs or settings are invalid: shapes, non-finite values, options, a singular Q."""
 
 
 @dataclass(frozen=True)
@@ -79,37 +87,39 @@ def _as_f64(name: str, a: ArrayLike) -> Float[Tensor, "..."]:
     """Convert a tensor / numpy array / nested list to a float64 CPU tensor (no grad)."""
     if isinstance(a, Tensor):
         if a.is_complex():
-            raise ValueError(f"{name} must be real, got dtype {a.dtype}")
+            raise SolverError(f"{name} must be real, got dtype {a.dtype}")
         t = a.detach().to(device="cpu", dtype=_F64)
     else:
         arr = np.asarray(a)
         if np.iscomplexobj(arr):
-            raise ValueError(f"{name} must be real, got dtype {arr.dtype}")
+            raise SolverError(f"{name} must be real, got dtype {arr.dtype}")
         try:
             t = torch.as_tensor(arr.astype(np.float64, copy=False), dtype=_F64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{name} could not be converted to a float64 array: {exc}") from exc
+            raise SolverError(f"{name} could not be converted to a float64 array: {exc}") from exc
     if t.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+        raise SolverError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
     return t
 
 
 def _check_finite(name: str, t: Tensor) -> None:
     bad = int((~torch.isfinite(t)).sum())
     if bad:
-        raise ValueError(
+        raise SolverError(
             f"{name} contains {bad} non-finite entries (NaN or inf) out of {t.numel()} "
             f"(shape {tuple(t.shape)})"
         )
 
 
 def _check_nonneg(name: str, v: float) -> float:
+    if isinstance(v, (bool, str, bytes)):  # True / "0.1" are mistakes, not numbers
+        raise SolverError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
     try:
         v = float(v)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a real number, got {v!r}") from exc
+        raise SolverError(f"{name} must be a real number, got {v!r}") from exc
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        raise SolverError(f"{name} must be a finite number >= 0, got {v}")
     return v
 
 
@@ -117,13 +127,84 @@ def _check_rank(rank: int | None, limit: int, what: str, note: str = "") -> int 
     if rank is None:
         return None
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+        raise SolverError(f"rank must be a positive int or None, got {rank!r}")
     rank = int(rank)
     if rank < 1:
-        raise ValueError(f"rank must be >= 1 (or None for full rank), got rank={rank}")
+        raise SolverError(f"rank must be >= 1 (or None for full rank), got rank={rank}")
     if rank > limit:
-        raise ValueError(f"rank={rank} is larger than possible: it exceeds {what}={limit}{note}")
+        raise SolverError(f"rank={rank} is larger than possible: it exceeds {what}={limit}{note}")
     return rank
+
+
+# ----------------------------------------------------------------------------------------
+# the settings
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """The closed form's settings, checked when made (a bad one is a `SolverError`).
+
+    Its defaults are `solve_edit`'s; `EditSpec.solver` holds one, and ``options.solve(X, D, X_safe)`` is
+    ``solve_edit(X, D, X_safe, **options.to_dict())``.
+
+    * ``rank``: the rank limit of ΔW (None: none, the plain ridge solution);
+    * ``gamma``: the weight γ of the preserved rows;
+    * ``ridge``: λ, relative to tr(XᵀX + γ X_safeᵀX_safe)/d (``ridge_mode="relative"``) or absolute;
+    * ``method``: ``"soft"`` (the penalty) or ``"nullspace"`` (ΔW in the null space of X_safe), with at most
+      one of ``null_threshold`` / ``null_energy`` widening that null space (see `null_space_basis`).
+    """
+
+    rank: int | None = 32
+    gamma: float = 1.0
+    ridge: float = 1e-2
+    ridge_mode: Literal["relative", "absolute"] = "relative"
+    method: Literal["soft", "nullspace"] = "soft"
+    null_threshold: float | None = None
+    null_energy: float | None = None
+
+    def __post_init__(self):
+        if self.rank is not None:
+            object.__setattr__(self, "rank", _check_rank(self.rank, math.inf, "", ""))
+        object.__setattr__(self, "gamma", _check_nonneg("gamma", self.gamma))
+        object.__setattr__(self, "ridge", _check_nonneg("ridge", self.ridge))
+        if self.ridge_mode not in ("relative", "absolute"):
+            raise SolverError(f"ridge_mode must be 'relative' or 'absolute', got {self.ridge_mode!r}")
+        if self.method not in ("soft", "nullspace"):
+            raise SolverError(f"method must be 'soft' or 'nullspace', got {self.method!r}")
+        if self.null_threshold is not None and self.null_energy is not None:
+            raise SolverError("give at most one of null_threshold and null_energy, not both")
+        for name, what in (("null_threshold", "is relative to the largest eigenvalue"),
+                           ("null_energy", "is a fraction of the total energy")):  # fmt: skip
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.method != "nullspace":
+                raise SolverError("null_threshold / null_energy only apply to method='nullspace'")
+            value = _check_nonneg(name, value)
+            if value > 1:
+                raise SolverError(f"{name} {what} and must be in [0, 1], got {value}")
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes) -> "SolverOptions":
+        """A copy with some settings changed (checked again)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise SolverError(f"unknown solver setting(s) {unknown}; the settings are {[f.name for f in fields(self)]}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "SolverOptions":
+        if not isinstance(d, Mapping):
+            raise SolverError(f"solver options must be a dict, got {type(d).__name__} {d!r:.60}")
+        return cls().replace(**d)
+
+    def solve(self, X: ArrayLike, D: ArrayLike, X_safe: ArrayLike | None = None) -> "Solution":
+        """`solve_edit` with these settings."""
+        return solve_edit(X, D, X_safe, **self.to_dict())
 
 
 # ----------------------------------------------------------------------------------------
@@ -196,15 +277,15 @@ def null_space_basis(
     S = _as_f64("X_safe", X_safe)
     _check_finite("X_safe", S)
     if null_threshold is not None and null_energy is not None:
-        raise ValueError("give at most one of null_threshold and null_energy, not both")
+        raise SolverError("give at most one of null_threshold and null_energy, not both")
     if null_threshold is not None:
         null_threshold = _check_nonneg("null_threshold", null_threshold)
         if null_threshold > 1:
-            raise ValueError(f"null_threshold is relative to the largest eigenvalue and must be in [0, 1], got {null_threshold}")
+            raise SolverError(f"null_threshold is relative to the largest eigenvalue and must be in [0, 1], got {null_threshold}")
     if null_energy is not None:
         null_energy = _check_nonneg("null_energy", null_energy)
         if null_energy > 1:
-            raise ValueError(f"null_energy is a fraction of the total energy and must be in [0, 1], got {null_energy}")
+            raise SolverError(f"null_energy is a fraction of the total energy and must be in [0, 1], got {null_energy}")
     k, d = S.shape
     if k == 0:
         return torch.eye(d, dtype=_F64)
@@ -250,13 +331,13 @@ def _reduced_rank_ridge(
     Q.diagonal().add_(lam)
     L, info = torch.linalg.cholesky_ex(Q)  # Q = L Lᵀ, i.e. R = Lᵀ
     if int(info) != 0:
-        raise ValueError(
+        raise SolverError(
             f"Q = XᵀX + γ X_safeᵀX_safe + λI ({p} × {p}) is singular (Cholesky failed at "
             f"pivot {int(info)}, λ = {lam:g}); use ridge > 0 (or a larger ridge)"
         )
     cond = _spd_condition(Q, L)
     if not math.isfinite(cond) or cond * p * _EPS > 1.0:
-        raise ValueError(
+        raise SolverError(
             f"Q = XᵀX + γ X_safeᵀX_safe + λI ({p} × {p}) is singular to working precision "
             f"(condition number {cond:.3g}, λ = {lam:g}); use ridge > 0 (or a larger ridge)"
         )
@@ -301,13 +382,13 @@ def solve_edit(
     D: Float[Tensor, "n m"] | Float[np.ndarray, "n m"],
     X_safe: Float[Tensor, "k d"] | Float[np.ndarray, "k d"] | None = None,
     *,
-    rank: int | None = 32,
-    gamma: float = 1.0,
-    ridge: float = 1e-2,
-    ridge_mode: Literal["relative", "absolute"] = "relative",
-    method: Literal["soft", "nullspace"] = "soft",
-    null_threshold: float | None = None,
-    null_energy: float | None = None,
+    rank: int | None = SolverOptions.rank,
+    gamma: float = SolverOptions.gamma,
+    ridge: float = SolverOptions.ridge,
+    ridge_mode: Literal["relative", "absolute"] = SolverOptions.ridge_mode,
+    method: Literal["soft", "nullspace"] = SolverOptions.method,
+    null_threshold: float | None = SolverOptions.null_threshold,
+    null_energy: float | None = SolverOptions.null_energy,
 ) -> Solution:
     """Closed-form rank-≤r edit ``ΔW`` (d × m) minimising
     ``‖X ΔW − D‖² + γ‖X_safe ΔW‖² + λ‖ΔW‖²`` (exactly, via whitened truncated SVD).
@@ -320,26 +401,28 @@ def solve_edit(
       objective minimised over ``B`` (keys ``X U0``; the γ term vanishes on the exact null space).
       A relative ridge is then taken w.r.t. the reduced problem: ``tr(U0ᵀ(XᵀX + γX_safeᵀX_safe)U0)/d0``.
 
-    All computation is float64 on CPU whatever the input dtype/device.  Raises ``ValueError`` on
-    bad shapes, non-finite inputs, bad hyper-parameters, or a (numerically) singular Q.
+    The settings are those of `SolverOptions` (with its defaults; ``options.solve(X, D, X_safe)`` passes
+    them all). All computation is float64 on CPU whatever the input dtype/device. Raises `SolverError`
+    (a ``ValueError``) on bad hyper-parameters, bad shapes, non-finite inputs or a (numerically) singular Q.
     """
+    SolverOptions(rank, gamma, ridge, ridge_mode, method, null_threshold, null_energy)  # the settings, before any work
     X = _as_f64("X", X)
     D = _as_f64("D", D)
     n, d = X.shape
     m = D.shape[1]
     if m == 0:
-        raise ValueError(f"empty neuron set: D has 0 columns (shape {tuple(D.shape)})")
+        raise SolverError(f"empty neuron set: D has 0 columns (shape {tuple(D.shape)})")
     if n == 0:
-        raise ValueError(f"no key rows: X has n == 0 rows (shape {tuple(X.shape)})")
+        raise SolverError(f"no key rows: X has n == 0 rows (shape {tuple(X.shape)})")
     if d == 0:
-        raise ValueError(f"X has 0 columns (shape {tuple(X.shape)}): nothing to edit")
+        raise SolverError(f"X has 0 columns (shape {tuple(X.shape)}): nothing to edit")
     if D.shape[0] != n:
-        raise ValueError(f"row-count mismatch: X has {n} rows (shape {tuple(X.shape)}) but D has {D.shape[0]} (shape {tuple(D.shape)})")
+        raise SolverError(f"row-count mismatch: X has {n} rows (shape {tuple(X.shape)}) but D has {D.shape[0]} (shape {tuple(D.shape)})")
     S = None
     if X_safe is not None:
         S = _as_f64("X_safe", X_safe)
         if S.shape[1] != d:
-            raise ValueError(
+            raise SolverError(
                 f"column mismatch: X_safe has {S.shape[1]} columns (shape {tuple(S.shape)}) "
                 f"but X has {d} (shape {tuple(X.shape)})"
             )
@@ -350,9 +433,9 @@ def solve_edit(
     gamma = _check_nonneg("gamma", gamma)
     ridge = _check_nonneg("ridge", ridge)
     if ridge_mode not in ("relative", "absolute"):
-        raise ValueError(f"ridge_mode must be 'relative' or 'absolute', got {ridge_mode!r}")
+        raise SolverError(f"ridge_mode must be 'relative' or 'absolute', got {ridge_mode!r}")
     if method not in ("soft", "nullspace"):
-        raise ValueError(f"method must be 'soft' or 'nullspace', got {method!r}")
+        raise SolverError(f"method must be 'soft' or 'nullspace', got {method!r}")
 
     G = X.mT @ X
     if S is not None and gamma > 0:
@@ -361,19 +444,19 @@ def solve_edit(
 
     if method == "soft":
         if null_threshold is not None or null_energy is not None:
-            raise ValueError("null_threshold / null_energy only apply to method='nullspace'")
+            raise SolverError("null_threshold / null_energy only apply to method='nullspace'")
         rank = _check_rank(rank, min(d, m), "min(d, m)", f" (d = {d}, m = {m})")
         lam = ridge * float(G.diagonal().sum()) / d if ridge_mode == "relative" else ridge
         left, right, sigma, cond, used = _reduced_rank_ridge(G, XtD, lam, rank)
         null_dim = None
     else:
         if S is None:
-            raise ValueError("method='nullspace' needs X_safe (the keys whose outputs must be preserved)")
+            raise SolverError("method='nullspace' needs X_safe (the keys whose outputs must be preserved)")
         rank = _check_rank(rank, min(d, m), "min(d, m)", f" (d = {d}, m = {m})")
         U0 = null_space_basis(S, null_threshold=null_threshold, null_energy=null_energy)
         d0 = U0.shape[1]
         if d0 == 0:
-            raise ValueError(
+            raise SolverError(
                 f"no room to edit: the null space of X_safe (shape {tuple(S.shape)}) has dimension 0 "
                 f"with null_threshold={null_threshold}, null_energy={null_energy}; relax the "
                 f"threshold (raise null_threshold or null_energy to admit low-energy directions)"

@@ -51,6 +51,7 @@ from .activations import SITES, _StopForward, hook_name, model_tag
 from .chat import encode_chat, sorted_batches, template_suffix_length
 from .edit import LayerEdit, WeightEdit, _weight
 from .prompts import Prompt
+from .recipes import EditSpec
 
 STEP = 8.0  # m: the second neuron's offset, in gate units (SiLU(8) = 7.997: the step saturates at m)
 
@@ -353,6 +354,8 @@ def fit_switch(
 
     On the packaged Qwen model `benchmarks/harm_switch.py` chose layer 20, θ = 0.33 and α = 8 on the validation
     split (θ with 3 of 160 validation harmless prompts above it); the defaults here are neutral starting points.
+    The edit's `spec` is the `EditSpec.switch` of these settings and the detector's; ``fit_edit(model, prompts,
+    EditSpec.switch(layer=..., ...))`` fits the detector and the switch in one call.
     """
     if not isinstance(detector, HarmDetector):
         raise SwitchError(f"detector must be a HarmDetector (from fit_detector), got {type(detector).__name__}")
@@ -362,7 +365,7 @@ def fit_switch(
     strength = check_number("strength", strength, SwitchError)
     if not width > 0:
         raise SwitchError(f"width must be > 0, got {width}")
-    layer, d_mlp = detector.layer, model.cfg.d_mlp
+    layer, d_mlp, given = detector.layer, model.cfg.d_mlp, neurons
     if neurons is None:
         neurons = detector.least_used(2)
     if isinstance(neurons, str) or not hasattr(neurons, "__len__") or len(neurons) != 2:
@@ -384,6 +387,11 @@ def fit_switch(
         edits.append(LayerEdit(layer, site, idx_t.clone(), delta.cpu(), None, {"replaces": True}))
     settings = {"kind": "harm_switch", "layer": layer, "threshold": threshold, "width": width, "strength": strength,
                 "neurons": idx, "step": STEP, "detector": detector.settings}  # fmt: skip
-    edit = WeightEdit(edits, settings, {"langs": detector.settings.get("langs", [])})
+    d = detector.settings
+    spec = EditSpec.switch(layer=layer, threshold=threshold, width=width, strength=strength,
+                           neurons=None if given is None else idx, probe_ridge=d.get("ridge", 1.0),
+                           trigger=d.get("trigger", 2), answer_tokens=d.get("answer_tokens", 32),
+                           pivot=d.get("pivot", "en"))  # fmt: skip
+    edit = WeightEdit(edits, settings, {"langs": d.get("langs", [])}, spec=spec)
     edit.fingerprint = edit.model_fingerprint(model)
     return edit

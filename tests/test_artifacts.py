@@ -26,8 +26,8 @@ def made():
     ranking = sn.rank_neurons(stats)
     return {
         # the w_out edit of the neurons' own activations carries a neuron map too
-        "WeightEdit": sn.fit_edit(bridge, prompts, layers=[0, 1], neurons=[0, 3, 5, 7], site="w_out", rank=2,
-                                  progress=False),
+        "WeightEdit": sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=[0, 1], neurons=[0, 3, 5, 7], site="w_out",
+                                                                    rank=2), progress=False),
         "SafetyNeurons": ranking,
         "ActivationStats": stats,
         "RefusalDirection": sn.RefusalDirection.fit(bridge, prompts, layer=1, langs=["en"], coeff=0.5, progress=False),

@@ -39,8 +39,8 @@ def test_device_map_model_collects_and_edits_like_the_plain_one(tiny_folder, tmp
     a, b = sn.collect_activations(plain, prompts, **kw), sn.collect_activations(mapped, prompts, **kw)
     assert torch.equal(a.stats.mean, b.stats.mean) and torch.equal(a.rows.rows[("act", 1)], b.rows.rows[("act", 1)])
     assert torch.equal(a.gram[("act", 1)], b.gram[("act", 1)])
-    edit = sn.fit_edit(mapped, prompts, layers=1, neurons="all", site="w_out", langs=["zh"], rank=4, rows=b,
-                       sequential=False, progress=False)  # fmt: skip
+    spec = sn.EditSpec.paper(layers=1, neurons="all", site="w_out", langs=["zh"], rank=4, sequential=False)
+    edit = sn.fit_edit(mapped, prompts, spec, rows=b, progress=False)
     assert edit.edits[0].delta.norm() > 0
     before = {k: v.clone() for k, v in sn.hf_state_dict(mapped).items()}
     with edit.applied(mapped):

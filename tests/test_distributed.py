@@ -71,8 +71,8 @@ def _prompts():
 # but the bridge's padded float64 forward gives NaN at layer 1 here.)
 COLLECT = dict(rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)], gram_positions="preserved", batch_size=1,
                progress=False)  # fmt: skip
-FIT = dict(layers=1, neurons="all", site="w_out", langs=["zh"], target="language_gap", rank=4, sequential=False,
-           preserve_positions="all", progress=False)  # fmt: skip
+# the edit uses every prompt collected (zh and the one vi prompt), so the sharded Gram matrix is the one it uses
+SPEC = sn.EditSpec.linear(layers=1, refusal_boost=0.0, preserve=["harmless"], rank=4, ridge=1e-2)
 
 
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
@@ -87,7 +87,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         result = {"stats": (c.stats.groups, c.stats.count, c.stats.mean, c.stats.m2), "rows": c.rows.rows,
                   "ids": [(p.lang, p.id) for p in c.rows.prompts], "gram": c.gram, "n_tokens": c.n_tokens}  # fmt: skip
         if sn.distributed.is_main():
-            edit = sn.fit_edit(model, prompts, rows=c, **FIT)
+            edit = sn.fit_edit(model, prompts, SPEC, rows=c, progress=False)
             result["delta"] = [e.delta for e in edit.edits]
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -100,7 +100,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     model = _tiny()
     prompts = _prompts()
     one = sn.collect_activations(model, prompts, **COLLECT)
-    edit = sn.fit_edit(model, prompts, rows=one, **FIT)
+    edit = sn.fit_edit(model, prompts, SPEC, rows=one, progress=False)
     assert edit.edits[0].delta.norm() > 0
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     tight = dict(rtol=1e-10, atol=1e-12)

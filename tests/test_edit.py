@@ -24,7 +24,7 @@ def prompts():
 
 def test_gate_edit_moves_preactivations_to_the_predicted_values(tiny, prompts):
     bridge, hf, _ = tiny
-    edit = sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, site="gate", rank=4, progress=False)
+    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons={1: S}, rank=4), progress=False)
     low = [p for p in prompts if p.label == "harmful" and p.lang != "en"]
     x = rows(bridge, low, "mlp_in", 1).matrix("mlp_in", 1)
     w_s = bridge.blocks[1].mlp.W_gate.detach().double()[:, S]
@@ -46,7 +46,7 @@ def test_gate_edit_moves_preactivations_to_the_predicted_values(tiny, prompts):
 
 def test_w_out_fold_equals_the_map_applied_by_a_hook(tiny, prompts):
     bridge, _, _ = tiny
-    edit = sn.fit_edit(bridge, prompts, layers=2, neurons={2: S}, site="w_out", rank=3, progress=False)
+    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=2, neurons={2: S}, site="w_out", rank=3), progress=False)
     e = edit.edits[0]
     batch = sn.tokenize_chat(bridge.tokenizer, [p.text for p in prompts[:6]])
     idx = e.neurons
@@ -71,7 +71,8 @@ def test_w_out_fold_equals_the_map_applied_by_a_hook(tiny, prompts):
 def test_revert_is_bit_exact_and_apply_touches_only_the_site(tiny, prompts, site):
     bridge, _, _ = tiny
     before = all_params(bridge)
-    edit = sn.fit_edit(bridge, prompts, layers=[0, 2], neurons={0: S, 2: S[:3]}, site=site, rank=2, progress=False)
+    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=[0, 2], neurons={0: S, 2: S[:3]}, site=site, rank=2),
+                       progress=False)  # fmt: skip
     assert all(torch.equal(v, before[k]) for k, v in all_params(bridge).items())  # fitting leaves no trace
     edit.apply(bridge)
     changed = {k for k, v in all_params(bridge).items() if not torch.equal(v, before[k])}
@@ -83,7 +84,7 @@ def test_revert_is_bit_exact_and_apply_touches_only_the_site(tiny, prompts, site
 
 def test_apply_twice_and_wrong_model_are_refused(tiny, prompts):
     bridge, hf, _ = tiny
-    edit = sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, rank=2, progress=False)
+    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons={1: S}, rank=2), progress=False)
     with edit.applied(bridge):
         with pytest.raises(sn.EditError, match="already applied"):
             edit.apply(bridge)
@@ -101,7 +102,7 @@ def test_save_load_apply_reproduces_logits_and_hf_export(tiny, prompts, tmp_path
     from transformers import AutoModelForCausalLM
 
     bridge, _, _ = tiny
-    edit = sn.fit_edit(bridge, prompts, layers=[1, 2], neurons={1: S, 2: S}, site="gate", rank=3, progress=False)
+    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=[1, 2], neurons={1: S, 2: S}, rank=3), progress=False)
     batch = sn.tokenize_chat(bridge.tokenizer, [p.text for p in prompts[:5]])
     with torch.no_grad(), edit.applied(bridge):
         expected = bridge(batch.input_ids, **batch.model_kwargs())
@@ -120,7 +121,7 @@ def test_save_load_apply_reproduces_logits_and_hf_export(tiny, prompts, tmp_path
 
 def test_multi_layer_fits_later_layers_on_edited_inputs(tiny, prompts):
     bridge, _, _ = tiny
-    edit = sn.fit_edit(bridge, prompts, layers=[0, 1], neurons={0: S, 1: S}, site="gate", rank=3, progress=False)
+    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=[0, 1], neurons={0: S, 1: S}, rank=3), progress=False)
     low = [p for p in prompts if p.label == "harmful" and p.lang != "en"]
     first = sn.WeightEdit([edit.edits[0]])
     with first.applied(bridge):
@@ -135,8 +136,8 @@ def test_nullspace_edit_leaves_preserved_rows_alone(tiny, prompts):
     bridge, _, _ = tiny
     safe = [p for p in prompts if p.label == "harmless" and p.lang == "en"]
     few = [p for p in prompts if p.label == "harmful"] + safe  # 8 preserved rows in d_model = 32
-    edit = sn.fit_edit(bridge, few, layers=1, neurons={1: S}, rank=3, method="nullspace", null_threshold=1e-8,
-                       progress=False)  # fmt: skip
+    spec = sn.EditSpec.paper(layers=1, neurons={1: S}, rank=3, method="nullspace", null_threshold=1e-8)
+    edit = sn.fit_edit(bridge, few, spec, progress=False)
     assert edit.edits[0].solution["null_dim"] == bridge.cfg.d_model - len(safe)
     before = rows(bridge, safe, "gate", 1).matrix("gate", 1)
     with edit.applied(bridge):
@@ -146,22 +147,23 @@ def test_nullspace_edit_leaves_preserved_rows_alone(tiny, prompts):
 
 def test_clear_errors(tiny, prompts):
     bridge, _, _ = tiny
+    spec = sn.EditSpec.paper(layers=1, neurons={1: S})
     with pytest.raises(sn.EditError, match="empty neuron set"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: []}, progress=False)
+        spec.replace(neurons={1: []})
     with pytest.raises(sn.EditError, match="mismatched parallel sets"):
-        sn.fit_edit(bridge, [p for p in prompts if p.lang != "en"], layers=1, neurons={1: S}, progress=False)
+        sn.fit_edit(bridge, [p for p in prompts if p.lang != "en"], spec, progress=False)
     with pytest.raises(sn.EditError, match="unknown edit site"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, site="attn", progress=False)
+        spec.replace(site="attn")
     with pytest.raises(sn.EditError, match="out of range"):
-        sn.fit_edit(bridge, prompts, layers=9, neurons={9: S}, progress=False)
+        sn.fit_edit(bridge, prompts, spec.replace(layers=9, neurons={9: S}), progress=False)
     with pytest.raises(ValueError, match="rank"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, rank=0, progress=False)
-    capped = sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, rank=50, progress=False)  # capped, documented
+        spec.replace(rank=0)
+    capped = sn.fit_edit(bridge, prompts, spec.replace(rank=50), progress=False)  # capped, documented
     assert capped.edits[0].solution["rank"] <= len(S)
     with pytest.raises(ValueError, match="unknown language"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, langs=["xx"], progress=False)
+        spec.replace(langs=["xx"])
     with pytest.raises(sn.EditError, match="harmless"):
-        sn.fit_edit(bridge, [p for p in prompts if p.label == "harmful"], layers=1, neurons={1: S}, progress=False)
+        sn.fit_edit(bridge, [p for p in prompts if p.label == "harmful"], spec, progress=False)
 
 
 def test_neuron_scaling_and_refusal_direction(tiny, prompts):
@@ -204,9 +206,9 @@ def test_preserving_all_positions_keeps_every_token_of_harmless_prompts_closer(t
                 moved = bridge(batch.input_ids, **batch.model_kwargs())
         return (moved - base)[mask].norm().item()
 
-    kw = dict(layers=1, neurons={1: S}, site=site, rank=3, gamma=10.0, progress=False)
-    last = sn.fit_edit(bridge, prompts, preserve_positions="last", **kw)
-    every = sn.fit_edit(bridge, prompts, preserve_positions="all", **kw)
+    spec = sn.EditSpec.paper(layers=1, neurons={1: S}, site=site, rank=3, gamma=10.0)
+    last = sn.fit_edit(bridge, prompts, spec.replace(preserve_positions="last"), progress=False)
+    every = sn.fit_edit(bridge, prompts, spec.replace(preserve_positions="all"), progress=False)
     assert every.settings["preserve_positions"] == "all"
     assert drift(every) < drift(last)
 
@@ -223,8 +225,9 @@ def test_language_gap_target_moves_each_prompt_by_its_languages_mean_gap(tiny, p
     en_h = [p for p in prompts if p.label == "harmful" and p.lang == "en"]
     en_s = [p for p in prompts if p.label == "harmless" and p.lang == "en"]
     # 16 fitted rows, 48 keys, no rank limit, a vanishing ridge, nothing preserved: an exact fit
-    edit = sn.fit_edit(bridge, prompts, layers=layer, neurons="all", site="w_out", target="language_gap",
-                       refusal_boost=boost, rank=None, ridge=1e-10, preserve=(), progress=False)  # fmt: skip
+    spec = sn.EditSpec.linear(layers=layer, refusal_boost=boost, rank=None, ridge=1e-10, preserve=(),
+                              preserve_positions="last")  # fmt: skip
+    edit = sn.fit_edit(bridge, prompts, spec, progress=False)
     before, piv = _last_resid(bridge, low, layer), _last_resid(bridge, en_h, layer)
     en_ids = {p.id: i for i, p in enumerate(en_h)}
     gap = piv[[en_ids[p.id] for p in low]] - before
@@ -242,8 +245,9 @@ def test_residual_target_matches_each_prompts_own_gap_on_an_exact_fit(tiny, prom
     bridge, _, _ = tiny
     low = [p for p in prompts if p.label == "harmful" and p.lang != "en"]
     en_h = [p for p in prompts if p.label == "harmful" and p.lang == "en"]
-    edit = sn.fit_edit(bridge, prompts, layers=1, neurons="all", site="w_out", target="residual",
-                       rank=None, ridge=1e-10, preserve=(), progress=False)  # fmt: skip
+    spec = sn.EditSpec.linear(layers=1, target="residual", refusal_boost=0.0, rank=None, ridge=1e-10, preserve=(),
+                              preserve_positions="last")  # fmt: skip
+    edit = sn.fit_edit(bridge, prompts, spec, progress=False)
     before = _last_resid(bridge, low, 1)
     target = _last_resid(bridge, en_h, 1)[[[p.id for p in en_h].index(p.id) for p in low]]
     with edit.applied(bridge):
@@ -254,20 +258,33 @@ def test_a_collections_message_gram_gives_the_same_edit_as_collecting_it(tiny, p
     bridge, _, _ = tiny
     coll = sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)],
                                   gram_positions="preserved", progress=False)  # fmt: skip
-    kw = dict(layers=1, neurons="all", site="w_out", target="language_gap", refusal_boost=1.0, rank=4,
-              preserve=("harmless", "pivot_harmful"), preserve_positions="all", progress=False)  # fmt: skip
-    given, own = sn.fit_edit(bridge, prompts, rows=coll, **kw), sn.fit_edit(bridge, prompts, **kw)
+    spec = sn.EditSpec.linear(layers=1, rank=4, ridge=1e-2)
+    given = sn.fit_edit(bridge, prompts, spec, rows=coll, progress=False)
+    own = sn.fit_edit(bridge, prompts, spec, progress=False)
     assert torch.allclose(given.edits[0].delta, own.edits[0].delta, rtol=1e-4, atol=1e-6)  # batching differs
     assert own.settings["preserve_positions"] == "all" and own.settings["position_weight"] == 0.2
+
+
+@pytest.mark.parametrize("change", [{"langs": ["zh"]}, {"preserve": ["pivot_harmful"]}], ids=["no-bn", "no-anchor"])
+def test_a_collection_over_more_prompts_gives_the_same_edit_as_none(tiny, prompts, change):
+    """A Collection's Gram matrix sums over every prompt it holds. A call that uses fewer of them (here without
+    Bengali, as the benchmarks' `ours_no_bn` row, or without the non-English harmless prompts) must still get
+    the edit it gets without `rows=`: it once kept the collection's Gram over the other prompts too."""
+    bridge, _, _ = tiny
+    coll = sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)],
+                                  gram_positions="preserved", progress=False)  # fmt: skip
+    spec = sn.EditSpec.linear(layers=1, rank=4, **change)
+    given = sn.fit_edit(bridge, prompts, spec, rows=coll, progress=False)
+    own = sn.fit_edit(bridge, prompts, spec, progress=False)
+    assert torch.allclose(given.edits[0].delta, own.edits[0].delta, rtol=1e-4, atol=1e-6)  # batching differs
 
 
 def test_new_options_reject_bad_input(tiny, prompts):
     bridge, _, _ = tiny
     with pytest.raises(sn.EditError, match="refusal_boost"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, refusal_boost=1.0, progress=False)
+        sn.EditSpec.paper(layers=1, neurons={1: S}, refusal_boost=1.0)
     with pytest.raises(sn.EditError, match="position_weight"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: S}, preserve_positions="all", position_weight=0, progress=False)
+        sn.EditSpec.paper(layers=1, neurons={1: S}, preserve_positions="all", position_weight=0)
     no_en_harmless = [p for p in prompts if not (p.lang == "en" and p.label == "harmless")]
     with pytest.raises(sn.EditError, match="refusal direction"):
-        sn.fit_edit(bridge, no_en_harmless, layers=1, neurons="all", site="w_out", target="language_gap",
-                    refusal_boost=1.0, progress=False)  # fmt: skip
+        sn.fit_edit(bridge, no_en_harmless, sn.EditSpec.linear(layers=1), progress=False)

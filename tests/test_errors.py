@@ -28,7 +28,7 @@ def prompts():
 # --- a string where a list is expected ---------------------------------------------------------------------
 def test_string_layers_is_an_error_not_layers_1_and_2(bridge, prompts):
     with pytest.raises(sn.EditError, match="layers.*string '12'"):
-        sn.fit_edit(bridge, prompts, layers="12", neurons=S, progress=False)
+        sn.EditSpec.paper(layers="12", neurons=S)
 
 
 def test_generate_refuses_one_string(bridge):
@@ -67,14 +67,15 @@ def test_collect_bad_arguments(bridge, prompts, call):
     ({"langs": ["xx"]}, "unknown language"), ({"site": "attn"}, "edit site"),
 ])  # fmt: skip
 def test_fit_edit_bad_arguments(bridge, prompts, kwargs, match):
-    args = {"layers": 1, "neurons": S, "progress": False, **kwargs}
-    with pytest.raises(sn.EditError if match != "unknown language" else ValueError, match=match):
-        sn.fit_edit(bridge, prompts, **args)
+    batch_size = kwargs.pop("batch_size", 16)
+    with pytest.raises(sn.EditError, match=match):  # the spec's fields when it is made, the call's before any work
+        sn.fit_edit(bridge, prompts, sn.EditSpec.paper(**{"layers": 1, "neurons": S, **kwargs}), batch_size=batch_size,
+                    progress=False)  # fmt: skip
 
 
 # --- defaults that fail on valid input ---------------------------------------------------------------------
 def test_default_rank_is_capped_for_three_neurons(bridge, prompts):
-    edit = sn.fit_edit(bridge, prompts, layers=1, neurons=[1, 2, 3], progress=False)
+    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons=[1, 2, 3]), progress=False)
     assert edit.edits[0].solution["rank"] <= 3 and edit.settings["rank"] == 32
 
 
@@ -83,7 +84,7 @@ def test_rows_from_another_position_are_refused(bridge, prompts):
     rows = sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[("mlp_in", 1)], position="mean",
                                   progress=False).rows  # fmt: skip
     with pytest.raises(sn.EditError, match="position='mean'"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons=S, rows=rows, progress=False)
+        sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons=S), rows=rows, progress=False)
 
 
 def test_rows_from_another_model_are_refused(bridge, prompts):
@@ -91,7 +92,7 @@ def test_rows_from_another_model_are_refused(bridge, prompts):
     other = sn.bridge_from_hf(tiny_hf_model("qwen2", len(tok), seed=1), tok, name="other")
     rows = sn.collect_activations(other, prompts, stats_site=None, rows_at=[("mlp_in", 1)], progress=False).rows
     with pytest.raises(sn.EditError, match="another model"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons=S, rows=rows, progress=False)
+        sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons=S), rows=rows, progress=False)
 
 
 # --- zero variance ------------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def test_problems_flag_truncated_text():
 # --- artifacts on load and export -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def edit(bridge, prompts):
-    return sn.fit_edit(bridge, prompts, layers=1, neurons=S, rank=2, progress=False)
+    return sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons=S, rank=2), progress=False)
 
 
 @pytest.mark.parametrize("export", ["edit", "hf"])
@@ -225,10 +226,10 @@ def test_direction_of_another_model_is_refused(bridge, prompts):
 @pytest.mark.parametrize("bad", [[1.5, 2.0], [1.0, 2.0], torch.tensor([1.5, 2.0]), torch.tensor([1.0, 3.0]),
                                  [True, False], torch.tensor([True, False]), "12", [0, 48]])  # fmt: skip
 def test_float_or_bool_neuron_indices_are_refused(bridge, prompts, bad):
-    with pytest.raises(sn.EditError, match="neurons"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons=bad, progress=False)
+    with pytest.raises(sn.EditError, match="neurons"):  # when the spec is made, or (out of range) when fitted
+        sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons=bad), progress=False)
     with pytest.raises(sn.EditError, match=r"neurons\[1\]"):
-        sn.fit_edit(bridge, prompts, layers=1, neurons={1: bad}, progress=False)
+        sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons={1: bad}), progress=False)
     with pytest.raises(sn.BaselineError, match="neurons"), sn.NeuronScaling({1: bad}).applied(bridge):
         pass
 
@@ -236,8 +237,8 @@ def test_float_or_bool_neuron_indices_are_refused(bridge, prompts, bad):
 def test_integer_tensors_and_arrays_are_indices(bridge, prompts):
     import numpy as np
 
-    a = sn.fit_edit(bridge, prompts, layers=1, neurons=torch.tensor(S), rank=2, progress=False)
-    b = sn.fit_edit(bridge, prompts, layers=1, neurons=np.array(S), rank=2, progress=False)
+    a = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons=torch.tensor(S), rank=2), progress=False)
+    b = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons=np.array(S), rank=2), progress=False)
     assert a.edits[0].neurons.tolist() == b.edits[0].neurons.tolist() == S
 
 
@@ -280,7 +281,7 @@ def no_forward(bridge):
     lambda b, p: sn.refusal_scores(b, p + [LONG]),
     lambda b, p: sn.kl_divergence(b, None, p + [LONG]),
     lambda b, p: sn.rank_by_attribution(b, p + [LONG], progress=False),
-    lambda b, p: sn.fit_edit(b, p + [LONG], layers=1, neurons=S, progress=False),
+    lambda b, p: sn.fit_edit(b, p + [LONG], sn.EditSpec.paper(layers=1, neurons=S), progress=False),
     lambda b, p: sn.mc_accuracy(b, [sn.MCQuestion("long-1", "en", "x", LONG.text, ("A", "B", "C", "D"), 0)]),
 ])  # fmt: skip
 def test_prompt_longer_than_the_context_window(bridge, prompts, no_forward, call):

@@ -1,5 +1,5 @@
-"""On the packaged Qwen model, this project's edit (rows of W_out at layer 21, each language's mean gap to
-English plus the English refusal direction, every preserved position kept): non-English harmful requests
+"""On the packaged Qwen model, this project's edit (`EditSpec.linear` at layer 21: rows of W_out, each language's
+mean gap to English plus the English refusal direction, every preserved position kept): non-English harmful requests
 are refused far more often, English keeps refusing, harmless prompts move within stated bounds, and the
 weights come back bit for bit. A small subset (4 + 4 test prompts a language, 12 harmful in English), a few
 minutes on a CPU."""
@@ -32,9 +32,7 @@ def fitted(qwen):
     anchor = list(prompts.filter(split="anchor", limit=20))
     coll = sn.collect_activations(qwen, anchor, stats_site=None, rows_at=[("act", LAYER), ("resid", LAYER)],
                                   gram_at=[("act", LAYER)], gram_positions="preserved", progress=False)  # fmt: skip
-    edit = sn.fit_edit(qwen, anchor, layers=LAYER, neurons="all", site="w_out", target="language_gap", refusal_boost=1.0,
-                       ridge=0.1, preserve=["harmless", "pivot_harmful"], preserve_positions="all", rows=coll,
-                       progress=False)  # fmt: skip
+    edit = sn.fit_edit(qwen, anchor, sn.EditSpec.linear(layers=LAYER), rows=coll, progress=False)
     test = prompts.filter(split="test")
     english = list(test.filter(label="harmful", lang="en", limit=12))
     harmful = english + [p for p in test.filter(label="harmful", limit=4) if p.lang != "en"]

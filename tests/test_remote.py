@@ -49,8 +49,8 @@ def test_nnsight_collection_equals_ours(pair, position):
 def test_in_trace_patch_equals_the_applied_edit_and_survives_the_serialisation_dry_run(pair, site):
     bridge, lm = pair
     prompts = make_prompts(3)
-    edit = sn.fit_edit(bridge, prompts, layers=1, neurons={1: list(range(0, 48, 3))}, site=site, langs=["zh"],
-                       rank=4, progress=False)  # fmt: skip
+    spec = sn.EditSpec.paper(layers=1, neurons={1: list(range(0, 48, 3))}, site=site, langs=["zh"], rank=4)
+    edit = sn.fit_edit(bridge, prompts, spec, progress=False)
     assert edit.edits[0].delta.norm() > 0
     texts = [p.text for p in prompts]
     before = sn.evaluation.last_token_logits(bridge, texts, batch_size=4)

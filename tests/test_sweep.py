@@ -27,7 +27,8 @@ def ctx(tmp_path_factory):
     prompts = make_prompts(3)
     stats = sn.collect_activations(bridge, prompts, progress=False).stats
     ranking = sn.rank_neurons(stats)
-    edit = sn.fit_edit(bridge, prompts, layers=1, neurons=[0, 3, 5], rank=2, progress=False)
+    spec = sn.EditSpec.paper(layers=1, neurons=[0, 3, 5], rank=2, site="w_out", langs=["zh"], ridge=0.1)
+    edit = sn.fit_edit(bridge, prompts, spec, progress=False)
     q = sn.MCQuestion("q-1", "en", "x", "w1 w2 ?", ("A", "B", "C", "D"), 0)
     detector = sn.fit_detector(bridge, prompts, layer=1, answer_tokens=0, progress=False)
     evaluation = sn.evaluate(bridge, prompts, max_new_tokens=2, progress=False)
@@ -41,7 +42,9 @@ def ctx(tmp_path_factory):
             "detector": detector, "evaluation": evaluation, "result": result, "tmp": tmp,
             "harmful": [p for p in prompts if p.label == "harmful"],
             "harmless": [p for p in prompts if p.label == "harmless"],
-            "fit": lambda layers: sn.fit_edit(bridge, prompts, layers=layers, neurons=[0, 3, 5], rank=2, progress=False)}
+            "fit": lambda layers: sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=layers, neurons=[0, 3, 5], rank=2),
+                                              progress=False),
+            "spec": spec, "spec_dict": spec.to_dict()}
 
 
 # name: (function, {argument: valid value or a ctx key}), every argument but the model is replaced in turn
@@ -55,8 +58,24 @@ SPECS = {
                                                      "rows_at": [("act", 1)], "gram_at": [("mlp_in", 0)],
                                                      "position": "last", "batch_size": 4}),
     "collect_sharded": (sn.collect_sharded, {"prompts": "@prompts", "batch_size": 4}),
-    "fit_edit": (sn.fit_edit, {"prompts": "@prompts", "layers": 1, "neurons": [0, 3, 5], "rank": 2, "site": "w_out",
-                               "langs": ["zh"], "gamma": 1.0, "ridge": 0.1, "method": "soft", "batch_size": 4}),
+    "fit_edit": (sn.fit_edit, {"prompts": "@prompts", "spec": "@spec", "rows": None, "batch_size": 4}),
+    "EditSpec.paper": (lambda model, **kw: sn.EditSpec.paper(**kw), {"layers": 1, "neurons": [0, 3, 5], "rank": 2,
+                       "site": "w_out", "langs": ["zh"], "gamma": 1.0, "ridge": 0.1, "method": "soft"}),
+    "EditSpec.linear": (lambda model, **kw: sn.EditSpec.linear(**kw), {"layers": [1], "target": "language_gap",
+                        "refusal_boost": 1.0, "preserve": ["harmless"], "preserve_positions": "all",
+                        "position_weight": 0.2, "pivot": "en", "neuron_langs": ["en"], "position": "last",
+                        "sequential": False}),
+    "EditSpec.nullspace": (lambda model, **kw: sn.EditSpec.nullspace(**kw), {"layers": 1, "null_energy": 0.01}),
+    "EditSpec.switch": (lambda model, **kw: sn.EditSpec.switch(**kw), {"layer": 1, "threshold": 0.0, "width": 0.25,
+                        "strength": 1.0, "neurons": [0, 1], "probe_ridge": 1.0, "trigger": 2, "answer_tokens": 0,
+                        "pivot": "en"}),
+    "EditSpec.replace": (lambda model, **kw: sn.EditSpec.linear(layers=1).replace(**kw), {"rank": 4, "langs": ["zh"],
+                         "site": "w_out"}),
+    "EditSpec.from_dict": (lambda model, **kw: sn.EditSpec.from_dict(**kw), {"d": "@spec_dict"}),
+    "SolverOptions": (lambda model, **kw: sn.SolverOptions(**kw), {"rank": 4, "gamma": 1.0, "ridge": 0.1,
+                      "ridge_mode": "relative", "method": "nullspace", "null_energy": 0.01}),
+    "SwitchOptions": (lambda model, **kw: sn.SwitchOptions(**kw), {"threshold": 0.0, "width": 0.25, "strength": 1.0,
+                      "probe_ridge": 1.0, "trigger": 2, "answer_tokens": 32}),
     "fit_detector": (sn.fit_detector, {"prompts": "@prompts", "layer": 1, "answer_tokens": 2, "trigger": 2, "ridge": 1.0,
                                        "batch_size": 4}),
     "fit_switch": (sn.fit_switch, {"detector": "@detector", "threshold": 0.0, "width": 0.25, "strength": 1.0,
@@ -112,7 +131,7 @@ SPECS = {
 }  # fmt: skip
 
 # values a function accepts by design for an argument (None = the default; the check is the result then)
-ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "None"), ("fit_edit", "langs", "None"),
+ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "None"), ("fit_edit", "rows", "None"),
            ("rank_neurons", "langs", "None"), ("rank_neurons", "tau_mag", "None"), ("rank_neurons", "tau_stat", "None"),
            ("rank_by_attribution", "layers", "None"), ("collect_activations", "stats_site", "None"),
            ("NeuronScaling.from_ranking", "layers", "None"), ("SafetyNeurons.union", "langs", "None"),
@@ -120,14 +139,14 @@ ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "Non
            ("rank_neurons top_frac", "top_frac", "None"), ("RunConfig.check", "langs", "None"),
            ("RunConfig.check", "layers", "None"), ("load_prompts", "langs", "str"), ("load_utility", "langs", "str"),
            ("PromptSet.filter", "lang", "None"), ("PromptSet.filter", "label", "None"), ("PromptSet.filter", "split", "None"),
-           ("PromptSet.filter", "limit", "None"), ("fit_edit", "rank", "None"), ("collect_activations", "stats_layers", "None"),
+           ("PromptSet.filter", "limit", "None"), ("collect_activations", "stats_layers", "None"),
            ("load_prompts", "langs", "empty"), ("load_utility", "langs", "empty"),
            *((("collect_activations", arg, bad) for arg in ("rows_at", "gram_at") for bad in ("None", "empty", "dict"))),
            ("collect_activations", "stats_layers", "empty"), ("collect_activations", "stats_layers", "dict"),  # no statistics
            ("NeuronScaling", "alpha", "float"), ("NeuronScaling", "alpha", "negative"),
            ("NeuronScaling.from_ranking", "alpha", "float"), ("NeuronScaling.from_ranking", "alpha", "negative"),
            ("RefusalDirection.fit", "coeff", "float"), ("RefusalDirection.fit", "coeff", "negative"),
-           ("fit_edit", "gamma", "float"), ("fit_edit", "ridge", "float"), ("rank_neurons", "tau_mag", "float"),
+           ("rank_neurons", "tau_mag", "float"),
            ("rank_neurons", "tau_stat", "float"), ("rank_neurons", "tau_mag", "negative"),
            ("rank_neurons", "tau_stat", "negative"), ("RunConfig.check", "rank", "None"),
            ("Judge.judge_one", "prompt", "str"), ("Judge.judge_one", "answer", "str"),
@@ -141,6 +160,23 @@ ACCEPTS = {("evaluate", "judge", "None"), ("kl_divergence", "intervention", "Non
            ("choose", "over_refusal_cap", "float"), ("choose", "kl_cap", "float"), ("choose", "en_asr_cap", "float"),
            ("select_layers", "over_refusal_cap", "float"), ("select_layers", "kl_cap", "float"),
            ("select_layers", "en_asr_cap", "float")}  # fmt: skip
+# the edit recipes: None is "not chosen" (layers, languages), "no limit" (rank) or "the default" (null space, neurons)
+ACCEPTS |= {("EditSpec.paper", "layers", "None"), ("EditSpec.paper", "langs", "None"), ("EditSpec.paper", "rank", "None"),
+            ("EditSpec.paper", "gamma", "float"), ("EditSpec.paper", "ridge", "float"), ("EditSpec.linear", "layers", "None"),
+            ("EditSpec.linear", "neuron_langs", "None"), ("EditSpec.linear", "refusal_boost", "float"),
+            ("EditSpec.linear", "refusal_boost", "negative"), ("EditSpec.linear", "position_weight", "float"),
+            ("EditSpec.linear", "preserve", "empty"), ("EditSpec.linear", "preserve", "dict"),
+            ("EditSpec.linear", "sequential", "bool"),
+            ("EditSpec.nullspace", "layers", "None"), ("EditSpec.nullspace", "null_energy", "None"),
+            ("EditSpec.switch", "threshold", "float"), ("EditSpec.switch", "threshold", "negative"),
+            ("EditSpec.switch", "width", "float"), ("EditSpec.switch", "strength", "float"),
+            ("EditSpec.switch", "strength", "negative"), ("EditSpec.switch", "neurons", "None"),
+            ("EditSpec.switch", "probe_ridge", "float"), ("EditSpec.replace", "rank", "None"),
+            ("EditSpec.replace", "langs", "None"), ("SolverOptions", "rank", "None"), ("SolverOptions", "gamma", "float"),
+            ("SolverOptions", "ridge", "float"), ("SolverOptions", "null_energy", "None"),
+            ("SwitchOptions", "threshold", "float"), ("SwitchOptions", "threshold", "negative"),
+            ("SwitchOptions", "width", "float"), ("SwitchOptions", "strength", "float"),
+            ("SwitchOptions", "strength", "negative"), ("SwitchOptions", "probe_ridge", "float")}  # fmt: skip
 
 
 def _in(folder, call):
@@ -151,6 +187,7 @@ def _in(folder, call):
         return call()
     finally:
         os.chdir(here)
+
 
 CASES = [(name, arg, bad) for name, (_, args) in SPECS.items() for arg in args if arg[0] != "_" for bad in BAD]
 

@@ -65,7 +65,7 @@ def test_a_detector_solved_from_some_languages_sums_equals_one_fitted_on_them_al
     left = sw._detector_from_sums(model, sums, prompts, aligned, langs=["en", "vi"], **kw)
     alone = sw.fit_detector(model, [p for p in prompts if p.lang != "zh"], layer=LAYER, answers=answers, ridge=0.05,
                             progress=False)  # fmt: skip
-    for name in sw.HarmDetector.TENSORS:
+    for name in sw.HarmDetector._TENSORS:
         torch.testing.assert_close(getattr(left, name), getattr(alone, name), rtol=1e-9, atol=1e-10)
     assert left.settings == alone.settings and left.settings["langs"] == ["en", "vi"]
     whole = sw._detector_from_sums(model, sums, prompts, aligned, **kw)
