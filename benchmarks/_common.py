@@ -96,8 +96,16 @@ def outcome_fields(ev: sn.Evaluation) -> dict:
 
 def carried(row: dict) -> dict:
     """The fields of a saved row that do not depend on the judge (settings, KL, MC accuracy, timings)."""
-    keys = ("key", "condition", "kl_first_token", "kl_first_4_tokens", "mc_accuracy", "mean_mc_accuracy",
-            "fit_seconds", "seconds")  # fmt: skip
+    keys = (
+        "key",
+        "condition",
+        "kl_first_token",
+        "kl_first_4_tokens",
+        "mc_accuracy",
+        "mean_mc_accuracy",
+        "fit_seconds",
+        "seconds",
+    )
     return {k: row[k] for k in keys if k in row}
 
 
@@ -108,35 +116,50 @@ def saved_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"]
 
 
-CAPTION = (f"Per-language columns: compliance (ASR) in %. Means: {MEAN_RULE}; in brackets the 95% Wilson interval "
-           "of the pooled count of the non-English languages (their mean equals the pooled share when they have as "
-           "many prompts, as here). MC acc: mean over every language.")  # fmt: skip
+CAPTION = (
+    f"Per-language columns: compliance (ASR) in %. Means: {MEAN_RULE}; in brackets the 95% Wilson interval "
+    "of the pooled count of the non-English languages (their mean equals the pooled share when they have as "
+    "many prompts, as here). MC acc: mean over every language."
+)
 
 
 def markdown(rows: list[dict]) -> str:
     """Compliance (ASR) per language; the mean over the non-English languages with the pooled 95% Wilson
     interval; degenerate answers to harmful prompts (non-English) and over-refusal (every language) beside
     it, means by the one rule (`Evaluation.mean`, recomputed from the saved counts; `CAPTION` states it)."""
-    head = ("| condition | " + " | ".join(sn.LANGS) + " | mean non-en compliance [95% CI] | non-en degenerate "
-            "| over-refusal | KL 1st | KL 4 | MC acc |\n|" + "---|" * (len(sn.LANGS) + 7))  # fmt: skip
+    head = (
+        "| condition | " + " | ".join(sn.LANGS) + " | mean non-en compliance [95% CI] | non-en degenerate "
+        "| over-refusal | KL 1st | KL 4 | MC acc |\n|" + "---|" * (len(sn.LANGS) + 7)
+    )
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['condition']} | " + " | ".join("–" for _ in sn.LANGS) + f" | failed: {r['error'][:80]} | | | | | |")
+            lines.append(
+                f"| {r['condition']} | "
+                + " | ".join("–" for _ in sn.LANGS)
+                + f" | failed: {r['error'][:80]} | | | | | |"
+            )
             continue
         means = {k: r.get(k) for k in ("mean_non_english_asr", "mean_non_english_degenerate", "mean_over_refusal")}
         ci = ""
         if "counts" in r:  # the means of the saved counts, and the pooled interval of the same languages
             ev = sn.Evaluation.from_counts("saved", r["counts"])
-            means = {"mean_non_english_asr": ev.mean_asr(), "mean_non_english_degenerate": ev.mean_degenerate(),
-                     "mean_over_refusal": ev.mean_over_refusal()}  # fmt: skip
+            means = {
+                "mean_non_english_asr": ev.mean_asr(),
+                "mean_non_english_degenerate": ev.mean_degenerate(),
+                "mean_over_refusal": ev.mean_over_refusal(),
+            }
             ci = " [{:.0f}–{:.0f}]".format(*(100 * v for v in sum(ev.rates("asr").values(), sn.Rate(0, 0)).interval))
         deg = means["mean_non_english_degenerate"]
-        cell = (lambda v: "–" if v is None else f"{v:.3f}")
-        lines.append(f"| {r['condition']} | " + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
-                     + f" | **{100 * means['mean_non_english_asr']:.1f}%**{ci} | " + ("–" if deg is None else f"{100 * deg:.1f}%")
-                     + f" | {100 * means['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
-                     f"| {100 * r['mean_mc_accuracy']:.1f}% |")  # fmt: skip
+        cell = lambda v: "–" if v is None else f"{v:.3f}"
+        lines.append(
+            f"| {r['condition']} | "
+            + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
+            + f" | **{100 * means['mean_non_english_asr']:.1f}%**{ci} | "
+            + ("–" if deg is None else f"{100 * deg:.1f}%")
+            + f" | {100 * means['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
+            f"| {100 * r['mean_mc_accuracy']:.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -302,7 +325,9 @@ def bench_prompts(n: int, pool=None) -> list:
             for p in group:
                 if len(out) == n:
                     return out
-                out.append(p if cycle == 0 else sn.Prompt(f"{p.id}~r{cycle}", p.lang, p.label, p.text, p.category, p.split))
+                out.append(
+                    p if cycle == 0 else sn.Prompt(f"{p.id}~r{cycle}", p.lang, p.label, p.text, p.category, p.split)
+                )
         cycle += 1
     return out
 

@@ -33,10 +33,16 @@ def generate_ids(model, prompts, max_new_tokens: int, batch_size: int, desc: str
     with torch.no_grad():
         for idx, batch in tqdm(batches, desc=desc, unit="batch", disable=False):  # shown despite TQDM_DISABLE
             ids = model.original_model.generate(
-                batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None,
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                top_p=None,
+                top_k=None,
+                temperature=None,
             )
-            for i, row in zip(idx, ids[:, batch.input_ids.shape[1]:].tolist()):
+            for i, row in zip(idx, ids[:, batch.input_ids.shape[1] :].tolist()):
                 out[i] = row
     return out
 
@@ -45,24 +51,38 @@ def run_generate(args) -> None:
     import safety_neurons as sn
 
     model = C.load_model(args.model)
-    chosen = C.split("test", label="harmful", limit=args.harmful) + C.split("test", label="harmless", limit=args.harmless)
+    chosen = C.split("test", label="harmful", limit=args.harmful) + C.split(
+        "test", label="harmless", limit=args.harmless
+    )
     english = {p.id: p.text for p in C.prompts().filter(lang="en")}
     record = {"args": vars(args), "states": {}}
     t = time.perf_counter()
     states = [("before", None)]
     if not args.no_edit:
         anchor, L = C.split("anchor", limit=args.anchor), C.LAYER
-        coll = sn.collect_activations(model, anchor, stats_site=None, rows_at=[("act", L), ("resid", L)], gram_at=[("act", L)],
-                                      gram_positions="preserved")  # fmt: skip
+        coll = sn.collect_activations(
+            model,
+            anchor,
+            stats_site=None,
+            rows_at=[("act", L), ("resid", L)],
+            gram_at=[("act", L)],
+            gram_positions="preserved",
+        )
         states.append(("after", sn.fit_edit(model, anchor, C.ours(L), rows=coll)))
     for state, edit in states:
         ctx = edit.applied(model) if edit else contextlib.nullcontext()
         with ctx:
             ids = generate_ids(model, chosen, args.max_new_tokens, args.batch_size, f"answers {state}")
         record["states"][state] = [
-            {"id": p.id, "lang": p.lang, "label": p.label, "prompt": p.text, "prompt_en": english.get(p.id, ""),
-             "tokens": row, **{f"answer_{k}": model.tokenizer.decode(row[:k], skip_special_tokens=True).strip()
-                               for k in LENGTHS}}
+            {
+                "id": p.id,
+                "lang": p.lang,
+                "label": p.label,
+                "prompt": p.text,
+                "prompt_en": english.get(p.id, ""),
+                "tokens": row,
+                **{f"answer_{k}": model.tokenizer.decode(row[:k], skip_special_tokens=True).strip() for k in LENGTHS},
+            }
             for p, row in zip(chosen, ids)
         ]
         record["seconds"] = round(time.perf_counter() - t, 1)
@@ -76,14 +96,23 @@ def report(record: dict) -> str:
     from safety_neurons.rates import Rate
 
     judge = sn.PhraseJudge()
-    lines = ["| state | language | answers | changed 24 → 64 | changed 64 → 128 | outcomes at 24 | outcomes at 128 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| state | language | answers | changed 24 → 64 | changed 64 → 128 | outcomes at 24 | outcomes at 128 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     flips: dict[tuple[str, str], int] = {}
     totals = {24: 0, 64: 0}
     n_all = 0
     for state, recs in record["states"].items():
-        by_len = {k: [v.outcome for v in judge.judge([r["prompt"] for r in recs], [r[f"answer_{k}"] for r in recs],
-                                                     [r["lang"] for r in recs])] for k in LENGTHS}  # fmt: skip
+        by_len = {
+            k: [
+                v.outcome
+                for v in judge.judge(
+                    [r["prompt"] for r in recs], [r[f"answer_{k}"] for r in recs], [r["lang"] for r in recs]
+                )
+            ]
+            for k in LENGTHS
+        }
         for a, b in zip(by_len[24], by_len[128]):
             flips[(a, b)] = flips.get((a, b), 0) + (a != b)
         for lang in sn.LANGS:
@@ -99,7 +128,9 @@ def report(record: dict) -> str:
 
             lines.append(f"| {state} | {lang} | {len(idx)} | {c1} | {c2} | {counts(24)} | {counts(128)} |")
     lines.append(f"| **all** | | {n_all} | **{Rate(totals[24], n_all)}** | **{Rate(totals[64], n_all)}** | | |")
-    lines.append("\nchanges 24 → 128 by kind: " + ", ".join(f"{a} → {b}: {n}" for (a, b), n in sorted(flips.items()) if n))
+    lines.append(
+        "\nchanges 24 → 128 by kind: " + ", ".join(f"{a} → {b}: {n}" for (a, b), n in sorted(flips.items()) if n)
+    )
     return "\n".join(lines)
 
 

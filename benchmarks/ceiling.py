@@ -23,12 +23,13 @@ import argparse
 import time
 from contextlib import contextmanager
 
-import _common as C
 import torch
 
 import safety_neurons as sn
-from _common import NON_EN, auc
 from safety_neurons.evaluation import MEAN_RULE
+
+import _common as C
+from _common import NON_EN, auc
 
 
 def probe_auc(train: sn.ActivationRows, test: sn.ActivationRows, layer: int) -> dict[str, float]:
@@ -40,8 +41,11 @@ def probe_auc(train: sn.ActivationRows, test: sn.ActivationRows, layer: int) -> 
     w = torch.linalg.solve(X.T @ X + 0.1 * X.shape[1] * torch.eye(X.shape[1], dtype=torch.float64), X.T @ y)
     scores = Xt @ w
     harmful = torch.tensor([p.label == "harmful" for p in test.prompts])
-    return {lang: auc(scores[sel], harmful[sel]) for lang in sn.LANGS
-            if (sel := torch.tensor([p.lang == lang for p in test.prompts])).any()}  # fmt: skip
+    return {
+        lang: auc(scores[sel], harmful[sel])
+        for lang in sn.LANGS
+        if (sel := torch.tensor([p.lang == lang for p in test.prompts])).any()
+    }
 
 
 class LastTokenPush:
@@ -96,10 +100,15 @@ def main() -> None:
         languages judged: the non-English ones, as only they are pushed)."""
         merged = sn.Evaluation.from_answers(judge.name, [a for ev in evs.values() for a in ev.answers])
         per = merged.rates(metric, NON_EN)
-        return (f"| {name} | {layer} | " + " | ".join(f"{100 * per[x].value:.0f}" for x in NON_EN)
-                + f" | {100 * merged.mean(metric, NON_EN):.0f} |")  # fmt: skip
+        return (
+            f"| {name} | {layer} | "
+            + " | ".join(f"{100 * per[x].value:.0f}" for x in NON_EN)
+            + f" | {100 * merged.mean(metric, NON_EN):.0f} |"
+        )
 
-    print("\n2. Judged validation answers with oracle pushes at the last prompt token (harmful: ASR; harmless: refused)")
+    print(
+        "\n2. Judged validation answers with oracle pushes at the last prompt token (harmful: ASR; harmless: refused)"
+    )
     head = "| push | layer | " + " | ".join(NON_EN) + " | mean |\n|---|---|" + "---|" * (len(NON_EN) + 1)
     lines = [head]
     base_h = {x: judged([p for p in val if p.lang == x and p.label == "harmful"]) for x in NON_EN}
@@ -114,17 +123,26 @@ def main() -> None:
         en_s = R[[i for i, p in enumerate(A.prompts) if p.lang == "en" and p.label == "harmless"]]
         r = en_h.mean(0) - en_s.mean(0)
         g = {x: (en_h - A.matrix("resid", layer, lang=x, ids=en_ids)).mean(0) for x in NON_EN}
-        for name, vec, label in (("g (harmful ASR)", lambda x: g[x], "harmful"), ("g + r (harmful ASR)", lambda x: g[x] + r, "harmful"),
-                                 (f"{args.leak}·g (harmless refused)", lambda x: args.leak * g[x], "harmless")):  # fmt: skip
-            evs = {x: judged([p for p in val if p.lang == x and p.label == label], LastTokenPush(layer, vec(x).float()))
-                   for x in NON_EN}  # fmt: skip
+        for name, vec, label in (
+            ("g (harmful ASR)", lambda x: g[x], "harmful"),
+            ("g + r (harmful ASR)", lambda x: g[x] + r, "harmful"),
+            (f"{args.leak}·g (harmless refused)", lambda x: args.leak * g[x], "harmless"),
+        ):
+            evs = {
+                x: judged([p for p in val if p.lang == x and p.label == label], LastTokenPush(layer, vec(x).float()))
+                for x in NON_EN
+            }
             lines.append(row(name, layer, evs, "asr" if label == "harmful" else "over_refusal"))
             print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
-    print(f"\nmean column: the plain mean of the {len(NON_EN)} non-English languages' shares (only they are pushed and "
-          f"judged here). Means: {MEAN_RULE}.")
-    print(f"\n{args.val} + {args.val} validation prompts a language; greedy {args.max_new_tokens} tokens; judge {judge.name}; "
-          f"{time.perf_counter() - start:.0f} s in all")  # fmt: skip
+    print(
+        f"\nmean column: the plain mean of the {len(NON_EN)} non-English languages' shares (only they are pushed and "
+        f"judged here). Means: {MEAN_RULE}."
+    )
+    print(
+        f"\n{args.val} + {args.val} validation prompts a language; greedy {args.max_new_tokens} tokens; judge {judge.name}; "
+        f"{time.perf_counter() - start:.0f} s in all"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import _common as C
 import torch
+
+import _common as C
 
 QUICK = dict(model=C.SMALL_MODEL, prompts=8, batch_size=4, repeats=2)
 
@@ -67,11 +68,15 @@ def main() -> None:
     batches = [b for _, b in length_sorted_batches(model.tokenizer, texts, args.batch_size)]
     real = sum(int(b.attention_mask.sum()) for b in batches)
     padded = sum(b.input_ids.numel() for b in batches)
-    print(f"model     {args.model}: {cfg.n_layers} layers, d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, "
-          f"{model.original_model.dtype}, attention {model.original_model.config._attn_implementation} "
-          f"(loaded in {load_s:.1f} s)")  # fmt: skip
-    print(f"workload  {len(prompts)} prompts in {len(batches)} batches of ≤ {args.batch_size}: {real} tokens "
-          f"({padded} with padding; widest batch {max(b.input_ids.shape[1] for b in batches)})")  # fmt: skip
+    print(
+        f"model     {args.model}: {cfg.n_layers} layers, d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, "
+        f"{model.original_model.dtype}, attention {model.original_model.config._attn_implementation} "
+        f"(loaded in {load_s:.1f} s)"
+    )
+    print(
+        f"workload  {len(prompts)} prompts in {len(batches)} batches of ≤ {args.batch_size}: {real} tokens "
+        f"({padded} with padding; widest batch {max(b.input_ids.shape[1] for b in batches)})"
+    )
     print(f"collect   statistics of 'act' at all {cfg.n_layers} layers + rows ({args.rows_site!r}, {layer})")
     print(f"repeats   {args.repeats} timed (+1 warm-up) of each variant, interleaved\n")
 
@@ -131,13 +136,23 @@ def main() -> None:
     rows = []
     for name in names:
         if name == "tokenisation only":  # part of the collection, not an alternative to it
-            rows.append([name, med[name], min(times[name]), max(times[name]), 1e3 * med[name] / len(prompts), "-", "-", "-"])
+            rows.append(
+                [name, med[name], min(times[name]), max(times[name]), 1e3 * med[name] / len(prompts), "-", "-", "-"]
+            )
             continue
         paired = C.median([c / t for c, t in zip(coll, times[name])])
-        rows.append([
-            name, med[name], min(times[name]), max(times[name]), 1e3 * med[name] / len(prompts),
-            f"{med['collection'] / med[name]:.3f}×", f"{paired:.3f}×", f"{min(coll) / min(times[name]):.3f}×",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                med[name],
+                min(times[name]),
+                max(times[name]),
+                1e3 * med[name] / len(prompts),
+                f"{med['collection'] / med[name]:.3f}×",
+                f"{paired:.3f}×",
+                f"{min(coll) / min(times[name]):.3f}×",
+            ]
+        )
     print(C.table(["variant", "median s", "min s", "max s", "ms/prompt", "coll / this", "paired", "of mins"], rows))
     print("\n'coll / this': ratio of medians; 'paired': median over repetitions of the per-repetition ratio;")
     print("'of mins': ratio of the fastest runs (least disturbed by other load on the machine).")
@@ -146,8 +161,11 @@ def main() -> None:
     r_fwd = med["collection"] / med["HF forward"]
     r_dec = med["collection"] / med["HF decoder (no LM head)"]
     print()
-    C.headline("collection / HF forward", f"{r_fwd:.3f}× ({target_word(r_fwd)} the ≤ 1.10× target; {med['collection']:.2f} s vs "
-               f"{med['HF forward']:.2f} s, {args.model}, {len(prompts)} prompts, batch {args.batch_size})")  # fmt: skip
+    C.headline(
+        "collection / HF forward",
+        f"{r_fwd:.3f}× ({target_word(r_fwd)} the ≤ 1.10× target; {med['collection']:.2f} s vs "
+        f"{med['HF forward']:.2f} s, {args.model}, {len(prompts)} prompts, batch {args.batch_size})",
+    )
     C.headline("collection / HF decoder without LM head", f"{r_dec:.3f}× ({target_word(r_dec)} the ≤ 1.10× target)")
     C.headline("collection time per prompt", f"{1e3 * med['collection'] / len(prompts):.1f} ms")
     if args.plain_hf:

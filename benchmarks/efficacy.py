@@ -24,13 +24,14 @@ import json
 import time
 from pathlib import Path
 
-import _common as C
 import torch
 
 import safety_neurons as sn
-from _common import CAPTION, NON_EN, carried, markdown, outcome_fields, saved_rows
 from safety_neurons.evaluation import kl_divergence, mc_accuracy, mean_over_languages
 from safety_neurons.prompts import LANG_NAMES
+
+import _common as C
+from _common import CAPTION, NON_EN, carried, markdown, outcome_fields, saved_rows
 
 
 def main() -> None:
@@ -47,7 +48,9 @@ def main() -> None:
     p.add_argument("--paper-layer", type=int, default=C.PAPER_LAYER)
     p.add_argument("--out", default="benchmarks/results/efficacy.json")
     p.add_argument("--only", nargs="+", default=None, help="conditions to run (keys; default all)")
-    p.add_argument("--table", nargs="+", metavar="FILE", help="print the table of saved results (.json or .jsonl) and stop")
+    p.add_argument(
+        "--table", nargs="+", metavar="FILE", help="print the table of saved results (.json or .jsonl) and stop"
+    )
     p.add_argument("--rejudge", metavar="FILE", help="judge the answers saved in FILE again and write --out")
     p.add_argument("--misread", action="store_true", help="also find misreadings (loads the model: RelevanceCheck)")
     args = p.parse_args()
@@ -71,8 +74,12 @@ def main() -> None:
     def collection():  # one pass over the anchors, only when a condition needs it ("none" does not)
         if not cached:
             cached["coll"] = sn.collect_activations(
-                model, anchor, rows_at=[(s, layer) for layer in {L, L2, PL} for s in ("mlp_in", "act", "resid")],
-                gram_at=[("act", L), ("act", L2)], gram_positions="preserved")  # fmt: skip
+                model,
+                anchor,
+                rows_at=[(s, layer) for layer in {L, L2, PL} for s in ("mlp_in", "act", "resid")],
+                gram_at=[("act", L), ("act", L2)],
+                gram_positions="preserved",
+            )
             cached["ranking"] = sn.rank_neurons(cached["coll"].stats)
         return cached["coll"], cached["ranking"]
 
@@ -82,22 +89,34 @@ def main() -> None:
     conditions = {  # key: (label, factory); a factory runs only when its key is chosen
         "none": ("no edit", lambda: None),
         "paper": (f"paper: gate L{PL}, English safety neurons, r=32", lambda: fit(C.paper(collection()[1], PL))),
-        "per_prompt": (f"w_out L{L2}, per-prompt gap, last position only (previous default)", lambda: fit(
-            C.ours(L2, target="residual", refusal_boost=0.0, preserve_positions="last"))),
+        "per_prompt": (
+            f"w_out L{L2}, per-prompt gap, last position only (previous default)",
+            lambda: fit(C.ours(L2, target="residual", refusal_boost=0.0, preserve_positions="last")),
+        ),
         "ours_alt": (f"ours at L{L2}", lambda: fit(C.ours(L2))),
         "ours": (f"ours: w_out L{L}, language gap + refusal, all positions", lambda: fit(C.ours(L))),
-        "ours_no_bn": (f"ours at L{L}, Bengali not targeted", lambda: fit(
-            C.ours(L, langs=[x for x in NON_EN if x != "bn"]))),
-        "fold": (f"w_out fold: safety-neuron activation map L{L} (all languages' sets)", lambda: fit(
-            C.paper(collection()[1], L, site="w_out", neuron_langs=sn.LANGS, preserve=C.ours(L).preserve))),
+        "ours_no_bn": (
+            f"ours at L{L}, Bengali not targeted",
+            lambda: fit(C.ours(L, langs=[x for x in NON_EN if x != "bn"])),
+        ),
+        "fold": (
+            f"w_out fold: safety-neuron activation map L{L} (all languages' sets)",
+            lambda: fit(C.paper(collection()[1], L, site="w_out", neuron_langs=sn.LANGS, preserve=C.ours(L).preserve)),
+        ),
         "nullspace": ("ours, hard null-space constraint (1% energy)", lambda: fit(sn.EditSpec.nullspace(layers=[L]))),
-        "alpha": ("α-scaling of English safety neurons (α=1.5, all layers)",
-                  lambda: sn.NeuronScaling.from_ranking(collection()[1], alpha=1.5)),
-        "refdir": (f"refusal direction added at L{L} (coeff 1)",
-                   lambda: sn.RefusalDirection.fit(model, anchor, layer=L, progress=False)),
-        "noanchor": ("ours without the utility anchor (no harmless rows or positions)", lambda: fit(
-            C.ours(L, preserve=["pivot_harmful"], preserve_positions="last"))),
-    }  # fmt: skip
+        "alpha": (
+            "α-scaling of English safety neurons (α=1.5, all layers)",
+            lambda: sn.NeuronScaling.from_ranking(collection()[1], alpha=1.5),
+        ),
+        "refdir": (
+            f"refusal direction added at L{L} (coeff 1)",
+            lambda: sn.RefusalDirection.fit(model, anchor, layer=L, progress=False),
+        ),
+        "noanchor": (
+            "ours without the utility anchor (no harmless rows or positions)",
+            lambda: fit(C.ours(L, preserve=["pivot_harmful"], preserve_positions="last")),
+        ),
+    }
     only = args.only or list(conditions)
     unknown = set(only) - set(conditions)
     if unknown:
@@ -123,20 +142,27 @@ def main() -> None:
         if intervention is not None:
             kl = kl_divergence(model, intervention, kl_prompts, k=4)
         row = {
-            "key": key, "condition": label, **outcome_fields(ev),
-            "kl_first_token": kl["first"].mean().item(), "kl_first_4_tokens": kl["mean_k"].mean().item(),
-            "mc_accuracy": acc, "mean_mc_accuracy": mean_over_languages(acc),
-            "fit_seconds": round(fit_s, 1), "seconds": round(time.perf_counter() - t),
-        }  # fmt: skip
+            "key": key,
+            "condition": label,
+            **outcome_fields(ev),
+            "kl_first_token": kl["first"].mean().item(),
+            "kl_first_4_tokens": kl["mean_k"].mean().item(),
+            "mc_accuracy": acc,
+            "mean_mc_accuracy": mean_over_languages(acc),
+            "fit_seconds": round(fit_s, 1),
+            "seconds": round(time.perf_counter() - t),
+        }
         rows.append(row)
         answers[key] = ev.answers
         print(json.dumps({k: v for k, v in row.items() if k not in ("over_refusal", "mc_accuracy")}), flush=True)
         save(args, judge, rows, answers)  # after every condition: a stopped run keeps what it measured
     save(args, judge, rows, answers)
     print("\n" + markdown(rows) + "\n\n" + CAPTION)
-    print(f"\n{args.harmful} harmful + {args.harmless} harmless test prompts per language "
-          f"({', '.join(LANG_NAMES[x] for x in sn.LANGS)}); {args.anchor} + {args.anchor} anchor prompts per language; "
-          f"judge {judge.name}; {time.perf_counter() - start:.0f} s in all")  # fmt: skip
+    print(
+        f"\n{args.harmful} harmful + {args.harmless} harmless test prompts per language "
+        f"({', '.join(LANG_NAMES[x] for x in sn.LANGS)}); {args.anchor} + {args.anchor} anchor prompts per language; "
+        f"judge {judge.name}; {time.perf_counter() - start:.0f} s in all"
+    )
 
 
 def rejudge(args) -> None:
@@ -150,10 +176,17 @@ def rejudge(args) -> None:
         if "error" in row or row["key"] not in saved["answers"]:
             continue
         recs = saved["answers"][row["key"]]
-        verdicts = judge.judge([r["prompt"] for r in recs], [r["answer"] for r in recs], [r["lang"] for r in recs],
-                               [english[r["id"]] for r in recs])  # fmt: skip
-        recs = [{k: r[k] for k in ("id", "lang", "label", "prompt", "answer")}
-                | {"outcome": v.outcome, "kind": v.kind, "reason": v.reason} for r, v in zip(recs, verdicts)]  # fmt: skip
+        verdicts = judge.judge(
+            [r["prompt"] for r in recs],
+            [r["answer"] for r in recs],
+            [r["lang"] for r in recs],
+            [english[r["id"]] for r in recs],
+        )
+        recs = [
+            {k: r[k] for k in ("id", "lang", "label", "prompt", "answer")}
+            | {"outcome": v.outcome, "kind": v.kind, "reason": v.reason}
+            for r, v in zip(recs, verdicts)
+        ]
         ev = sn.Evaluation.from_answers(judge.name, recs)
         rows.append(carried(row) | outcome_fields(ev) | {"rejudged_from": args.rejudge})
         answers[row["key"]] = recs
@@ -165,8 +198,13 @@ def save(args, judge, rows: list[dict], answers: dict) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ours = C.ours(getattr(args, "layer", C.LAYER)).to_dict()  # the recipe of the "ours" condition
-    out.write_text(json.dumps({"args": vars(args), "judge": judge.name, "ours": ours, "rows": rows, "answers": answers},
-                              indent=1, ensure_ascii=False))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {"args": vars(args), "judge": judge.name, "ours": ours, "rows": rows, "answers": answers},
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import _common as C
-
 import safety_neurons as sn
-from _common import CAPTION, RESULTS, carried, markdown, outcome_fields
 from safety_neurons.evaluation import MEAN_RULE
+
+import _common as C
+from _common import CAPTION, RESULTS, carried, markdown, outcome_fields
 
 
 def main() -> None:
@@ -30,8 +30,10 @@ def main() -> None:
         recs = [a for a in rejudged["answers"][r["key"]] if (a["lang"], a["id"]) in shared]
         rows.append(carried(r) | outcome_fields(sn.Evaluation.from_answers("phrase", recs)))
     print(markdown(rows) + "\n\n" + CAPTION)
-    print("\n| condition | English harmful: refusal / compliance / degenerate | non-English harmful degenerate "
-          "| harmless refused (over-refusal) |\n|---|---|---|---|")
+    print(
+        "\n| condition | English harmful: refusal / compliance / degenerate | non-English harmful degenerate "
+        "| harmless refused (over-refusal) |\n|---|---|---|---|"
+    )
 
     def cell(mean: float, pooled: sn.Rate) -> str:
         lo, hi = pooled.interval
@@ -41,11 +43,15 @@ def main() -> None:
         ev = sn.Evaluation.from_counts("saved", r["counts"])
         en = r["counts"]["en"]["harmful"]
         deg, ref = (sum(ev.rates(m).values(), sn.Rate(0, 0)) for m in ("degenerate", "over_refusal"))
-        print(f"| {r['condition']} | {en['refusal']} / {en['compliance']} / {en['degenerate']} "
-              f"| {cell(ev.mean_degenerate(), deg)} | {cell(ev.mean_over_refusal(), ref)} |")
-    print(f"\nMeans: {MEAN_RULE}. Degenerate: of the non-English languages' harmful answers; harmless refused: every "
-          "language's, English included (the over-refusal column above); in brackets the pooled count of the same "
-          "languages and its 95% Wilson interval.")
+        print(
+            f"| {r['condition']} | {en['refusal']} / {en['compliance']} / {en['degenerate']} "
+            f"| {cell(ev.mean_degenerate(), deg)} | {cell(ev.mean_over_refusal(), ref)} |"
+        )
+    print(
+        f"\nMeans: {MEAN_RULE}. Degenerate: of the non-English languages' harmful answers; harmless refused: every "
+        "language's, English included (the over-refusal column above); in brackets the pooled count of the same "
+        "languages and its 95% Wilson interval."
+    )
 
 
 if __name__ == "__main__":

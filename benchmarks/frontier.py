@@ -19,17 +19,31 @@ import json
 import subprocess
 
 import safety_neurons as sn
-from _common import RESULTS
 from safety_neurons import viz
 from safety_neurons.evaluation import MEAN_RULE
 
-METHOD = {"none": "no edit", "ours_no_bn": "linear edit (ours)", "nullspace": "null-space", "alpha": "α-scaling",
-          "refdir": "refusal direction", "noanchor": "linear, no utility anchor", "fold": "activation-map fold"}  # fmt: skip
+from _common import RESULTS
+
+METHOD = {
+    "none": "no edit",
+    "ours_no_bn": "linear edit (ours)",
+    "nullspace": "null-space",
+    "alpha": "α-scaling",
+    "refdir": "refusal direction",
+    "noanchor": "linear, no utility anchor",
+    "fold": "activation-map fold",
+}
 
 
 def point(method: str, setting: str, ev: sn.Evaluation) -> dict:
-    return {"method": method, "setting": setting, "asr": ev.mean_asr(), "over_refusal": ev.mean_over_refusal(),
-            "en_asr": ev.languages["en"].asr, "degenerate": ev.mean_degenerate()}  # fmt: skip
+    return {
+        "method": method,
+        "setting": setting,
+        "asr": ev.mean_asr(),
+        "over_refusal": ev.mean_over_refusal(),
+        "en_asr": ev.languages["en"].asr,
+        "degenerate": ev.mean_degenerate(),
+    }
 
 
 def points() -> list[dict]:
@@ -43,13 +57,27 @@ def points() -> list[dict]:
         out.append(point(METHOD.get(r["key"], r["key"]), r["condition"], judged(rejudged["answers"][r["key"]])))
     limits = json.loads((RESULTS / "switch_limits.json").read_text())
     for r in limits.get("sweep", []):
-        out.append({"method": "harm switch", "setting": f"θ={r['threshold']:.2f}, α={r['strength']:g}",
-                    "asr": r["mean_non_english_asr"], "over_refusal": r["mean_over_refusal"], "en_asr": r["en_asr"],
-                    "degenerate": r["mean_non_english_degenerate"]})  # fmt: skip
+        out.append(
+            {
+                "method": "harm switch",
+                "setting": f"θ={r['threshold']:.2f}, α={r['strength']:g}",
+                "asr": r["mean_non_english_asr"],
+                "over_refusal": r["mean_over_refusal"],
+                "en_asr": r["en_asr"],
+                "degenerate": r["mean_non_english_degenerate"],
+            }
+        )
     for r in limits.get("oracle", []):
-        out.append({"method": "switch with an oracle detector (reference)", "setting": f"α={r['strength']:g}",
-                    "asr": r["mean_non_english_asr"], "over_refusal": r["mean_over_refusal"],
-                    "en_asr": r["asr"]["en"], "degenerate": r["mean_non_english_degenerate"]})  # fmt: skip
+        out.append(
+            {
+                "method": "switch with an oracle detector (reference)",
+                "setting": f"α={r['strength']:g}",
+                "asr": r["mean_non_english_asr"],
+                "over_refusal": r["mean_over_refusal"],
+                "en_asr": r["asr"]["en"],
+                "degenerate": r["mean_non_english_degenerate"],
+            }
+        )
     # every method's line starts at the unedited model (strength 0)
     return out + [{**out[0], "method": m} for m in dict.fromkeys(p["method"] for p in out[1:])]
 
@@ -58,7 +86,9 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help
     pts = points()
     base = next(p for p in pts if p["method"] == "no edit")
-    print("| method | settings run | mean non-English compliance at over-refusal ≤ +5 points | its over-refusal | English |")
+    print(
+        "| method | settings run | mean non-English compliance at over-refusal ≤ +5 points | its over-refusal | English |"
+    )
     print("|---|---|---|---|---|")
     for method in dict.fromkeys(p["method"] for p in pts):
         mine = [p for p in pts if p["method"] == method and (method == "no edit" or p["setting"] != "no edit")]
@@ -67,17 +97,32 @@ def main() -> None:
         if best is None:
             print(f"| {method} | {len(mine)} | none within the budget | – | – |")
         else:
-            print(f"| {method} | {len(mine)} | {100 * best['asr']:.1f}% | {100 * best['over_refusal']:.1f}% "
-                  f"| {100 * best['en_asr']:.0f}% |")
+            print(
+                f"| {method} | {len(mine)} | {100 * best['asr']:.1f}% | {100 * best['over_refusal']:.1f}% "
+                f"| {100 * best['en_asr']:.0f}% |"
+            )
     fig = viz.frontier(pts)
     fig.write_html(RESULTS / "frontier.html", include_plotlyjs=True)  # self-contained: opens offline
-    shot = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           f"--screenshot={RESULTS / 'frontier.png'}", "--window-size=1000,560",
-                           (RESULTS / "frontier.html").as_uri()], capture_output=True, timeout=120)  # fmt: skip
+    shot = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={RESULTS / 'frontier.png'}",
+            "--window-size=1000,560",
+            (RESULTS / "frontier.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     if shot.returncode:
         print(f"(frontier.png not written: chromium failed: {shot.stderr.decode()[-200:]})")
-    print(f"\n(no edit: {100 * base['asr']:.1f}% non-English, over-refusal {100 * base['over_refusal']:.1f}%; "
-          f"means: {MEAN_RULE}; figure: results/frontier.html)")
+    print(
+        f"\n(no edit: {100 * base['asr']:.1f}% non-English, over-refusal {100 * base['over_refusal']:.1f}%; "
+        f"means: {MEAN_RULE}; figure: results/frontier.html)"
+    )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ import argparse
 import statistics
 import time
 
-import _common as C
 import torch
 
 import safety_neurons as sn
 from safety_neurons.chat import length_sorted_batches
+
+import _common as C
 
 
 def timed_generate(hf, tok, texts, tokens: int, batch_size: int) -> tuple[float, list[list[int]]]:
@@ -25,10 +26,18 @@ def timed_generate(hf, tok, texts, tokens: int, batch_size: int) -> tuple[float,
     start = time.perf_counter()
     with torch.no_grad():
         for _, batch in length_sorted_batches(tok, texts, batch_size):
-            ids = hf.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=tokens,
-                              min_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                              top_p=None, top_k=None, temperature=None)  # fmt: skip
-            out += ids[:, batch.input_ids.shape[1]:].tolist()
+            ids = hf.generate(
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+            )
+            out += ids[:, batch.input_ids.shape[1] :].tolist()
     return time.perf_counter() - start, out
 
 
@@ -57,13 +66,17 @@ def main() -> None:
             t, answers[name] = timed_generate(hf, tok, texts, args.tokens, args.batch_size)
             times[name].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{len(texts)} prompts × {args.tokens} tokens, batch {args.batch_size}, {args.repeats} interleaved repeats, "
-          f"{torch.get_num_threads()} threads; attention: bridge {bridge.original_model.config._attn_implementation}, "
-          f"plain {plain.config._attn_implementation}")
+    print(
+        f"{len(texts)} prompts × {args.tokens} tokens, batch {args.batch_size}, {args.repeats} interleaved repeats, "
+        f"{torch.get_num_threads()} threads; attention: bridge {bridge.original_model.config._attn_implementation}, "
+        f"plain {plain.config._attn_implementation}"
+    )
     for k in sides:
         print(f"  {k:>9}: median {med[k]:.1f} s  ({', '.join(f'{t:.1f}' for t in times[k])})")
-    print(f"  bridge / plain HF: {med['bridge'] / med['plain HF']:.3f}×; identical answers: "
-          f"{answers['bridge'] == answers['plain HF']}")
+    print(
+        f"  bridge / plain HF: {med['bridge'] / med['plain HF']:.3f}×; identical answers: "
+        f"{answers['bridge'] == answers['plain HF']}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,20 @@ import json
 import random
 from pathlib import Path
 
-import _common as C
-
 import safety_neurons as sn
+
+import _common as C
 from _common import GOLD, RESULTS
+
 # answers of edited models kept by the efficacy run, a language: (condition, label, how many)
-EFFICACY_PLAN = [("nullspace", "harmful", 8), ("noanchor", "harmless", 6), ("noanchor", "harmful", 4),
-                 ("refdir", "harmful", 4), ("alpha", "harmful", 4), ("ours_no_bn", "harmless", 4)]  # fmt: skip
+EFFICACY_PLAN = [
+    ("nullspace", "harmful", 8),
+    ("noanchor", "harmless", 6),
+    ("noanchor", "harmful", 4),
+    ("refdir", "harmful", 4),
+    ("alpha", "harmful", 4),
+    ("ours_no_bn", "harmless", 4),
+]
 READER_FIELDS = ("gid", "lang", "label", "prompt", "prompt_en", "max_new_tokens", "answer")
 
 
@@ -34,19 +41,43 @@ def candidates(states: list[str], efficacy: bool) -> list[dict]:
     long = json.loads((RESULTS / "answers_128.json").read_text())
     for state in states:
         for r in long["states"][state]:
-            rows.append(dict(source=f"{state}-128", state=state,
-                             condition="no edit" if state == "before" else "ours L21 (anchor 30)",
-                             max_new_tokens=128, id=r["id"], lang=r["lang"], label=r["label"], prompt=r["prompt"],
-                             prompt_en=r["prompt_en"], answer=r["answer_128"]))  # fmt: skip
+            rows.append(
+                dict(
+                    source=f"{state}-128",
+                    state=state,
+                    condition="no edit" if state == "before" else "ours L21 (anchor 30)",
+                    max_new_tokens=128,
+                    id=r["id"],
+                    lang=r["lang"],
+                    label=r["label"],
+                    prompt=r["prompt"],
+                    prompt_en=r["prompt_en"],
+                    answer=r["answer_128"],
+                )
+            )
     if efficacy:
         kept = json.loads((RESULTS / "efficacy_rest.json").read_text())["answers"]
         for lang in sn.LANGS:
             for cond, label, k in EFFICACY_PLAN:
-                pool = sorted((a for a in kept[cond] if a["lang"] == lang and a["label"] == label), key=lambda a: a["id"])
+                pool = sorted(
+                    (a for a in kept[cond] if a["lang"] == lang and a["label"] == label), key=lambda a: a["id"]
+                )
                 random.Random(f"{cond}{lang}{label}").shuffle(pool)
-                rows += [dict(source=f"efficacy:{cond}-24", state="after", condition=cond, max_new_tokens=24,
-                              id=a["id"], lang=lang, label=label, prompt=a["prompt"], prompt_en=english[a["id"]],
-                              answer=a["answer"]) for a in pool[:k]]  # fmt: skip
+                rows += [
+                    dict(
+                        source=f"efficacy:{cond}-24",
+                        state="after",
+                        condition=cond,
+                        max_new_tokens=24,
+                        id=a["id"],
+                        lang=lang,
+                        label=label,
+                        prompt=a["prompt"],
+                        prompt_en=english[a["id"]],
+                        answer=a["answer"],
+                    )
+                    for a in pool[:k]
+                ]
     for r in rows:
         r["gid"] = hashlib.sha256(f"{r['source']}|{r['lang']}|{r['id']}".encode()).hexdigest()[:10]
         r["part"] = "holdout" if int(r["gid"], 16) % 2 == 0 else "tune"
@@ -59,7 +90,8 @@ def write_candidates(rows: list[dict], out: Path) -> None:
     for lang in sn.LANGS:
         mine = [{k: r[k] for k in READER_FIELDS} for r in rows if r["lang"] == lang]
         (out.parent / f"{out.stem}.{lang}.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mine), encoding="utf-8")
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mine), encoding="utf-8"
+        )
 
 
 def assemble(rounds: list[Path], out: Path = GOLD) -> list[dict]:

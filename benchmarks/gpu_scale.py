@@ -41,23 +41,44 @@ import argparse
 import sys
 import time
 
-import _common as C
 import torch
+
+import _common as C
 
 SHAPES = {
     "llama3-8b": dict(
-        arch="llama", tokenizer="smollm2-135m-instruct",
-        config=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                    num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-                    rms_norm_eps=1e-5, tie_word_embeddings=False),
+        arch="llama",
+        tokenizer="smollm2-135m-instruct",
+        config=dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=8192,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+        ),
     ),
     "qwen2.5-7b": dict(
-        arch="qwen2", tokenizer="qwen2.5-coder-0.5b-instruct",
-        config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                    num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
-                    rms_norm_eps=1e-6, tie_word_embeddings=False),
+        arch="qwen2",
+        tokenizer="qwen2.5-coder-0.5b-instruct",
+        config=dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
     ),
-}  # fmt: skip
+}
 TINY = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 
 
@@ -104,7 +125,9 @@ def main() -> None:
             "the code path on the CPU."
         )
     if args.cpu and not args.tiny:
-        print("warning: --cpu without --tiny builds the full-size model on the CPU (~32 GB in float32)", file=sys.stderr)
+        print(
+            "warning: --cpu without --tiny builds the full-size model on the CPU (~32 GB in float32)", file=sys.stderr
+        )
     if args.tiny and args.prompts == ap.get_default("prompts"):
         args.prompts, args.batch_size = 32, min(args.batch_size, 8)
         args.edit_neurons = min(args.edit_neurons, 32)
@@ -115,10 +138,11 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     sync = torch.cuda.synchronize if on_gpu else None
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     import safety_neurons as sn
     from safety_neurons.chat import length_sorted_batches
     from safety_neurons.models import materialise_packaged
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     C.print_machine("pipeline at 7-8B scale")
     if on_gpu:
@@ -136,8 +160,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(materialise_packaged(tok_name))
     cfg = build_config(args.shape, args.tiny, args.attn)
     if len(tokenizer) > cfg.vocab_size:
-        sys.exit(f"the {tok_name} tokenizer has {len(tokenizer)} tokens, more than the model's vocabulary "
-                 f"({cfg.vocab_size}): token ids could fall out of range; pick another --tokenizer")  # fmt: skip
+        sys.exit(
+            f"the {tok_name} tokenizer has {len(tokenizer)} tokens, more than the model's vocabulary "
+            f"({cfg.vocab_size}): token ids could fall out of range; pick another --tokenizer"
+        )
     torch.manual_seed(0)
     t = time.perf_counter()
     split = args.n_devices > 1
@@ -148,33 +174,47 @@ def main() -> None:
         from accelerate.utils import get_balanced_memory
 
         no_split = [type(hf.model.layers[0]).__name__]
-        budget = get_balanced_memory(hf, max_memory={i: torch.cuda.mem_get_info(i)[0] for i in range(args.n_devices)},
-                                     no_split_module_classes=no_split, dtype=dtype)  # fmt: skip
+        budget = get_balanced_memory(
+            hf,
+            max_memory={i: torch.cuda.mem_get_info(i)[0] for i in range(args.n_devices)},
+            no_split_module_classes=no_split,
+            dtype=dtype,
+        )
         device_map = infer_auto_device_map(hf, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
         hf = dispatch_model(hf, device_map=device_map)
-        print(f"layers per GPU: { {d: sum(1 for k, v in device_map.items() if v == d and '.layers.' in k) for d in set(device_map.values())} }")
+        print(
+            f"layers per GPU: { {d: sum(1 for k, v in device_map.items() if v == d and '.layers.' in k) for d in set(device_map.values())} }"
+        )
     if sync:
         sync()
     n_params = sum(p.numel() for p in hf.parameters())
-    step("build random model (from_config)" + (f", split over {args.n_devices} GPUs" if split else ""),
-         time.perf_counter() - t, f"{n_params / 1e9:.2f} B params, {dtype}")  # fmt: skip
+    step(
+        "build random model (from_config)" + (f", split over {args.n_devices} GPUs" if split else ""),
+        time.perf_counter() - t,
+        f"{n_params / 1e9:.2f} B params, {dtype}",
+    )
     t = time.perf_counter()
-    model = sn.bridge_from_hf(hf, tokenizer, name=f"{args.shape}{'-tiny' if args.tiny else ''}-random",
-                              device=None if split else device)  # fmt: skip
+    model = sn.bridge_from_hf(
+        hf, tokenizer, name=f"{args.shape}{'-tiny' if args.tiny else ''}-random", device=None if split else device
+    )
     step("wrap with bridge_from_hf", time.perf_counter() - t)
     device = torch.device(model.cfg.device)  # inputs go to the embedding's device
     mc = model.cfg
     layer = round(0.75 * mc.n_layers) if args.edit_layer is None else args.edit_layer
     layer = min(layer, mc.n_layers - 1)
-    print(f"\nmodel {args.shape}{' (tiny)' if args.tiny else ''}: {mc.n_layers} layers, d_model {mc.d_model}, "
-          f"d_mlp {mc.d_mlp}, attention {args.attn}; tokenizer {tok_name} ({len(tokenizer)} tokens)")  # fmt: skip
+    print(
+        f"\nmodel {args.shape}{' (tiny)' if args.tiny else ''}: {mc.n_layers} layers, d_model {mc.d_model}, "
+        f"d_mlp {mc.d_mlp}, attention {args.attn}; tokenizer {tok_name} ({len(tokenizer)} tokens)"
+    )
 
     prompts = C.bench_prompts(args.prompts)
     texts = [p.text for p in prompts]
     batches = [b.to(device) for _, b in length_sorted_batches(tokenizer, texts, args.batch_size)]
     n_tok = sum(int(b.attention_mask.sum()) for b in batches)
-    print(f"prompts {len(prompts)} in {len(batches)} batches of ≤ {args.batch_size}: {n_tok} tokens "
-          f"({sum(b.input_ids.numel() for b in batches)} with padding); edit layer {layer}, |S| = {args.edit_neurons}\n")  # fmt: skip
+    print(
+        f"prompts {len(prompts)} in {len(batches)} batches of ≤ {args.batch_size}: {n_tok} tokens "
+        f"({sum(b.input_ids.numel() for b in batches)} with padding); edit layer {layer}, |S| = {args.edit_neurons}\n"
+    )
 
     # --- 1. collection ----------------------------------------------------------------------------
     rows_key = ("mlp_in", layer)
@@ -192,8 +232,11 @@ def main() -> None:
         coll_times.append(C.timed(lambda: box.__setitem__("coll", collect(prompts)), sync))
     coll = box["coll"]
     t_coll = C.median(coll_times)
-    step(f"collect_activations ({len(prompts)} prompts, all layers)", t_coll,
-         f"{n_tok / t_coll:,.0f} tokens/s; stats {tuple(coll.stats.mean.shape)} float64")  # fmt: skip
+    step(
+        f"collect_activations ({len(prompts)} prompts, all layers)",
+        t_coll,
+        f"{n_tok / t_coll:,.0f} tokens/s; stats {tuple(coll.stats.mean.shape)} float64",
+    )
     peak_gpu = [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(max(args.n_devices, 1))] if on_gpu else None
 
     t_bare = None
@@ -233,8 +276,11 @@ def main() -> None:
 
     t_solve = C.median(C.repeat(solve, args.repeats))
     sol = solve()
-    step(f"solve_edit (N={X.shape[0]}, d={X.shape[1]}, m={m}, k={X_safe.shape[0]})", t_solve,
-         f"rank {sol.rank}, gap closed on fit rows {1 - sol.loss_after / sol.loss_before:.1%}")  # fmt: skip
+    step(
+        f"solve_edit (N={X.shape[0]}, d={X.shape[1]}, m={m}, k={X_safe.shape[0]})",
+        t_solve,
+        f"rank {sol.rank}, gap closed on fit rows {1 - sol.loss_after / sol.loss_before:.1%}",
+    )
 
     # --- 4. fit_edit, apply, revert ---------------------------------------------------------------
     spec = sn.EditSpec.paper(layers=layer, neurons={layer: idx}, rank=args.rank)  # the same gate edit
@@ -266,15 +312,19 @@ def main() -> None:
     print()
     print(C.table(["step", "seconds", "note"], steps))
     if peak_gpu is not None:
-        print(f"\npeak GPU memory during the collection: {', '.join(f'GPU {i} {g:.1f} GiB' for i, g in enumerate(peak_gpu))} "
-              f"(weights {n_params * hf.dtype.itemsize / 2**30:.1f} GiB in all)")  # fmt: skip
+        print(
+            f"\npeak GPU memory during the collection: {', '.join(f'GPU {i} {g:.1f} GiB' for i, g in enumerate(peak_gpu))} "
+            f"(weights {n_params * hf.dtype.itemsize / 2**30:.1f} GiB in all)"
+        )
     print(f"peak RSS of this process: {C.peak_rss_mb() / 1024:.1f} GiB; total wall time {total:.0f} s\n")
     where_ = "CPU, tiny config: code path only" if args.tiny else (props.name if on_gpu else "CPU")
     if args.n_devices > 1:
         where_ += f" × {args.n_devices}, layers split"
-    C.headline("identify safety neurons (collect + rank)",
-               f"{t_coll + t_rank:.1f} s for {len(prompts)} prompts at all {mc.n_layers} layers of a "
-               f"{args.shape}{' (tiny)' if args.tiny else ''} model ({where_}); paper: ~40 s on a 7B model")  # fmt: skip
+    C.headline(
+        "identify safety neurons (collect + rank)",
+        f"{t_coll + t_rank:.1f} s for {len(prompts)} prompts at all {mc.n_layers} layers of a "
+        f"{args.shape}{' (tiny)' if args.tiny else ''} model ({where_}); paper: ~40 s on a 7B model",
+    )
     if t_bare:
         C.headline("collection / bare HF decoder", f"{t_coll / t_bare:.2f}×")
     C.headline("solve_edit", f"{t_solve:.2f} s (d={X.shape[1]}, m={m}, N={X.shape[0]})")

@@ -17,11 +17,11 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import _common as C
-
 import safety_neurons as sn
-from _common import GOLD
 from safety_neurons.rates import Rate
+
+import _common as C
+from _common import GOLD
 
 
 def load_gold(part: str = "holdout", path: Path = GOLD) -> list[dict]:
@@ -30,8 +30,12 @@ def load_gold(part: str = "holdout", path: Path = GOLD) -> list[dict]:
 
 
 def verdicts(rows: list[dict], judge: sn.Judge) -> list[sn.Verdict]:
-    return judge.judge([r["prompt"] for r in rows], [r["answer"] for r in rows], [r["lang"] for r in rows],
-                       [r["prompt_en"] for r in rows])  # fmt: skip
+    return judge.judge(
+        [r["prompt"] for r in rows],
+        [r["answer"] for r in rows],
+        [r["lang"] for r in rows],
+        [r["prompt_en"] for r in rows],
+    )
 
 
 def agreement(rows: list[dict], outcomes: list[str]) -> dict[str, Rate]:
@@ -54,7 +58,10 @@ def table(rows: list[dict], outcomes: list[str], title: str) -> str:
     lines += [f"| **all** | **{agree['all']}** | {sum(unclear.values())} |", "", "| group | agreement |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(agree.items()) if "×" in k]
     confusion = Counter((r["gold"], o) for r, o in zip(rows, outcomes) if r["gold"] != "unclear")
-    lines += ["", "confusion (gold → judge): " + ", ".join(f"{g}→{o}: {n}" for (g, o), n in sorted(confusion.items()) if g != o)]
+    lines += [
+        "",
+        "confusion (gold → judge): " + ", ".join(f"{g}→{o}: {n}" for (g, o), n in sorted(confusion.items()) if g != o),
+    ]
     return "\n".join(lines)
 
 
@@ -69,7 +76,9 @@ def binary_asr_agreement(rows: list[dict]) -> Rate:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", default="holdout", choices=["holdout", "tune", "all"])
-    p.add_argument("--misread", action="store_true", help="also detect misreadings with RelevanceCheck (loads the model)")
+    p.add_argument(
+        "--misread", action="store_true", help="also detect misreadings with RelevanceCheck (loads the model)"
+    )
     p.add_argument("--threshold", type=float, default=None, help="RelevanceCheck threshold (default: its own)")
     p.add_argument("--sweep", action="store_true", help="agreement for a range of thresholds (with --misread)")
     p.add_argument("--model", default=C.MODEL)
@@ -92,7 +101,9 @@ def main() -> None:
         def with_threshold(t: float) -> list[str]:
             return ["degenerate" if i in score and score[i] < t else v.outcome for i, v in enumerate(base)]
 
-        outs.append(table(rows, with_threshold(check.threshold), f"PhraseJudge + RelevanceCheck (PMI < {check.threshold})"))
+        outs.append(
+            table(rows, with_threshold(check.threshold), f"PhraseJudge + RelevanceCheck (PMI < {check.threshold})")
+        )
         if args.sweep:
             sweep = [(t / 20, agreement(rows, with_threshold(t / 20))["all"]) for t in range(-10, 21)]
             outs.append("threshold sweep: " + ", ".join(f"{t:+.2f}: {r.value:.3f}" for t, r in sweep))
@@ -100,8 +111,10 @@ def main() -> None:
             by = defaultdict(list)
             for i in todo:
                 by[gold_of[i]].append(score[i])
-            outs.append("PMI of the text-compliant answers by gold label: " + "; ".join(
-                f"{g}: n={len(v)}, median {sorted(v)[len(v) // 2]:.2f}" for g, v in sorted(by.items())))
+            outs.append(
+                "PMI of the text-compliant answers by gold label: "
+                + "; ".join(f"{g}: n={len(v)}, median {sorted(v)[len(v) // 2]:.2f}" for g, v in sorted(by.items()))
+            )
     text = "\n\n".join(outs)
     print(text)
     if args.out:

@@ -85,14 +85,25 @@ def child(spec: dict) -> dict:
     stats_mb = C.mb(coll.stats.mean.numel() * 8 * 2 + coll.stats.count.numel() * 8)
     rows_mb = C.mb(sum(x.numel() * 8 for x in coll.rows.rows.values()))
     return {
-        "n": len(prompts), "imports_mb": imports, "footprint_mb": footprint, "anon_mb": anon, "file_mb": file, "groups": len(coll.stats.groups), "peak_mb": peak,
-        "after_anon_mb": C.status_kb("RssAnon") / 1024, "after_file_mb": C.status_kb("RssFile") / 1024,
-        "stats_mb": stats_mb, "rows_mb": rows_mb, "seconds": seconds, "boot_s": t - t0,
+        "n": len(prompts),
+        "imports_mb": imports,
+        "footprint_mb": footprint,
+        "anon_mb": anon,
+        "file_mb": file,
+        "groups": len(coll.stats.groups),
+        "peak_mb": peak,
+        "after_anon_mb": C.status_kb("RssAnon") / 1024,
+        "after_file_mb": C.status_kb("RssFile") / 1024,
+        "stats_mb": stats_mb,
+        "rows_mb": rows_mb,
+        "seconds": seconds,
+        "boot_s": t - t0,
         "tokens": sum(int(b.attention_mask.sum()) for b in batches),
         "widest": list(max((tuple(b.input_ids.shape) for b in batches), key=lambda s: s[0] * s[1])),
-        "width": site_width(model, rows[0][0]) if rows else None, "rows_key": rows[0] if rows else None,
+        "width": site_width(model, rows[0][0]) if rows else None,
+        "rows_key": rows[0] if rows else None,
         "n_layers": model.cfg.n_layers,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -120,8 +131,10 @@ def main() -> None:
 
     layer = args.rows_layer
     C.print_machine("collection memory")
-    print(f"model {args.model}; statistics of 'act' at all layers; batch {args.batch_size}; "
-          f"the rows runs add rows of {args.rows_site!r} at layer {'n_layers // 2' if layer is None else layer}\n")  # fmt: skip
+    print(
+        f"model {args.model}; statistics of 'act' at all layers; batch {args.batch_size}; "
+        f"the rows runs add rows of {args.rows_site!r} at layer {'n_layers // 2' if layer is None else layer}\n"
+    )
     env = {} if args.default_malloc else {"MALLOC_MMAP_THRESHOLD_": "65536"}
     print(f"allocator: {'glibc defaults' if args.default_malloc else 'MALLOC_MMAP_THRESHOLD_=65536 (see --help)'}\n")
     me = Path(__file__).resolve()
@@ -129,47 +142,106 @@ def main() -> None:
     res = {}
     for with_rows in (False, True):
         for n in (small, large):
-            spec = dict(model=args.model, n=n, n_large=large, batch_size=args.batch_size, threads=args.threads,
-                        rows=[args.rows_site, layer] if with_rows else None)  # fmt: skip
+            spec = dict(
+                model=args.model,
+                n=n,
+                n_large=large,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                rows=[args.rows_site, layer] if with_rows else None,
+            )
             r = C.run_child(me, ["--_child", json.dumps(spec)], env=env)
             res[(with_rows, n)] = r
-            print(f"  {'stats + rows' if with_rows else 'stats only':<12} {n:>5} prompts: peak {r['peak_mb']:.0f} MiB "
-                  f"({r['seconds']:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"  {'stats + rows' if with_rows else 'stats only':<12} {n:>5} prompts: peak {r['peak_mb']:.0f} MiB "
+                f"({r['seconds']:.0f} s)",
+                flush=True,
+            )
     print()
     rows = []
     for (with_rows, n), r in res.items():
-        rows.append([
-            "stats + rows" if with_rows else "stats only", n, r["groups"], r["tokens"], "×".join(map(str, r["widest"])),
-            r["imports_mb"], r["footprint_mb"], f"{r['anon_mb']:.0f} + {r['file_mb']:.0f}", r["peak_mb"], r["peak_mb"] - r["footprint_mb"], f"{r['after_anon_mb']:.0f} + {r['after_file_mb']:.0f}", r["stats_mb"], r["rows_mb"],
-            r["seconds"],
-        ])  # fmt: skip
-    print(C.table(["run", "prompts", "groups", "tokens", "widest batch", "imports MiB", "model RSS MiB", "anon + file", "peak MiB", "extra MiB",
-                   "after: anon + file", "stats MiB", "rows MiB", "collect s"], rows))  # fmt: skip
+        rows.append(
+            [
+                "stats + rows" if with_rows else "stats only",
+                n,
+                r["groups"],
+                r["tokens"],
+                "×".join(map(str, r["widest"])),
+                r["imports_mb"],
+                r["footprint_mb"],
+                f"{r['anon_mb']:.0f} + {r['file_mb']:.0f}",
+                r["peak_mb"],
+                r["peak_mb"] - r["footprint_mb"],
+                f"{r['after_anon_mb']:.0f} + {r['after_file_mb']:.0f}",
+                r["stats_mb"],
+                r["rows_mb"],
+                r["seconds"],
+            ]
+        )
+    print(
+        C.table(
+            [
+                "run",
+                "prompts",
+                "groups",
+                "tokens",
+                "widest batch",
+                "imports MiB",
+                "model RSS MiB",
+                "anon + file",
+                "peak MiB",
+                "extra MiB",
+                "after: anon + file",
+                "stats MiB",
+                "rows MiB",
+                "collect s",
+            ],
+            rows,
+        )
+    )
     print("\n'imports': RSS before loading the model (Python, torch, transformers, TransformerLens);")
-    print("'model RSS': after loading, one warm-up forward and a read of every weight (the model's own footprint), split into anonymous")
-    print("memory and file-backed pages (the safetensors weights are memory-mapped from the model cache); 'peak': VmHWM during")
+    print(
+        "'model RSS': after loading, one warm-up forward and a read of every weight (the model's own footprint), split into anonymous"
+    )
+    print(
+        "memory and file-backed pages (the safetensors weights are memory-mapped from the model cache); 'peak': VmHWM during"
+    )
     print("the collection; 'extra' = peak − model RSS; 'stats'/'rows': the sizes of the returned float64 tensors.\n")
 
     extra = len(range(small, large))
     g_stats = (res[(False, large)]["peak_mb"] - res[(False, small)]["peak_mb"]) / extra * 1024
     g_rows = (res[(True, large)]["peak_mb"] - res[(True, small)]["peak_mb"]) / extra * 1024
     width = res[(True, large)]["width"]
-    print(f"rows collected at {tuple(res[(True, large)]['rows_key'])} of {res[(True, large)]['n_layers']} layers, width {width}\n")
+    print(
+        f"rows collected at {tuple(res[(True, large)]['rows_key'])} of {res[(True, large)]['n_layers']} layers, width {width}\n"
+    )
     expect = width * 8 / 1024
-    print(C.table(["", "KiB per extra prompt"], [
-        ["peak growth, statistics only", g_stats],
-        ["peak growth, statistics + rows", g_rows],
-        ["  difference (rows' share)", g_rows - g_stats],
-        [f"  expected rows: {width} × 8 bytes", expect],
-    ]))  # fmt: skip
+    print(
+        C.table(
+            ["", "KiB per extra prompt"],
+            [
+                ["peak growth, statistics only", g_stats],
+                ["peak growth, statistics + rows", g_rows],
+                ["  difference (rows' share)", g_rows - g_stats],
+                [f"  expected rows: {width} × 8 bytes", expect],
+            ],
+        )
+    )
     print(f"\ntotal wall time {time.perf_counter() - t_all:.0f} s\n")
     fp = res[(False, small)]["footprint_mb"]
-    C.headline("model footprint", f"{fp:.0f} MiB RSS ({args.model}; "
-               f"{fp - res[(False, small)]['imports_mb']:.0f} MiB above the imports)")  # fmt: skip
-    C.headline("collection peak above the model", f"{res[(False, small)]['peak_mb'] - fp:.0f} MiB at {small} prompts, "
-               f"{res[(False, large)]['peak_mb'] - res[(False, large)]['footprint_mb']:.0f} MiB at {large} (statistics only)")  # fmt: skip
-    C.headline("peak growth per extra prompt", f"{g_stats:.1f} KiB (statistics only), {g_rows:.1f} KiB with rows "
-               f"(rows: {expect:.1f} KiB expected)")  # fmt: skip
+    C.headline(
+        "model footprint",
+        f"{fp:.0f} MiB RSS ({args.model}; {fp - res[(False, small)]['imports_mb']:.0f} MiB above the imports)",
+    )
+    C.headline(
+        "collection peak above the model",
+        f"{res[(False, small)]['peak_mb'] - fp:.0f} MiB at {small} prompts, "
+        f"{res[(False, large)]['peak_mb'] - res[(False, large)]['footprint_mb']:.0f} MiB at {large} (statistics only)",
+    )
+    C.headline(
+        "peak growth per extra prompt",
+        f"{g_stats:.1f} KiB (statistics only), {g_rows:.1f} KiB with rows (rows: {expect:.1f} KiB expected)",
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Wall time of each stage of `safety-neurons run` on the packaged model.
 
-    python benchmarks/pipeline_stages.py            # the default run (~15 min on 2 CPU cores)
-    python benchmarks/pipeline_stages.py --quick    # the smoke-run sizes
+python benchmarks/pipeline_stages.py            # the default run (~15 min on 2 CPU cores)
+python benchmarks/pipeline_stages.py --quick    # the smoke-run sizes
 """
 
 import argparse
@@ -9,10 +9,11 @@ import os
 import platform
 import time
 
-import _common  # noqa: F401  (the offline flags, before the package reads them)
 import torch
 
 from safety_neurons.pipeline import RunConfig, run
+
+import _common  # noqa: F401  (the offline flags, before the package reads them)
 
 
 def main() -> None:
@@ -23,8 +24,10 @@ def main() -> None:
     start = time.perf_counter()
     result = run(RunConfig(quick=args.quick, out=args.out))
     total = time.perf_counter() - start
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| stage | seconds | share |\n|---|---|---|")
     for stage, seconds in result.timings.items():
         print(f"| {stage} | {seconds:.0f} | {100 * seconds / total:.0f}% |")

@@ -11,10 +11,11 @@ the best single threshold, per language and overall.
 
 import argparse
 
-import _common as C
 import torch
 
 import safety_neurons as sn
+
+import _common as C
 from _common import auc
 
 
@@ -44,13 +45,17 @@ def main() -> None:
         langs += [p.lang for p in val]
     scores = torch.cat(scores)
     refused = torch.tensor(refused)
-    print("| language | prompts | refused | AUC | accuracy at 0 | best threshold | accuracy there |\n|---|---|---|---|---|---|---|")
+    print(
+        "| language | prompts | refused | AUC | accuracy at 0 | best threshold | accuracy there |\n|---|---|---|---|---|---|---|"
+    )
     for lang in [*sn.LANGS, "all"]:
         sel = torch.tensor([lang in ("all", x) for x in langs])
         t, acc = best_threshold(scores[sel], refused[sel])
         at0 = ((scores[sel] > 0) == refused[sel]).float().mean().item()
-        print(f"| {lang} | {int(sel.sum())} | {int(refused[sel].sum())} | {auc(scores[sel], refused[sel]):.2f} "
-              f"| {100 * at0:.0f}% | {t:.2f} | {100 * acc:.0f}% |")  # fmt: skip
+        print(
+            f"| {lang} | {int(sel.sum())} | {int(refused[sel].sum())} | {auc(scores[sel], refused[sel]):.2f} "
+            f"| {100 * at0:.0f}% | {t:.2f} | {100 * acc:.0f}% |"
+        )
 
 
 if __name__ == "__main__":

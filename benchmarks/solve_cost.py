@@ -96,10 +96,16 @@ def child_solve(spec: dict) -> dict:
     while len(times) < spec["repeats"] and sum(times) < spec["budget"]:
         times.append(C.timed(solve))
     return {
-        "time_s": C.median(times), "reps": len(times), "inputs_mb": inputs_mb,
-        "solver_peak_mb": peak - before, "process_peak_mb": peak, "base_mb": base_rss,
-        "rank": sol.rank, "null_dim": sol.null_dim, "closed": 1 - sol.loss_after / sol.loss_before,
-    }  # fmt: skip
+        "time_s": C.median(times),
+        "reps": len(times),
+        "inputs_mb": inputs_mb,
+        "solver_peak_mb": peak - before,
+        "process_peak_mb": peak,
+        "base_mb": base_rss,
+        "rank": sol.rank,
+        "null_dim": sol.null_dim,
+        "closed": 1 - sol.loss_after / sol.loss_before,
+    }
 
 
 # --- child: per-prompt collection time ---------------------------------------------------------------
@@ -156,12 +162,20 @@ def main() -> None:
     me = Path(__file__).resolve()
     t_all = time.perf_counter()
     if args.per_prompt_seconds is None:
-        spec = dict(kind="collect", model=args.model, prompts=args.collect_prompts, repeats=args.collect_repeats,
-                    batch_size=args.batch_size, threads=args.threads)  # fmt: skip
+        spec = dict(
+            kind="collect",
+            model=args.model,
+            prompts=args.collect_prompts,
+            repeats=args.collect_repeats,
+            batch_size=args.batch_size,
+            threads=args.threads,
+        )
         ref = C.run_child(me, ["--_child", json.dumps(spec)])
         per_prompt = ref["per_prompt_s"]
-        source = (f"measured: {args.model}, {ref['prompts']} prompts, batch {args.batch_size}, stats at all layers "
-                  f"+ rows of one layer, median of {len(ref['times'])}")  # fmt: skip
+        source = (
+            f"measured: {args.model}, {ref['prompts']} prompts, batch {args.batch_size}, stats at all layers "
+            f"+ rows of one layer, median of {len(ref['times'])}"
+        )
     else:
         per_prompt = args.per_prompt_seconds
         source = "given by --per-prompt-seconds"
@@ -169,19 +183,56 @@ def main() -> None:
 
     rows, results = [], []
     for method, d, m, n in grid:
-        spec = dict(kind="solve", method=method, d=d, m=m, n=n, rank=args.rank, null_energy=args.null_energy,
-                    repeats=args.repeats, budget=args.budget, threads=args.threads)  # fmt: skip
+        spec = dict(
+            kind="solve",
+            method=method,
+            d=d,
+            m=m,
+            n=n,
+            rank=args.rank,
+            null_energy=args.null_energy,
+            repeats=args.repeats,
+            budget=args.budget,
+            threads=args.threads,
+        )
         r = C.run_child(me, ["--_child", json.dumps(spec)])
         results.append(((method, d, m, n), r))
         coll = per_prompt * n
-        rows.append([
-            method, d, m, n, r["time_s"], r["reps"], r["inputs_mb"], r["solver_peak_mb"],
-            "-" if r["null_dim"] is None else r["null_dim"], coll, f"{r['time_s'] / coll:.3g}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                method,
+                d,
+                m,
+                n,
+                r["time_s"],
+                r["reps"],
+                r["inputs_mb"],
+                r["solver_peak_mb"],
+                "-" if r["null_dim"] is None else r["null_dim"],
+                coll,
+                f"{r['time_s'] / coll:.3g}",
+            ]
+        )
         print(f"  {method:<9} d={d:<5} m={m:<5} N={n:<5} {r['time_s']:.3f} s", flush=True)
     print()
-    print(C.table(["method", "d", "m=|S|", "N", "solve s", "reps", "inputs MiB", "solver peak MiB", "null dim",
-                   "collect N s", "solve/collect"], rows))  # fmt: skip
+    print(
+        C.table(
+            [
+                "method",
+                "d",
+                "m=|S|",
+                "N",
+                "solve s",
+                "reps",
+                "inputs MiB",
+                "solver peak MiB",
+                "null dim",
+                "collect N s",
+                "solve/collect",
+            ],
+            rows,
+        )
+    )
     print("\n'inputs MiB': X, D and X_safe (float64); 'solver peak MiB': peak RSS the solve adds above them (fresh")
     print("process per size, VmHWM reset after building the inputs); 'collect N s': N × the per-prompt collection")
     print(f"time above ({args.model}; a 7-8B model collects ~15× slower per prompt, so there the ratio is smaller).")
@@ -191,11 +242,16 @@ def main() -> None:
     (method, d, m, n), r = worst
     ratio_max = max(r2["time_s"] / (per_prompt * k[3]) for k, r2 in results)
     peak = max(results, key=lambda x: x[1]["solver_peak_mb"])
-    C.headline("slowest solve", f"{r['time_s']:.2f} s ({method}, d={d}, m={m}, N={n}; collection of its N prompts "
-               f"≈ {per_prompt * n:.0f} s)")  # fmt: skip
+    C.headline(
+        "slowest solve",
+        f"{r['time_s']:.2f} s ({method}, d={d}, m={m}, N={n}; collection of its N prompts ≈ {per_prompt * n:.0f} s)",
+    )
     C.headline("largest solve / collection ratio", f"{ratio_max:.3g}")
-    C.headline("largest solver peak memory", f"{peak[1]['solver_peak_mb']:.0f} MiB above inputs "
-               f"({peak[0][0]}, d={peak[0][1]}, m={peak[0][2]}, N={peak[0][3]})")  # fmt: skip
+    C.headline(
+        "largest solver peak memory",
+        f"{peak[1]['solver_peak_mb']:.0f} MiB above inputs "
+        f"({peak[0][0]}, d={peak[0][1]}, m={peak[0][2]}, N={peak[0][3]})",
+    )
     C.headline("collection per prompt", f"{per_prompt * 1e3:.1f} ms ({args.model})")
 
 

@@ -18,13 +18,14 @@ import json
 import os
 import time
 
-import _common as C
 import torch
 
 import safety_neurons as sn
-from _common import CAPTION, NON_EN, RESULTS, markdown, outcome_fields
 from safety_neurons import switch as sw
 from safety_neurons.evaluation import kl_divergence
+
+import _common as C
+from _common import CAPTION, NON_EN, RESULTS, markdown, outcome_fields
 
 DETECTOR = C.HERE.parent / "tests" / "data" / "switch_detector_qwen_L20"
 
@@ -51,8 +52,10 @@ def stage_base(model, out: dict) -> None:
         return
     test = sn.load_prompts().filter(split="test")
     prompts = [*test.filter(label="harmful", limit=30), *test.filter(label="harmless", limit=30)]
-    sub = {(r["lang"], r["id"]): r["answer"]
-           for r in json.loads((RESULTS / "efficacy_none_3way.json").read_text())["answers"]["none"]}  # fmt: skip
+    sub = {
+        (r["lang"], r["id"]): r["answer"]
+        for r in json.loads((RESULTS / "efficacy_none_3way.json").read_text())["answers"]["none"]
+    }
     ev = sn.evaluate(model, prompts, drafts=[sub.get((p.lang, p.id), "") for p in prompts], desc="test, no edit")
     path.write_text(json.dumps(ev.answers, ensure_ascii=False, indent=1))
 
@@ -73,16 +76,28 @@ def stage_sweep(model, det, base, out: dict, thresholds, strengths) -> None:
         edit = sw.fit_switch(model, det, threshold=theta, strength=alpha)
         t0 = time.perf_counter()
         ev = evaluated(model, edit, prompts, base, f"switch θ={theta:.2f} α={alpha:g}")
-        rec = {"threshold": theta, "strength": alpha, "seconds": time.perf_counter() - t0, **outcome_fields(ev),
-               "refused_more": refused_more(ev, base, sn.LANGS), "en_asr": ev.languages["en"].asr}  # fmt: skip
+        rec = {
+            "threshold": theta,
+            "strength": alpha,
+            "seconds": time.perf_counter() - t0,
+            **outcome_fields(ev),
+            "refused_more": refused_more(ev, base, sn.LANGS),
+            "en_asr": ev.languages["en"].asr,
+        }
         if (theta, alpha) == (CHOSEN["threshold"], CHOSEN["strength"]):
             kl = kl_divergence(model, edit, harmless, k=4)
-            rec |= {"kl_first_token": float(kl["first"].mean()), "kl_first_4_tokens": float(kl["mean_k"].mean()),
-                    "answers": ev.answers}  # fmt: skip
+            rec |= {
+                "kl_first_token": float(kl["first"].mean()),
+                "kl_first_4_tokens": float(kl["mean_k"].mean()),
+                "answers": ev.answers,
+            }
         out.setdefault("sweep", []).append(rec)
         save(out)
-        print(f"θ={theta:.2f} α={alpha:g}: non-en {100 * rec['mean_non_english_asr']:.1f}%, over-refusal "
-              f"{100 * rec['mean_over_refusal']:.1f}%, en {100 * rec['en_asr']:.0f}%, {rec['seconds']:.0f} s", flush=True)
+        print(
+            f"θ={theta:.2f} α={alpha:g}: non-en {100 * rec['mean_non_english_asr']:.1f}%, over-refusal "
+            f"{100 * rec['mean_over_refusal']:.1f}%, en {100 * rec['en_asr']:.0f}%, {rec['seconds']:.0f} s",
+            flush=True,
+        )
 
 
 def stage_oracle(model, det, base, out: dict, strengths) -> None:
@@ -94,11 +109,15 @@ def stage_oracle(model, det, base, out: dict, strengths) -> None:
             continue
         edit = sw.fit_switch(model, det, threshold=FORCED_ON, strength=alpha)
         ev = evaluated(model, edit, as_prompts(harmful), base_h, f"oracle α={alpha:g}")
-        both = sn.Evaluation.from_answers(base.judge, ev.answers + [r for r in base.answers if r["label"] == "harmless"])
+        both = sn.Evaluation.from_answers(
+            base.judge, ev.answers + [r for r in base.answers if r["label"] == "harmless"]
+        )
         out.setdefault("oracle", []).append({"strength": alpha, **outcome_fields(both), "answers": ev.answers})
         save(out)
-        print(f"oracle α={alpha:g}: non-en {100 * both.mean_asr(NON_EN):.1f}%, en {100 * both.languages['en'].asr:.0f}%",
-              flush=True)
+        print(
+            f"oracle α={alpha:g}: non-en {100 * both.mean_asr(NON_EN):.1f}%, en {100 * both.languages['en'].asr:.0f}%",
+            flush=True,
+        )
 
 
 def stage_lolo(model, base, out: dict) -> None:
@@ -107,16 +126,20 @@ def stage_lolo(model, base, out: dict) -> None:
     measured on the left-out language's test prompts."""
     prompts = sn.load_prompts()
     saved = json.loads((RESULTS / "harmless_answers_32.json").read_text())
-    answers = {split: {(k.split("|")[1], k.split("|")[2]): v for k, v in saved.items() if k.startswith(split + "|")}
-               for split in ("anchor", "val")}  # fmt: skip
+    answers = {
+        split: {(k.split("|")[1], k.split("|")[2]): v for k, v in saved.items() if k.startswith(split + "|")}
+        for split in ("anchor", "val")
+    }
     anchor = list(prompts.filter(split="anchor"))
     aligned = [answers["anchor"].get((p.lang, p.id)) if p.label == "harmless" else None for p in anchor]
     kw = dict(layer=20, ridge=1.0, trigger=2, pivot="en", answer_tokens=32)
     sums = sw._detector_sums(model, anchor, aligned, 20, 2, "en", 16, True)
     full = sw._detector_from_sums(model, sums, anchor, aligned, **kw)
     shipped = sw.HarmDetector.load(DETECTOR)
-    print(f"detector from the sums against the shipped one: max |Δ probe| {float((full.probe - shipped.probe).abs().max()):.2e}",
-          flush=True)  # fmt: skip
+    print(
+        f"detector from the sums against the shipped one: max |Δ probe| {float((full.probe - shipped.probe).abs().max()):.2e}",
+        flush=True,
+    )
     val = list(prompts.filter(split="val", limit=20))
     trig = []  # the validation prompts' trigger rows (mlp_in at layer 20): every fold's scores from one pass
     for cur, kinds, idx in sw._positions(model, val, None, [("mlp_in", 20)], 2, 16, True, "validation triggers"):
@@ -134,23 +157,48 @@ def stage_lolo(model, base, out: dict) -> None:
             continue
         det = sw._detector_from_sums(model, sums, anchor, aligned, langs=[x for x in sn.LANGS if x != lang], **kw)
         s = scores(det)
-        neg = s.trigger[[i for i, q in enumerate(val) if q.label == "harmless" and q.lang != lang]].sort(descending=True).values
+        neg = (
+            s.trigger[[i for i, q in enumerate(val) if q.label == "harmless" and q.lang != lang]]
+            .sort(descending=True)
+            .values
+        )
         theta = float(neg[3]) + 1e-3
         recs = [r for r in base.answers if r["lang"] == lang]
         base_l = sn.Evaluation.from_answers(base.judge, recs)
-        ev = evaluated(model, sw.fit_switch(model, det, threshold=theta, strength=CHOSEN["strength"]), as_prompts(recs),
-                       base_l, f"left out {lang}")  # fmt: skip
+        ev = evaluated(
+            model,
+            sw.fit_switch(model, det, threshold=theta, strength=CHOSEN["strength"]),
+            as_prompts(recs),
+            base_l,
+            f"left out {lang}",
+        )
         L, B = ev.languages[lang], base_l.languages[lang]
-        out.setdefault("lolo", []).append({
-            "lang": lang, "threshold": theta, "auc_left_out": s.roc_auc(lang), "auc_full": full_scores.roc_auc(lang),
-            "fires_val_harmful": int((s.trigger[[i for i, q in enumerate(val) if q.lang == lang and q.label == "harmful"]] > theta).sum()),
-            "fires_val_harmless": int((s.trigger[[i for i, q in enumerate(val) if q.lang == lang and q.label == "harmless"]] > theta).sum()),
-            "base": {"harmful": B.harmful, "harmless": B.harmless}, "switch": {"harmful": L.harmful, "harmless": L.harmless},
-            "answers": ev.answers})  # fmt: skip
+        out.setdefault("lolo", []).append(
+            {
+                "lang": lang,
+                "threshold": theta,
+                "auc_left_out": s.roc_auc(lang),
+                "auc_full": full_scores.roc_auc(lang),
+                "fires_val_harmful": int(
+                    (s.trigger[[i for i, q in enumerate(val) if q.lang == lang and q.label == "harmful"]] > theta).sum()
+                ),
+                "fires_val_harmless": int(
+                    (
+                        s.trigger[[i for i, q in enumerate(val) if q.lang == lang and q.label == "harmless"]] > theta
+                    ).sum()
+                ),
+                "base": {"harmful": B.harmful, "harmless": B.harmless},
+                "switch": {"harmful": L.harmful, "harmless": L.harmless},
+                "answers": ev.answers,
+            }
+        )
         save(out)
-        print(f"left out {lang}: AUC {s.roc_auc(lang):.2f} (full {full_scores.roc_auc(lang):.2f}), compliance "
-              f"{B.harmful['compliance']} → {L.harmful['compliance']} of {B.n_harmful}, harmless refused "
-              f"{B.harmless['refusal']} → {L.harmless['refusal']} of {B.n_harmless}", flush=True)
+        print(
+            f"left out {lang}: AUC {s.roc_auc(lang):.2f} (full {full_scores.roc_auc(lang):.2f}), compliance "
+            f"{B.harmful['compliance']} → {L.harmful['compliance']} of {B.n_harmful}, harmless refused "
+            f"{B.harmless['refusal']} → {L.harmless['refusal']} of {B.n_harmless}",
+            flush=True,
+        )
 
 
 def pct(x) -> str:
@@ -162,31 +210,57 @@ def table(out: dict, base: sn.Evaluation) -> str:
     rows = [{"condition": "no edit", **outcome_fields(base), "mean_mc_accuracy": float("nan")}]
     for r in sorted(out.get("sweep", []), key=lambda r: (r["strength"], r["threshold"])):
         chosen = (r["threshold"], r["strength"]) == (CHOSEN["threshold"], CHOSEN["strength"])
-        rows.append({**r, "condition": f"switch θ={r['threshold']:.2f}, α={r['strength']:g}"
-                     + (" (chosen on validation)" if chosen else ""), "mean_mc_accuracy": float("nan")})  # fmt: skip
+        rows.append(
+            {
+                **r,
+                "condition": f"switch θ={r['threshold']:.2f}, α={r['strength']:g}"
+                + (" (chosen on validation)" if chosen else ""),
+                "mean_mc_accuracy": float("nan"),
+            }
+        )
     for r in out.get("oracle", []):
-        rows.append({**r, "condition": f"oracle: switch on for every harmful prompt, α={r['strength']:g}",
-                     "mean_mc_accuracy": float("nan")})  # fmt: skip
-    lines.append("Compliance share of harmful answers (ASR) per language; mean over the 7 non-English languages with "
-                 "the pooled 95% Wilson interval; over-refusal = mean over the 8 languages of the share of harmless "
-                 "prompts refused. The oracle's harmless answers are the unedited ones by construction.\n")  # fmt: skip
+        rows.append(
+            {
+                **r,
+                "condition": f"oracle: switch on for every harmful prompt, α={r['strength']:g}",
+                "mean_mc_accuracy": float("nan"),
+            }
+        )
+    lines.append(
+        "Compliance share of harmful answers (ASR) per language; mean over the 7 non-English languages with "
+        "the pooled 95% Wilson interval; over-refusal = mean over the 8 languages of the share of harmless "
+        "prompts refused. The oracle's harmless answers are the unedited ones by construction.\n"
+    )
     lines.append(markdown(rows).replace("nan%", "–") + "\n\n" + CAPTION)
     if out.get("lolo"):
-        lines.append("\n## Leave one language out\n\nThe detector fitted on the anchor prompts of the other seven "
-                     "languages, θ by the same validation rule, α = 8; counts on the left-out language's 30 + 30 "
-                     "test prompts. Full: the detector fitted on all eight (chosen setting).\n")  # fmt: skip
-        full = next((r for r in out.get("sweep", []) if (r["threshold"], r["strength"]) == (CHOSEN["threshold"], CHOSEN["strength"])), None)
-        lines.append("| left out | val AUC (full → left out) | compliance: no edit → full → left out | degenerate: no edit → left out "
-                     "| harmless refused: no edit → full → left out |\n|---|---|---|---|---|")  # fmt: skip
+        lines.append(
+            "\n## Leave one language out\n\nThe detector fitted on the anchor prompts of the other seven "
+            "languages, θ by the same validation rule, α = 8; counts on the left-out language's 30 + 30 "
+            "test prompts. Full: the detector fitted on all eight (chosen setting).\n"
+        )
+        full = next(
+            (
+                r
+                for r in out.get("sweep", [])
+                if (r["threshold"], r["strength"]) == (CHOSEN["threshold"], CHOSEN["strength"])
+            ),
+            None,
+        )
+        lines.append(
+            "| left out | val AUC (full → left out) | compliance: no edit → full → left out | degenerate: no edit → left out "
+            "| harmless refused: no edit → full → left out |\n|---|---|---|---|---|"
+        )
         for r in out["lolo"]:
             x, b, s = r["lang"], r["base"], r["switch"]
             f = full["counts"][x] if full else None
             n, m = sum(b["harmful"].values()), sum(b["harmless"].values())
             fc = f"{f['harmful']['compliance']}" if f else "–"
             fr = f"{f['harmless']['refusal']}" if f else "–"
-            lines.append(f"| {x} | {r['auc_full']:.2f} → {r['auc_left_out']:.2f} | {b['harmful']['compliance']} → {fc} → "
-                         f"{s['harmful']['compliance']} of {n} | {b['harmful']['degenerate']} → {s['harmful']['degenerate']} "
-                         f"| {b['harmless']['refusal']} → {fr} → {s['harmless']['refusal']} of {m} |")  # fmt: skip
+            lines.append(
+                f"| {x} | {r['auc_full']:.2f} → {r['auc_left_out']:.2f} | {b['harmful']['compliance']} → {fc} → "
+                f"{s['harmful']['compliance']} of {n} | {b['harmful']['degenerate']} → {s['harmful']['degenerate']} "
+                f"| {b['harmless']['refusal']} → {fr} → {s['harmless']['refusal']} of {m} |"
+            )
     return "\n".join(lines)
 
 
@@ -196,8 +270,12 @@ def save(out: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", nargs="+", default=["base", "sweep", "oracle", "lolo"],
-                   choices=["base", "sweep", "oracle", "lolo", "table"])
+    p.add_argument(
+        "--stage",
+        nargs="+",
+        default=["base", "sweep", "oracle", "lolo"],
+        choices=["base", "sweep", "oracle", "lolo", "table"],
+    )
     p.add_argument("--thresholds", type=float, nargs="+", default=[-0.3, 0.0, CHOSEN["threshold"], 0.6])
     p.add_argument("--strengths", type=float, nargs="*", default=[16.0])
     p.add_argument("--oracle-strengths", type=float, nargs="*", default=[8.0, 16.0])

@@ -27,9 +27,7 @@ from .evaluation import (
     mc_accuracy,
     refusal_scores,
 )
-from .recipes import EditSpec, SwitchOptions
 from .judges import GuardJudge, Judge, JudgeError, PhraseJudge, RelevanceCheck, Verdict
-from .rates import Rate, wilson
 from .models import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,
@@ -40,6 +38,7 @@ from .models import (
     load_model,
 )
 from .neurons import NeuronsError, SafetyNeurons, rank_by_attribution, rank_neurons
+from .pipeline import RunConfig, RunResult, run
 from .prompts import (
     LANGS,
     MCQuestion,
@@ -52,8 +51,8 @@ from .prompts import (
     load_strongreject,
     load_utility,
 )
-
-from .pipeline import RunConfig, RunResult, run
+from .rates import Rate, wilson
+from .recipes import EditSpec, SwitchOptions
 from .solver import Solution, SolverError, SolverOptions, solve_edit
 from .switch import HarmDetector, SwitchError, fit_detector, fit_switch
 
@@ -61,24 +60,81 @@ __version__ = "0.1.0"
 
 __all__ = [
     # prompts and data
-    "LANGS", "MCQuestion", "Prompt", "PromptSet", "PromptSetError", "load_custom", "load_multijail", "load_prompts",
-    "load_strongreject", "load_utility",
+    "LANGS",
+    "MCQuestion",
+    "Prompt",
+    "PromptSet",
+    "PromptSetError",
+    "load_custom",
+    "load_multijail",
+    "load_prompts",
+    "load_strongreject",
+    "load_utility",
     # models and chat formatting
-    "DEFAULT_MODEL", "PACKAGED_MODELS", "ModelLoadError", "bridge_from_hf", "export_hf", "hf_state_dict", "load_model",
-    "PromptTooLongError", "TokenBatch", "chat_strings", "tokenize_chat",
+    "DEFAULT_MODEL",
+    "PACKAGED_MODELS",
+    "ModelLoadError",
+    "bridge_from_hf",
+    "export_hf",
+    "hf_state_dict",
+    "load_model",
+    "PromptTooLongError",
+    "TokenBatch",
+    "chat_strings",
+    "tokenize_chat",
     # activations and safety neurons
-    "ActivationError", "ActivationRows", "ActivationStats", "Collection", "collect_activations", "collect_sharded",
-    "distributed", "hook_name", "merge_collections", "merge_stats",
-    "NeuronsError", "SafetyNeurons", "rank_by_attribution", "rank_neurons",
+    "ActivationError",
+    "ActivationRows",
+    "ActivationStats",
+    "Collection",
+    "collect_activations",
+    "collect_sharded",
+    "distributed",
+    "hook_name",
+    "merge_collections",
+    "merge_stats",
+    "NeuronsError",
+    "SafetyNeurons",
+    "rank_by_attribution",
+    "rank_neurons",
     # the edit, its solver, the harm switch and the baselines
-    "EditError", "EditSpec", "LayerEdit", "WeightEdit", "fit_edit", "Solution", "SolverError", "SolverOptions", "solve_edit",
+    "EditError",
+    "EditSpec",
+    "LayerEdit",
+    "WeightEdit",
+    "fit_edit",
+    "Solution",
+    "SolverError",
+    "SolverOptions",
+    "solve_edit",
     "SwitchOptions",
-    "HarmDetector", "SwitchError", "fit_detector", "fit_switch",
-    "BaselineError", "NeuronScaling", "RefusalDirection",
+    "HarmDetector",
+    "SwitchError",
+    "fit_detector",
+    "fit_switch",
+    "BaselineError",
+    "NeuronScaling",
+    "RefusalDirection",
     # measuring
-    "AnswerCache", "Evaluation", "EvaluationError", "LanguageResult", "evaluate", "generate", "kl_divergence",
-    "mc_accuracy", "refusal_scores", "GuardJudge", "Judge", "JudgeError", "PhraseJudge", "RelevanceCheck", "Verdict",
-    "Rate", "wilson",
+    "AnswerCache",
+    "Evaluation",
+    "EvaluationError",
+    "LanguageResult",
+    "evaluate",
+    "generate",
+    "kl_divergence",
+    "mc_accuracy",
+    "refusal_scores",
+    "GuardJudge",
+    "Judge",
+    "JudgeError",
+    "PhraseJudge",
+    "RelevanceCheck",
+    "Verdict",
+    "Rate",
+    "wilson",
     # the whole pipeline
-    "RunConfig", "RunResult", "run",
-]  # fmt: skip
+    "RunConfig",
+    "RunResult",
+    "run",
+]

@@ -46,8 +46,9 @@ def str_or_list(name: str, value, error: type[Exception] = ValueError) -> list[s
     return [value] if isinstance(value, str) else as_str_list(name, value, error)
 
 
-def as_records(name: str, value, kind: type | tuple, error: type[Exception] = ValueError, *,
-               allow_empty: bool = False) -> list:  # fmt: skip
+def as_records(
+    name: str, value, kind: type | tuple, error: type[Exception] = ValueError, *, allow_empty: bool = False
+) -> list:
     """A list of `kind` records (e.g. Prompt) from a list, tuple or PromptSet. A string, a number or a
     record of another kind is refused, and so is an empty list unless `allow_empty`."""
     kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -75,8 +76,10 @@ def check_model(model, error: type[Exception] = ValueError, name: str = "model")
     """A model as `load_model` / `bridge_from_hf` give it (a TransformerBridge: a tokenizer and a config)."""
     cfg = getattr(model, "cfg", None)
     if getattr(model, "tokenizer", None) is None or not all(hasattr(cfg, a) for a in ("n_layers", "d_mlp", "d_model")):
-        raise error(f"{name} must be a model from load_model or bridge_from_hf (a TransformerBridge), "
-                    f"got {type(model).__name__} {_show(model)}")  # fmt: skip
+        raise error(
+            f"{name} must be a model from load_model or bridge_from_hf (a TransformerBridge), "
+            f"got {type(model).__name__} {_show(model)}"
+        )
     return model
 
 
@@ -144,8 +147,9 @@ def as_indices(name: str, value, error: type[Exception] = ValueError, *, size: i
     return torch.tensor(sorted(set(idx)), dtype=torch.long)
 
 
-def check_number(name: str, value, error: type[Exception] = ValueError, *, minimum: float | None = None,
-                 strict: bool = False) -> float:  # fmt: skip
+def check_number(
+    name: str, value, error: type[Exception] = ValueError, *, minimum: float | None = None, strict: bool = False
+) -> float:
     """A finite real number, ≥ minimum (> minimum when strict)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise error(f"{name} must be a number, got {type(value).__name__} {_show(value)}")
@@ -217,9 +221,15 @@ shape) and ``sha256`` (of the tensors and every other field). Version 1 was the 
 and files without a version the other classes' (no ``kind``): both are still read, with the checks they
 carried (their ``sha256`` where they had one)."""
 
-ARTIFACTS = {"WeightEdit": "edit", "SafetyNeurons": "neurons", "ActivationStats": "stats",
-             "RefusalDirection": "direction", "NeuronScaling": "scaling", "HarmDetector": "detector",
-             "Evaluation": "evaluation"}  # fmt: skip
+ARTIFACTS = {
+    "WeightEdit": "edit",
+    "SafetyNeurons": "neurons",
+    "ActivationStats": "stats",
+    "RefusalDirection": "direction",
+    "NeuronScaling": "scaling",
+    "HarmDetector": "detector",
+    "Evaluation": "evaluation",
+}
 """kind → the file stem of its folder."""
 
 
@@ -238,8 +248,11 @@ def write_artifact(path, kind: str, tensors: dict, fields: dict, error: type[Exc
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     shapes = {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)} for k, v in tensors.items()}
     try:  # as it will be read back: tuples become lists, integer keys strings
-        cfg = json.loads(json.dumps({"kind": kind, "format_version": FORMAT_VERSION, **fields, "tensors": shapes},
-                                    ensure_ascii=False))  # fmt: skip
+        cfg = json.loads(
+            json.dumps(
+                {"kind": kind, "format_version": FORMAT_VERSION, **fields, "tensors": shapes}, ensure_ascii=False
+            )
+        )
     except (TypeError, ValueError) as err:
         raise error(f"cannot save the {kind}: a field is not JSON ({err})") from None
     cfg["sha256"] = content_hash(tensors, _fields_text(cfg))
@@ -260,8 +273,9 @@ def _kind_in(folder: Path) -> str | None:
     return None
 
 
-def read_artifact(path, kind: str, error: type[Exception] = ValueError, *, fields: Iterable[str] = (),
-                  expect=None, legacy_meta=None) -> tuple[dict, dict]:  # fmt: skip
+def read_artifact(
+    path, kind: str, error: type[Exception] = ValueError, *, fields: Iterable[str] = (), expect=None, legacy_meta=None
+) -> tuple[dict, dict]:
     """(fields, tensors) of an artifact folder `write_artifact` wrote, every check done: the folder holds
     a `kind`, of a format this version reads, with the `fields` named, its tensors of the recorded shapes
     (and of `expect(fields)`: name → shape, None for any size or any shape) and matching the recorded sha256.
@@ -280,8 +294,10 @@ def read_artifact(path, kind: str, error: type[Exception] = ValueError, *, field
     if isinstance(version, bool) or not isinstance(version, int):
         raise error(f"{cfg_file}: format_version must be an integer, got {_show(version)}")
     if version > FORMAT_VERSION:
-        raise error(f"{cfg_file}: format_version {version} is newer than this safety-neurons reads "
-                    f"({FORMAT_VERSION}); upgrade safety-neurons to read it")  # fmt: skip
+        raise error(
+            f"{cfg_file}: format_version {version} is newer than this safety-neurons reads "
+            f"({FORMAT_VERSION}); upgrade safety-neurons to read it"
+        )
     if cfg.get("kind", kind) != kind:
         raise error(f"{cfg_file}: holds a {_show(cfg['kind'])}, not a {kind}")
     current = version == FORMAT_VERSION
@@ -303,11 +319,15 @@ def read_artifact(path, kind: str, error: type[Exception] = ValueError, *, field
         if shape is None:
             continue
         if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-            raise error(f"{tensor_file}: tensor {name!r} has shape {got}, {cfg_file.name} gives "
-                        f"{[s if s is not None else '*' for s in shape]}")  # fmt: skip
+            raise error(
+                f"{tensor_file}: tensor {name!r} has shape {got}, {cfg_file.name} gives "
+                f"{[s if s is not None else '*' for s in shape]}"
+            )
     if meta is not None and content_hash(t, meta) != cfg["sha256"]:
-        raise error(f"{tensor_file}: the tensors (or the fields of {cfg_file.name}) do not match the sha256 "
-                    f"recorded there: the artifact was changed or damaged; save it again")  # fmt: skip
+        raise error(
+            f"{tensor_file}: the tensors (or the fields of {cfg_file.name}) do not match the sha256 "
+            f"recorded there: the artifact was changed or damaged; save it again"
+        )
     return cfg, t
 
 
@@ -349,8 +369,9 @@ class Artifact:
     def load(cls, path: str | os.PathLike):
         """Read a folder `save` wrote: a folder of another kind or of a newer format, a missing field or tensor, a
         tensor of another shape and any change to the tensors or fields are each an error naming the file."""
-        fields, tensors = read_artifact(path, cls.__name__, cls._ERROR, fields=cls._FIELDS, expect=cls._shapes,
-                                        legacy_meta=cls._legacy_meta)  # fmt: skip
+        fields, tensors = read_artifact(
+            path, cls.__name__, cls._ERROR, fields=cls._FIELDS, expect=cls._shapes, legacy_meta=cls._legacy_meta
+        )
         try:
             return cls._from_saved(fields, tensors)
         except (KeyError, TypeError, ValueError) as err:  # a field the constructor refuses

@@ -107,9 +107,14 @@ def _plan_collection(n_layers: int, *, stats_site, stats_layers, rows_at, gram_a
     points = {}
     for arg, value in (("rows_at", rows_at), ("gram_at", gram_at)):
         value = [] if value is None else value
-        if isinstance(value, str) or not isinstance(value, Iterable) or any(
-                not isinstance(k, (tuple, list)) or len(k) != 2 for k in value):  # fmt: skip
-            raise ActivationError(f"{arg} must be a list of (site, layer) pairs, e.g. [('mlp_in', 3)], got {value!r:.80}")
+        if (
+            isinstance(value, str)
+            or not isinstance(value, Iterable)
+            or any(not isinstance(k, (tuple, list)) or len(k) != 2 for k in value)
+        ):
+            raise ActivationError(
+                f"{arg} must be a list of (site, layer) pairs, e.g. [('mlp_in', 3)], got {value!r:.80}"
+            )
         points[arg] = list(dict.fromkeys((s, check_int("layer", layer, ActivationError)) for s, layer in value))
         for s, layer in points[arg]:
             hook_name(s, layer)
@@ -117,8 +122,9 @@ def _plan_collection(n_layers: int, *, stats_site, stats_layers, rows_at, gram_a
     rows, gram = points["rows_at"], points["gram_at"]
     if not stats_layers and not rows and not gram:
         raise ActivationError("nothing to collect: give stats_site/stats_layers, rows_at or gram_at")
-    order = sorted({(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram),
-                   key=lambda k: (k[1], _ORDER[k[0]]))  # fmt: skip
+    order = sorted(
+        {(stats_site, layer) for layer in stats_layers} | set(rows) | set(gram), key=lambda k: (k[1], _ORDER[k[0]])
+    )
     return stats_layers, rows, gram, order
 
 
@@ -135,15 +141,22 @@ class ActivationStats(Artifact):
     m2: Float[Tensor, "group layer d"]  # sum of squared deviations
 
     @classmethod
-    def empty(cls, site: str, position: str, layers: list[int], width: int, device="cpu") -> "ActivationStats":
+    def empty(cls, site: str, position: str, layers: list[int], width: int, device="cpu") -> ActivationStats:
         """No groups yet; mean and M2 live on `device` (the model's, so updates need no copies), counts on the CPU."""
         z = torch.zeros(0, len(layers), width, dtype=torch.float64, device=device)
         return cls(site, position, layers, [], torch.zeros(0, dtype=torch.long), z, z.clone())
 
-    def to(self, device) -> "ActivationStats":
+    def to(self, device) -> ActivationStats:
         """The same statistics with mean and M2 on `device`."""
-        return ActivationStats(self.site, self.position, self.layers, list(self.groups), self.count,
-                               self.mean.to(device), self.m2.to(device))  # fmt: skip
+        return ActivationStats(
+            self.site,
+            self.position,
+            self.layers,
+            list(self.groups),
+            self.count,
+            self.mean.to(device),
+            self.m2.to(device),
+        )
 
     def _group_index(self, group: tuple[str, str]) -> int:
         if group not in self.groups:
@@ -170,13 +183,13 @@ class ActivationStats(Artifact):
         self.m2[g] += m2_b + delta**2 * (n_a * n_b / n)
         self.count[g] = n
 
-    def _check_compatible(self, other: "ActivationStats") -> None:
+    def _check_compatible(self, other: ActivationStats) -> None:
         same = (self.site, self.position, self.layers, self.mean.shape[-1])
         theirs = (other.site, other.position, other.layers, other.mean.shape[-1])
         if same != theirs:
             raise ValueError(f"cannot merge statistics of (site, position, layers, width) {theirs} into {same}")
 
-    def reindexed(self, groups: Sequence[tuple[str, str]]) -> "ActivationStats":
+    def reindexed(self, groups: Sequence[tuple[str, str]]) -> ActivationStats:
         """The same statistics over `groups`, in that order (a group not collected here has count 0)."""
         groups = [tuple(g) for g in groups]
         extra = [g for g in self.groups if g not in groups]
@@ -190,7 +203,7 @@ class ActivationStats(Artifact):
             mean[j], m2[j], count[j] = self.mean[i], self.m2[i], self.count[i]
         return ActivationStats(self.site, self.position, list(self.layers), groups, count, mean, m2)
 
-    def merge(self, other: "ActivationStats") -> "ActivationStats":
+    def merge(self, other: ActivationStats) -> ActivationStats:
         """Statistics of both sets of prompts together (Chan et al.'s parallel merge, exact up to round-off).
 
         Groups are ours in order, then the other's new ones; an empty group on either side changes nothing."""
@@ -248,7 +261,7 @@ class ActivationStats(Artifact):
         return ""
 
     @classmethod
-    def _from_saved(cls, fields: dict, tensors: dict) -> "ActivationStats":
+    def _from_saved(cls, fields: dict, tensors: dict) -> ActivationStats:
         return super()._from_saved({**fields, "groups": [tuple(g) for g in fields["groups"]]}, tensors)
 
 
@@ -337,8 +350,14 @@ def collect_activations(
     _rows_key(prompts)
     check_positive_int("batch_size", batch_size, ActivationError)
     stats_layers, rows, gram, points = _plan_collection(
-        model.cfg.n_layers, stats_site=stats_site, stats_layers=stats_layers, rows_at=rows_at, gram_at=gram_at,
-        gram_positions=gram_positions, position=position)  # fmt: skip
+        model.cfg.n_layers,
+        stats_site=stats_site,
+        stats_layers=stats_layers,
+        rows_at=rows_at,
+        gram_at=gram_at,
+        gram_positions=gram_positions,
+        position=position,
+    )
     skip = template_suffix_length(model.tokenizer, system=system) if gram and gram_positions == "preserved" else 0
 
     # Layers may sit on different devices (a `device_map`): each statistic accumulates on the device its
@@ -375,10 +394,13 @@ def collect_activations(
     texts = [p.text for p in prompts]
     kept_rows: dict[tuple[str, int], Tensor] = {}
     n_batches = -(-len(prompts) // batch_size)
-    batches = length_sorted_batches(model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx,
-                                    names=prompt_names(prompts))  # fmt: skip
+    batches = length_sorted_batches(
+        model.tokenizer, texts, batch_size, system=system, n_ctx=model.cfg.n_ctx, names=prompt_names(prompts)
+    )
     with model.hooks(fwd_hooks=fwd_hooks):
-        for idx, batch in tqdm(batches, total=n_batches, desc="collecting activations", disable=not progress, unit="batch"):
+        for idx, batch in tqdm(
+            batches, total=n_batches, desc="collecting activations", disable=not progress, unit="batch"
+        ):
             batch = batch.to(device)
             in_gram = batch.attention_mask.bool()
             if skip:  # left padding: a harmful prompt's answer opening is the last `skip` positions of its row
@@ -399,8 +421,9 @@ def collect_activations(
                     for layer in stats_layers:
                         by_dev.setdefault(current[(stats_site, layer)].device, []).append(layer)
                     for dev, dev_layers in by_dev.items():
-                        per_device[dev] = ActivationStats.empty(stats_site, position, dev_layers,
-                                                                site_width(model, stats_site), dev)  # fmt: skip
+                        per_device[dev] = ActivationStats.empty(
+                            stats_site, position, dev_layers, site_width(model, stats_site), dev
+                        )
                         for group in groups:
                             per_device[dev]._group_index(group)
                 for group in dict.fromkeys((p.lang, p.label) for p in chunk):
@@ -457,5 +480,10 @@ def merge_collections(parts: Sequence[Collection]) -> Collection:
     rows = {key: torch.cat([c.rows.rows[key] for c in parts]) for key in first.rows.rows}
     grams = {key: sum((c.gram[key] for c in parts[1:]), first.gram[key].clone()) for key in first.gram}
     stats = merge_stats([c.stats for c in parts]) if first.stats is not None else None
-    return Collection(stats, ActivationRows(first.rows.position, prompts, rows), grams,
-                      sum(c.n_tokens for c in parts), first.gram_positions)  # fmt: skip
+    return Collection(
+        stats,
+        ActivationRows(first.rows.position, prompts, rows),
+        grams,
+        sum(c.n_tokens for c in parts),
+        first.gram_positions,
+    )

@@ -63,9 +63,13 @@ class NeuronScaling(_HookIntervention, Artifact):
 
     def __post_init__(self) -> None:
         if not isinstance(self.neurons, Mapping) or not self.neurons:
-            raise BaselineError(f"neurons must be a non-empty {{layer: indices}} map, got {type(self.neurons).__name__}")
-        self.neurons = {check_int("layer", layer, BaselineError): as_indices(f"neurons[{layer}]", idx, BaselineError).tolist()
-                        for layer, idx in self.neurons.items()}  # fmt: skip
+            raise BaselineError(
+                f"neurons must be a non-empty {{layer: indices}} map, got {type(self.neurons).__name__}"
+            )
+        self.neurons = {
+            check_int("layer", layer, BaselineError): as_indices(f"neurons[{layer}]", idx, BaselineError).tolist()
+            for layer, idx in self.neurons.items()
+        }
         self.alpha = check_number("alpha", self.alpha, BaselineError)
 
     @classmethod
@@ -110,7 +114,7 @@ class NeuronScaling(_HookIntervention, Artifact):
         return {f"neurons.{layer}": [None] for layer in fields["layers"]}
 
     @classmethod
-    def _from_saved(cls, fields: dict, tensors: dict) -> "NeuronScaling":
+    def _from_saved(cls, fields: dict, tensors: dict) -> NeuronScaling:
         return cls({layer: tensors[f"neurons.{layer}"].tolist() for layer in fields["layers"]}, fields["alpha"])
 
 
@@ -134,7 +138,7 @@ class RefusalDirection(_HookIntervention, Artifact):
         coeff: float = 1.0,
         batch_size: int = 16,
         progress: bool = True,
-    ) -> "RefusalDirection":
+    ) -> RefusalDirection:
         check_model(model, BaselineError)
         prompts = as_records("prompts", prompts, Prompt, BaselineError)
         layer = as_layers("layer", check_int("layer", layer, BaselineError), model.cfg.n_layers, BaselineError)[0]
@@ -145,7 +149,9 @@ class RefusalDirection(_HookIntervention, Artifact):
         have = {(p.lang, p.label) for p in chosen}
         missing = [f"{x} {label}" for x in langs for label in ("harmful", "harmless") if (x, label) not in have]
         if missing:
-            raise BaselineError(f"a refusal direction needs harmful and harmless prompts in {langs}; none for {missing}")
+            raise BaselineError(
+                f"a refusal direction needs harmful and harmless prompts in {langs}; none for {missing}"
+            )
         stats = collect_activations(
             model, chosen, stats_site="resid", stats_layers=[layer], batch_size=batch_size, progress=progress
         ).stats
@@ -165,8 +171,10 @@ class RefusalDirection(_HookIntervention, Artifact):
     def _check_model(self, model) -> None:
         as_layers("layer", self.layer, model.cfg.n_layers, BaselineError)
         if self.direction.shape != (model.cfg.d_model,):
-            raise BaselineError(f"the direction has shape {tuple(self.direction.shape)}; this model's residual stream "
-                                f"has width {model.cfg.d_model} (fitted on another model?)")  # fmt: skip
+            raise BaselineError(
+                f"the direction has shape {tuple(self.direction.shape)}; this model's residual stream "
+                f"has width {model.cfg.d_model} (fitted on another model?)"
+            )
 
     # --- files (`_checks.Artifact`: direction.json and direction.safetensors) ----------------------------
     _FIELDS = ("layer", "norm", "coeff")

@@ -23,7 +23,7 @@ class TokenBatch:
     def position_ids(self) -> Int[Tensor, "batch pos"]:
         return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
 
-    def to(self, device) -> "TokenBatch":
+    def to(self, device) -> TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device))
 
     def model_kwargs(self) -> dict:
@@ -41,9 +41,7 @@ def chat_strings(tokenizer, texts: Sequence[str], *, system: str | None = None) 
         raise ValueError("the tokenizer has no chat template; safety-neurons needs a chat (instruct) model")
     out = []
     for text in texts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": text}
-        ]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     return out
 
@@ -94,8 +92,9 @@ def prompt_names(prompts: Sequence) -> list[str]:
     return [f"{p.lang}/{p.id}" if hasattr(p, "id") else f"#{i} ({str(p)[:30]!r})" for i, p in enumerate(prompts)]
 
 
-def check_lengths(sequences: Sequence[Sequence[int]], n_ctx: int | None, names: Sequence[str] | None = None,
-                  *, reserve: int = 0) -> None:  # fmt: skip
+def check_lengths(
+    sequences: Sequence[Sequence[int]], n_ctx: int | None, names: Sequence[str] | None = None, *, reserve: int = 0
+) -> None:
     """The rule for inputs beyond the model's limits: every sequence, plus the `reserve` tokens still to
     generate, must fit the context window `n_ctx` (the model config's max_position_embeddings); the first one
     that does not is a `PromptTooLongError` naming it and its length, before any forward pass. Nothing is
@@ -106,14 +105,22 @@ def check_lengths(sequences: Sequence[Sequence[int]], n_ctx: int | None, names: 
         if len(seq) + reserve > n_ctx:
             name = names[i] if names is not None else f"#{i}"
             extra = f" + {reserve} to generate" if reserve else ""
-            raise PromptTooLongError(f"prompt {name} is {len(seq)} tokens long chat-formatted{extra}; the model's "
-                                     f"context window is {n_ctx} tokens: shorten the prompt or leave it out")  # fmt: skip
+            raise PromptTooLongError(
+                f"prompt {name} is {len(seq)} tokens long chat-formatted{extra}; the model's "
+                f"context window is {n_ctx} tokens: shorten the prompt or leave it out"
+            )
 
 
 def length_sorted_batches(
-    tokenizer, texts: Sequence[str], batch_size: int, *, system: str | None = None, n_ctx: int | None = None,
-    names: Sequence[str] | None = None, reserve: int = 0,
-) -> Iterator[tuple[list[int], TokenBatch]]:  # fmt: skip
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int,
+    *,
+    system: str | None = None,
+    n_ctx: int | None = None,
+    names: Sequence[str] | None = None,
+    reserve: int = 0,
+) -> Iterator[tuple[list[int], TokenBatch]]:
     """Chat-formatted batches of similar length (far less padding), with each row's index in `texts`.
 
     Translations differ several-fold in token count (Bengali or Thai against English), so batching in

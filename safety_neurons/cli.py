@@ -1,8 +1,8 @@
 """`safety-neurons`: a thin command line over the public functions.
 
-    safety-neurons run              the whole pipeline on the packaged Qwen model (see `pipeline.run`)
-    safety-neurons neurons          rank safety neurons in 8 languages, fit/apply/revert one edit (--export DIR: the edited model)
-    safety-neurons data             the bundled prompt set's counts
+safety-neurons run              the whole pipeline on the packaged Qwen model (see `pipeline.run`)
+safety-neurons neurons          rank safety neurons in 8 languages, fit/apply/revert one edit (--export DIR: the edited model)
+safety-neurons data             the bundled prompt set's counts
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="packaged alias, .gguf file, HF folder or hub id")
     p.add_argument("--dtype", default="float32", help="float32 (default on CPU) or bfloat16")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--device-map", default=None, type=_device_map,
-                   help='split the model over devices: "auto", "balanced", or a JSON map {"model.layers.0": 0, ...}')
+    p.add_argument(
+        "--device-map",
+        default=None,
+        type=_device_map,
+        help='split the model over devices: "auto", "balanced", or a JSON map {"model.layers.0": 0, ...}',
+    )
     p.add_argument("--n-devices", type=int, default=None, help="split the model over this many GPUs")
     p.add_argument("--batch-size", type=int, default=16)
 
@@ -49,16 +53,21 @@ def _neurons(args) -> int:
     out = check_out_dir("--out", args.out)
     export = None if args.export is None else check_out_dir("--export", args.export)
     split = args.device_map is not None or (args.n_devices or 1) > 1
-    model = sn.load_model(args.model, dtype=args.dtype, device=None if split else args.device,
-                          device_map=args.device_map, n_devices=args.n_devices)  # fmt: skip
+    model = sn.load_model(
+        args.model,
+        dtype=args.dtype,
+        device=None if split else args.device,
+        device_map=args.device_map,
+        n_devices=args.n_devices,
+    )
     anchor = sn.load_prompts().filter(split="anchor", limit=args.limit)
     layer = args.layer if args.layer is not None else model.cfg.n_layers * 11 // 12
     if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"--layer {layer} is out of range: the model has {model.cfg.n_layers} layers (0…{model.cfg.n_layers - 1})")
+        raise ValueError(
+            f"--layer {layer} is out of range: the model has {model.cfg.n_layers} layers (0…{model.cfg.n_layers - 1})"
+        )
     print(f"{len(anchor)} anchor prompts ({args.limit} harmful + {args.limit} harmless per language)")
-    collection = sn.collect_sharded(
-        model, list(anchor), rows_at=[("mlp_in", layer)], batch_size=args.batch_size
-    )  # fmt: skip
+    collection = sn.collect_sharded(model, list(anchor), rows_at=[("mlp_in", layer)], batch_size=args.batch_size)
     if not sn.distributed.is_main():  # under torchrun rank 0 ranks, fits and writes
         return 0
     ranking = sn.rank_neurons(collection.stats)
@@ -66,11 +75,15 @@ def _neurons(args) -> int:
     print(ranking.table())
     jac = ranking.jaccard()
     en = ranking.langs.index("en")
-    print("\nJaccard overlap with English, all layers: " + "  ".join(
-        f"{lang} {jac[en, i]:.2f}" for i, lang in enumerate(ranking.langs) if lang != "en"))  # fmt: skip
+    print(
+        "\nJaccard overlap with English, all layers: "
+        + "  ".join(f"{lang} {jac[en, i]:.2f}" for i, lang in enumerate(ranking.langs) if lang != "en")
+    )
     jl = ranking.jaccard(layer)
-    print(f"Jaccard overlap with English, layer {layer}: " + "  ".join(
-        f"{lang} {jl[en, i]:.2f}" for i, lang in enumerate(ranking.langs) if lang != "en"))  # fmt: skip
+    print(
+        f"Jaccard overlap with English, layer {layer}: "
+        + "  ".join(f"{lang} {jl[en, i]:.2f}" for i, lang in enumerate(ranking.langs) if lang != "en")
+    )
 
     spec = sn.EditSpec.paper(layers=layer, neurons=ranking, rank=args.rank)
     edit = sn.fit_edit(model, list(anchor), spec, rows=collection.rows, progress=False)
@@ -127,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer", type=int, default=None, help="layer of the demo gate edit (default: 11/12 deep)")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--out", default="results/neurons")
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help="also write the edited model as a plain HF folder to DIR (a full copy of the weights: "
-                        "about 2 GB for the packaged model)")  # fmt: skip
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="also write the edited model as a plain HF folder to DIR (a full copy of the weights: "
+        "about 2 GB for the packaged model)",
+    )
     p.set_defaults(func=_neurons)
 
     p = sub.add_parser("data", help="validate and summarise the bundled prompt set")

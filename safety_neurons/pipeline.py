@@ -15,15 +15,29 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-
 from . import distributed
-from ._checks import (as_int_list, as_str_list, atomic_dir, check_choice, check_number, check_out_dir,
-                      check_model, check_positive_int)
+from ._checks import (
+    as_int_list,
+    as_str_list,
+    atomic_dir,
+    check_choice,
+    check_model,
+    check_number,
+    check_out_dir,
+    check_positive_int,
+)
 from .activations import collect_activations
 from .chat import check_lengths, encode_chat, prompt_names
 from .edit import KEY_SITE, TARGETS, WeightEdit, fit_edit
 from .evaluation import (
-    DEFINITIONS, MC_SCORING, MEAN_RULE, AnswerCache, Evaluation, evaluate, kl_divergence, mc_accuracy,
+    DEFINITIONS,
+    MC_SCORING,
+    MEAN_RULE,
+    AnswerCache,
+    Evaluation,
+    evaluate,
+    kl_divergence,
+    mc_accuracy,
     mean_over_languages,
 )
 from .judges import PhraseJudge
@@ -38,8 +52,19 @@ NON_EN = [x for x in LANGS if x != "en"]
 _SIZES = ("batch_size", "anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank")
 _NUMBERS = ("gamma", "ridge", "refusal_boost", "position_weight", "over_refusal_cap", "kl_cap")
 _LINEAR = EditSpec.linear()  # the edit a run fits: this preset, with the recipe fields below changed
-_RECIPE = ("site", "target", "refusal_boost", "langs", "rank", "gamma", "ridge", "method", "preserve",
-           "preserve_positions", "position_weight")  # fmt: skip
+_RECIPE = (
+    "site",
+    "target",
+    "refusal_boost",
+    "langs",
+    "rank",
+    "gamma",
+    "ridge",
+    "method",
+    "preserve",
+    "preserve_positions",
+    "position_weight",
+)
 
 
 class RunConfigError(ValueError):
@@ -106,13 +131,22 @@ class RunConfig:
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
         for name in ("gamma", "ridge", "refusal_boost", "position_weight", "over_refusal_cap", "kl_cap"):
             p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
-        p.add_argument("--en-asr-cap", type=float, default=d.en_asr_cap,
-                       help="layer selection: largest English ASR rise allowed (share; 0.05 = 5 points)")
+        p.add_argument(
+            "--en-asr-cap",
+            type=float,
+            default=d.en_asr_cap,
+            help="layer selection: largest English ASR rise allowed (share; 0.05 = 5 points)",
+        )
         p.add_argument("--site", default=d.site, choices=["gate", "up", "w_out"])
         p.add_argument("--target", default=d.target, choices=list(TARGETS))
         p.add_argument("--neurons", default=d.neurons, choices=["all", "en", "langs"])
-        p.add_argument("--langs", nargs="+", default=None, choices=[x for x in LANGS if x != "en"],
-                       help="languages the edit fixes (default: all seven non-English ones)")  # fmt: skip
+        p.add_argument(
+            "--langs",
+            nargs="+",
+            default=None,
+            choices=[x for x in LANGS if x != "en"],
+            help="languages the edit fixes (default: all seven non-English ones)",
+        )
         p.add_argument("--method", default=d.method, choices=["soft", "nullspace"])
         p.add_argument("--layers", type=int, nargs="+", default=None, help="edit these layers (skip selection)")
         p.add_argument("--preserve", nargs="+", default=d.preserve, choices=["harmless", "pivot_harmful"])
@@ -125,11 +159,12 @@ class RunConfig:
         neurons, neuron_langs = "all", None
         if self.neurons != "all":
             neurons, neuron_langs = ranking, ["en"] if self.neurons == "en" else list(ranking.langs)
-        return _LINEAR.replace(layers=layers, neurons=neurons, neuron_langs=neuron_langs,
-                               **{name: getattr(self, name) for name in _RECIPE})  # fmt: skip
+        return _LINEAR.replace(
+            layers=layers, neurons=neurons, neuron_langs=neuron_langs, **{name: getattr(self, name) for name in _RECIPE}
+        )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "RunConfig":
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in vars(args).items() if k in names and k != "candidates"})
 
@@ -159,7 +194,9 @@ class RunConfig:
         if self.target != "neurons" and self.site != "w_out":
             raise E(f"target={self.target!r} writes to the residual stream: it needs site='w_out', not {self.site!r}")
         if self.refusal_boost and self.target not in ("residual", "language_gap"):
-            raise E(f"refusal_boost={self.refusal_boost} needs target 'residual' or 'language_gap', not {self.target!r}")
+            raise E(
+                f"refusal_boost={self.refusal_boost} needs target 'residual' or 'language_gap', not {self.target!r}"
+            )
         if self.langs is not None and "en" in check_langs(self.langs):
             raise E("langs: English is the pivot language the edit copies; it cannot be a language to fix")
         layer_sets = [self.layers] if self.layers is not None else self.candidates
@@ -171,7 +208,9 @@ class RunConfig:
             n = check_model(model, E).cfg.n_layers
             bad = sorted({layer for ls in layer_sets for layer in ls if not 0 <= layer < n})
             if bad:
-                which = "layers" if self.layers is not None else "candidates (the default is for the packaged Qwen model)"
+                which = (
+                    "layers" if self.layers is not None else "candidates (the default is for the packaged Qwen model)"
+                )
                 raise E(f"{which}: layers {bad} out of range: the model {self.model} has {n} layers (0…{n - 1})")
         if splits is not None:
             missing = [x for x in (self.langs or NON_EN) if not any(p.lang == x for p in splits["anchor"])]
@@ -179,12 +218,21 @@ class RunConfig:
                 have = sorted({p.lang for p in splits["anchor"]})
                 raise E(f"langs: no anchor prompts in {missing}; the prompt set has {have}")
             if model is not None:
-                reserve = {"anchor": 0, "val_h": self.select_tokens, "val_s": self.select_tokens,
-                           "test_h": self.max_new_tokens, "test_s": self.max_new_tokens}  # fmt: skip
+                reserve = {
+                    "anchor": 0,
+                    "val_h": self.select_tokens,
+                    "val_s": self.select_tokens,
+                    "test_h": self.max_new_tokens,
+                    "test_s": self.max_new_tokens,
+                }
                 for key, extra in reserve.items():
                     ps = splits[key]
-                    check_lengths(encode_chat(model.tokenizer, [p.text for p in ps]), model.cfg.n_ctx,
-                                  prompt_names(ps), reserve=extra)  # fmt: skip
+                    check_lengths(
+                        encode_chat(model.tokenizer, [p.text for p in ps]),
+                        model.cfg.n_ctx,
+                        prompt_names(ps),
+                        reserve=extra,
+                    )
 
 
 def _splits(config: RunConfig, prompts) -> dict:
@@ -200,14 +248,18 @@ def _splits(config: RunConfig, prompts) -> dict:
 
 
 def _fit(model, config: RunConfig, anchor, ranking, collection, layers, progress=False) -> WeightEdit:
-    return fit_edit(model, anchor, config.edit_spec(layers, ranking), rows=collection, batch_size=config.batch_size,
-                    progress=progress)  # fmt: skip
+    return fit_edit(
+        model,
+        anchor,
+        config.edit_spec(layers, ranking),
+        rows=collection,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
 
 
 def _row_sites(config: RunConfig) -> list[str]:
     return [KEY_SITE[config.site]] + (["resid"] if config.target != "neurons" else [])
-
-
 
 
 # --- the result --------------------------------------------------------------------------------------------
@@ -267,16 +319,18 @@ class RunResult:
             "mean_non_english_degenerate": {"before": b.mean_degenerate(), "after": a.mean_degenerate()},
             "mean_over_refusal": {"before": b.mean_over_refusal(), "after": a.mean_over_refusal()},
             "mean_kl_first_token": mean_over_languages(self.kl_first_token),
-            "mean_mc_accuracy": {"before": mean_over_languages(self.mc_before),
-                                 "after": mean_over_languages(self.mc_after)},  # fmt: skip
+            "mean_mc_accuracy": {
+                "before": mean_over_languages(self.mc_before),
+                "after": mean_over_languages(self.mc_after),
+            },
             "definitions": {
                 **DEFINITIONS,
                 "mean_non_english_*": f"mean over the {len(b.metric_langs('asr'))} non-English languages of the "
-                                      "per-language shares (Evaluation.mean_asr / mean_degenerate)",
+                "per-language shares (Evaluation.mean_asr / mean_degenerate)",
                 "mean_over_refusal": f"mean over all {len(b.metric_langs('over_refusal'))} languages of the "
-                                     "per-language over-refusal (Evaluation.mean_over_refusal)",
+                "per-language over-refusal (Evaluation.mean_over_refusal)",
                 "mean_kl_first_token, mean_mc_accuracy": "mean over every language of the per-language values",
-            },  # fmt: skip
+            },
             "edit": {"uid": self.edit.uid, "summary": self.edit.summary(), "settings": self.edit.settings},
             "timings_s": dict(self.timings),
             "processes": self.processes,
@@ -325,20 +379,24 @@ class RunResult:
             f"| {mean_change('asr')} | {mean_change('degenerate')} | {mean_change('over_refusal')} "
             f"| {mean_over_languages(kl):.4f} | {pct(mean_over_languages(acc_b))} → {pct(mean_over_languages(acc_a))} |"
         )
-        caption = ("Shares in % (count; 95% Wilson interval). Compliance = the answer sets out to do what the harmful "
-                   "request asks (the attack succeeded); degenerate = neither a refusal nor an answer (echo, loop, wrong "
-                   "script); over-refusal = harmless prompts refused. ▼/▲: the intervals before and after do not overlap. "
-                   f"Last row: {MEAN_RULE}. In brackets the pooled count of the same languages with its 95% Wilson "
-                   "interval (the pooled share equals the mean when the languages have as many prompts); ▼/▲ there "
-                   "compare the pooled intervals.")  # fmt: skip
+        caption = (
+            "Shares in % (count; 95% Wilson interval). Compliance = the answer sets out to do what the harmful "
+            "request asks (the attack succeeded); degenerate = neither a refusal nor an answer (echo, loop, wrong "
+            "script); over-refusal = harmless prompts refused. ▼/▲: the intervals before and after do not overlap. "
+            f"Last row: {MEAN_RULE}. In brackets the pooled count of the same languages with its 95% Wilson "
+            "interval (the pooled share equals the mean when the languages have as many prompts); ▼/▲ there "
+            "compare the pooled intervals."
+        )
         return "\n".join(lines) + "\n\n" + caption
 
     def markdown(self) -> str:
         """The content of results.md."""
         c = self.config
-        return (f"# safety-neurons run\n\nJudge: {self.judge} (three-way: refusal, compliance, degenerate). Model: "
-                f"{c.model}. Edited layers: {self.layers}. Test split: {c.test} harmful + {c.test_harmless} "
-                f"harmless prompts a language, greedy answers of up to {c.max_new_tokens} tokens.\n\n{self.table()}\n")  # fmt: skip
+        return (
+            f"# safety-neurons run\n\nJudge: {self.judge} (three-way: refusal, compliance, degenerate). Model: "
+            f"{c.model}. Edited layers: {self.layers}. Test split: {c.test} harmful + {c.test_harmless} "
+            f"harmless prompts a language, greedy answers of up to {c.max_new_tokens} tokens.\n\n{self.table()}\n"
+        )
 
     def text(self) -> str:
         """What `safety-neurons run` prints at the end: the table, the files written and the timings."""
@@ -356,7 +414,9 @@ class RunResult:
         with atomic_dir(out) as tmp:
             self.ranking.save(tmp / "neurons")
             self.edit.save(tmp / "edit")
-            (tmp / "results.json").write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+            (tmp / "results.json").write_text(
+                json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8"
+            )
             (tmp / "results.md").write_text(self.markdown(), encoding="utf-8")
             with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
                 for state, ev in (("before", self.before), ("after", self.after)):
@@ -379,28 +439,51 @@ def _write_report(out: Path, result: RunResult) -> Path | None:
     r, site_rows = result, result.site_rows
     layer = r.edit.edits[-1].layer
     figures = [
-        ("Judged answers before and after the edit: compliance, degenerate, refusal", viz.outcome_bars(r.before, r.after)),
+        (
+            "Judged answers before and after the edit: compliance, degenerate, refusal",
+            viz.outcome_bars(r.before, r.after),
+        ),
         ("Example answers before and after the edit, with their verdicts", viz.answer_examples(r.before, r.after)),
-        ("Utility: KL on harmless prompts, multiple-choice accuracy, over-refusal",
-         viz.utility_panel(r.kl_first_token, r.mc_before, r.mc_after, r.before, r.after)),
+        (
+            "Utility: KL on harmless prompts, multiple-choice accuracy, over-refusal",
+            viz.utility_panel(r.kl_first_token, r.mc_before, r.mc_after, r.before, r.after),
+        ),
         ("Safety neurons per layer and language", viz.layer_language_heatmap(r.ranking)),
         ("Shared and language-specific safety neurons", viz.shared_neurons_heatmap(r.ranking)),
         ("Overlap of the languages' safety-neuron sets (Jaccard)", viz.jaccard_heatmap(r.ranking)),
-    ]  # fmt: skip
+    ]
     if site_rows is not None:
         harmful = {state: site_rows[state]["harmful"] for state in ("before", "after")}
         figures += [
-            (f"What the edit changes at its site: residual stream after layer {layer}",
-             viz.edit_site_change(site_rows, layer=layer)),
-            (f"Harmful test prompts in the English harmful-vs-harmless plane after layer {layer} (PCA)",
-             viz.representation_map(harmful["before"], harmful["after"], fit_harmful=site_rows["before"]["harmful"]["en"],
-                                    fit_harmless=site_rows["before"]["harmless"]["en"])),
-        ]  # fmt: skip
+            (
+                f"What the edit changes at its site: residual stream after layer {layer}",
+                viz.edit_site_change(site_rows, layer=layer),
+            ),
+            (
+                f"Harmful test prompts in the English harmful-vs-harmless plane after layer {layer} (PCA)",
+                viz.representation_map(
+                    harmful["before"],
+                    harmful["after"],
+                    fit_harmful=site_rows["before"]["harmful"]["en"],
+                    fit_harmless=site_rows["before"]["harmless"]["en"],
+                ),
+            ),
+        ]
     if r.selection:
-        figures.append(("Layer selection on the validation split (judged answers: compliance share and KL)",
-                        viz.sweep_scatter(r.selection)))  # fmt: skip
-    return viz.write_report(out / "report.html", title="safety-neurons run", figures=figures,
-                            table_markdown=r.table(), settings=asdict(r.config), generated=r.started)  # fmt: skip
+        figures.append(
+            (
+                "Layer selection on the validation split (judged answers: compliance share and KL)",
+                viz.sweep_scatter(r.selection),
+            )
+        )
+    return viz.write_report(
+        out / "report.html",
+        title="safety-neurons run",
+        figures=figures,
+        table_markdown=r.table(),
+        settings=asdict(r.config),
+        generated=r.started,
+    )
 
 
 # --- the stages ----------------------------------------------------------------------------------------------
@@ -420,8 +503,13 @@ class _Clock:
 def _load(config: RunConfig):
     """load: the model, whole on `config.device` or split over devices."""
     split = config.device_map is not None or (config.n_devices or 1) > 1
-    return load_model(config.model, dtype=config.dtype, device=None if split else config.device,
-                      device_map=config.device_map, n_devices=config.n_devices)  # fmt: skip
+    return load_model(
+        config.model,
+        dtype=config.dtype,
+        device=None if split else config.device,
+        device_map=config.device_map,
+        n_devices=config.n_devices,
+    )
 
 
 def _collect(model, config: RunConfig, anchor):
@@ -431,9 +519,13 @@ def _collect(model, config: RunConfig, anchor):
     row_layers = sorted({layer for layers in layer_sets for layer in layers})
     gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
     return distributed.collect_sharded(
-        model, anchor, rows_at=[(s, layer) for layer in row_layers for s in _row_sites(config)], gram_at=gram,
-        gram_positions="preserved", batch_size=config.batch_size,
-    )  # fmt: skip
+        model,
+        anchor,
+        rows_at=[(s, layer) for layer in row_layers for s in _row_sites(config)],
+        gram_at=gram,
+        gram_positions="preserved",
+        batch_size=config.batch_size,
+    )
 
 
 def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> dict:
@@ -441,12 +533,26 @@ def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> d
     the edit's site (for the report), each without and with the edit."""
     langs_test = [x for x in LANGS if any(p.lang == x for p in test_h + test_s)]
     questions = load_utility(langs_test, limit=config.mc)
-    before = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
-                      batch_size=config.batch_size, cache=cache, desc="answers before the edit")  # fmt: skip
+    before = evaluate(
+        model,
+        test_h + test_s,
+        judge=judge,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        cache=cache,
+        desc="answers before the edit",
+    )
     acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
     with edit.applied(model):
-        after = evaluate(model, test_h + test_s, judge=judge, max_new_tokens=config.max_new_tokens,
-                         batch_size=config.batch_size, drafts=before, desc="answers after the edit")  # fmt: skip
+        after = evaluate(
+            model,
+            test_h + test_s,
+            judge=judge,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            drafts=before,
+            desc="answers after the edit",
+        )
         acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
     kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size, progress=True)
     langs_s = [x for x in LANGS if any(p.lang == x for p in test_s)]
@@ -458,26 +564,42 @@ def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> d
     ids = {label: [p.id for p in ps if p.lang == "en"] for label, ps in (("harmful", test_h), ("harmless", test_s))}
 
     def site_rows_now():
-        r = collect_activations(model, test_h + test_s, stats_site=None, rows_at=[("resid", site_layer)],
-                                batch_size=config.batch_size, progress=False).rows  # fmt: skip
+        r = collect_activations(
+            model,
+            test_h + test_s,
+            stats_site=None,
+            rows_at=[("resid", site_layer)],
+            batch_size=config.batch_size,
+            progress=False,
+        ).rows
         return {label: {x: r.matrix("resid", site_layer, lang=x, ids=ids[label]) for x in langs_test} for label in ids}
 
     site_rows = {"before": site_rows_now()}
     with edit.applied(model):
         site_rows["after"] = site_rows_now()
-    return {"before": before, "after": after, "kl_first_token": kl, "kl_first_4_tokens": kl_k, "mc_before": acc_b,
-            "mc_after": acc_a, "site_rows": site_rows}  # fmt: skip
+    return {
+        "before": before,
+        "after": after,
+        "kl_first_token": kl,
+        "kl_first_4_tokens": kl_k,
+        "mc_before": acc_b,
+        "mc_after": acc_a,
+        "site_rows": site_rows,
+    }
 
 
 def _print_selection(records: list[dict]) -> str:
     return "\n".join(
         f"  {r['label']:>8}: non-English ASR {100 * r['asr_before']:.0f}% → {100 * r['asr']:.0f}%, "
         f"English ASR {100 * r['en_asr_delta']:+.0f} pts, over-refusal {100 * r['over_refusal_delta']:+.0f} pts, "
-        f"KL {r['kl']:.4f}" + (f"   ← chosen ({r['rule']})" if r.get("chosen") else "") for r in records)  # fmt: skip
+        f"KL {r['kl']:.4f}" + (f"   ← chosen ({r['rule']})" if r.get("chosen") else "")
+        for r in records
+    )
 
 
-def run(config: RunConfig, *, model=None, prompts: PromptSet | None = None, write: bool = True,
-        quiet: bool = False) -> RunResult | None:  # fmt: skip
+def run(
+    config: RunConfig, *, model=None, prompts: PromptSet | None = None, write: bool = True, quiet: bool = False
+) -> RunResult | None:
     """Run the stages — load → splits → collect → rank → select → fit → evaluate → report — and return
     what they computed (`RunResult`, every stage timed). The report stage writes the results folder
     `config.out` atomically (`RunResult.write`; skipped with `write=False`).
@@ -492,13 +614,16 @@ def run(config: RunConfig, *, model=None, prompts: PromptSet | None = None, writ
         raise RunConfigError(f"config must be a RunConfig, got {type(config).__name__}")
     config.check()  # every setting before the model is loaded, and again against it before any forward pass
     if prompts is not None and not isinstance(prompts, PromptSet):
-        raise RunConfigError(f"prompts must be a PromptSet with anchor, val and test splits, "
-                             f"got {type(prompts).__name__}")  # fmt: skip
+        raise RunConfigError(
+            f"prompts must be a PromptSet with anchor, val and test splits, got {type(prompts).__name__}"
+        )
     main = distributed.is_main()  # under torchrun every rank collects its shard; rank 0 does the rest
     answer_cache = AnswerCache(cache_dir() / "answers")  # the unedited model's answers, reused across runs
     if main:
-        log(f"safety-neurons run: model {config.model}, results in {config.out}"
-            + (f" ({distributed.world_size()} processes share the collection)" if distributed.is_distributed() else ""))
+        log(
+            f"safety-neurons run: model {config.model}, results in {config.out}"
+            + (f" ({distributed.world_size()} processes share the collection)" if distributed.is_distributed() else "")
+        )
     model = _load(config) if model is None else check_model(model, RunConfigError)
     clock.lap("load")
 
@@ -520,10 +645,18 @@ def run(config: RunConfig, *, model=None, prompts: PromptSet | None = None, writ
     else:
         log(f"\nchoosing among layer sets {config.candidates} on the validation split (judged answers)…")
         records = select_layers(
-            model, config.candidates, lambda ls: _fit(model, config, anchor, ranking, collection, ls), val_h, val_s,
-            over_refusal_cap=config.over_refusal_cap, kl_cap=config.kl_cap, en_asr_cap=config.en_asr_cap,
-            max_new_tokens=config.select_tokens, batch_size=config.batch_size, cache=answer_cache,
-        )  # fmt: skip
+            model,
+            config.candidates,
+            lambda ls: _fit(model, config, anchor, ranking, collection, ls),
+            val_h,
+            val_s,
+            over_refusal_cap=config.over_refusal_cap,
+            kl_cap=config.kl_cap,
+            en_asr_cap=config.en_asr_cap,
+            max_new_tokens=config.select_tokens,
+            batch_size=config.batch_size,
+            cache=answer_cache,
+        )
         layers = next(r["layers"] for r in records if r.get("chosen"))
         log(_print_selection(records))
     clock.lap("select")
@@ -537,9 +670,19 @@ def run(config: RunConfig, *, model=None, prompts: PromptSet | None = None, writ
     clock.lap("evaluate")
 
     info = {"name": config.model, "n_layers": model.cfg.n_layers, "d_mlp": model.cfg.d_mlp}
-    result = RunResult(config=config, model=info, judge=judge.name, ranking=ranking, selection=records,
-                       layers=list(layers), edit=edit, timings=clock.timings, processes=distributed.world_size(),
-                       started=started, **measured)  # fmt: skip
+    result = RunResult(
+        config=config,
+        model=info,
+        judge=judge.name,
+        ranking=ranking,
+        selection=records,
+        layers=list(layers),
+        edit=edit,
+        timings=clock.timings,
+        processes=distributed.world_size(),
+        started=started,
+        **measured,
+    )
     if write:
         result.files = result.write(config.out)
     clock.lap("report")

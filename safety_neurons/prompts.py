@@ -21,9 +21,15 @@ from ._checks import as_path, check_choice, check_int, str_or_list
 
 LANGS: tuple[str, ...] = ("en", "zh", "vi", "ja", "th", "id", "bn", "he")
 LANG_NAMES = {
-    "en": "English", "zh": "Chinese", "vi": "Vietnamese", "ja": "Japanese",
-    "th": "Thai", "id": "Indonesian", "bn": "Bengali", "he": "Hebrew",
-}  # fmt: skip
+    "en": "English",
+    "zh": "Chinese",
+    "vi": "Vietnamese",
+    "ja": "Japanese",
+    "th": "Thai",
+    "id": "Indonesian",
+    "bn": "Bengali",
+    "he": "Hebrew",
+}
 LABELS = ("harmful", "harmless")
 SPLITS = ("anchor", "val", "test")
 
@@ -174,7 +180,7 @@ class PromptSet(Sequence[Prompt]):
     def __iter__(self) -> Iterator[Prompt]:
         return iter(self.prompts)
 
-    def __add__(self, other: "PromptSet") -> "PromptSet":
+    def __add__(self, other: PromptSet) -> PromptSet:
         return PromptSet(self.prompts + list(other), self.name)
 
     def __repr__(self) -> str:
@@ -216,7 +222,7 @@ class PromptSet(Sequence[Prompt]):
         category: str | Iterable[str] | None = None,
         ids: str | Iterable[str] | None = None,
         limit: int | None = None,
-    ) -> "PromptSet":
+    ) -> PromptSet:
         """Prompts matching every given field (a value or a list of values). `limit` keeps `limit`
         prompts of each (lang, label) group, taken round-robin across categories (the first of each
         category, then the second, …) so a small subset still covers every category; the choice
@@ -226,8 +232,12 @@ class PromptSet(Sequence[Prompt]):
         def as_set(key, v):
             return None if v is None else set(str_or_list(key, v, PromptSetError))
 
-        want = {"lang": as_set("lang", lang), "label": as_set("label", label), "split": as_set("split", split),
-                "category": as_set("category", category)}  # fmt: skip
+        want = {
+            "lang": as_set("lang", lang),
+            "label": as_set("label", label),
+            "split": as_set("split", split),
+            "category": as_set("category", category),
+        }
         if want["lang"]:
             check_langs(sorted(want["lang"]), "lang")
         # labels and splits have a fixed vocabulary (plus any split this set actually uses): a typo such
@@ -335,7 +345,7 @@ class PromptSet(Sequence[Prompt]):
                     out.append(f"split leak: near-duplicate texts {a.id} ({a.split}) and {b.id} ({b.split})")
         return out
 
-    def validate(self, **kwargs) -> "PromptSet":
+    def validate(self, **kwargs) -> PromptSet:
         """Raise `PromptSetError` listing every problem; return self when there is none."""
         found = self.problems(**kwargs)
         if found:
@@ -347,9 +357,7 @@ class PromptSet(Sequence[Prompt]):
     def summary(self) -> str:
         """Counts per language × label × split, as a text table."""
         counts = Counter((p.lang, p.label, p.split) for p in self)
-        splits = [s for s in SPLITS if any(k[2] == s for k in counts)] + sorted(
-            {k[2] for k in counts} - set(SPLITS)
-        )
+        splits = [s for s in SPLITS if any(k[2] == s for k in counts)] + sorted({k[2] for k in counts} - set(SPLITS))
         cols = [(label, s) for label in self.labels for s in splits]
         head = ["lang"] + [f"{label[:7]}/{s or '-'}" for label, s in cols] + ["total"]
         lines = [" ".join(f"{h:>15}" if i else f"{h:<6}" for i, h in enumerate(head))]
@@ -368,7 +376,7 @@ class PromptSet(Sequence[Prompt]):
         return path
 
     @classmethod
-    def from_jsonl(cls, path: str | Path, name: str | None = None) -> "PromptSet":
+    def from_jsonl(cls, path: str | Path, name: str | None = None) -> PromptSet:
         path = Path(path)
         prompts = []
         with open(path, encoding="utf-8") as f:
@@ -466,7 +474,7 @@ def _read_table(path: Path, encoding: str = "utf-8-sig") -> list[tuple[int, dict
                     if "\0extra" in row:
                         raise PromptSetError(
                             f"{path}:{n}: {len(reader.fieldnames) + len(row[chr(0) + 'extra'])} fields, the header has "
-                            f"{len(reader.fieldnames)}: a text with commas must be quoted (\"like, this\")"
+                            f'{len(reader.fieldnames)}: a text with commas must be quoted ("like, this")'
                         )
                     if any(v is None for v in row.values()):
                         raise PromptSetError(f"{path}:{n}: fewer fields than the header's {len(reader.fieldnames)}")

@@ -43,12 +43,12 @@ class Rate:
     def interval(self) -> tuple[float, float]:
         return wilson(self.k, self.n)
 
-    def clearly_differs(self, other: "Rate") -> bool:
+    def clearly_differs(self, other: Rate) -> bool:
         """True when the two 95% intervals do not overlap (a conservative test: call a difference only then)."""
         (a_lo, a_hi), (b_lo, b_hi) = self.interval, other.interval
         return a_hi < b_lo or b_hi < a_lo
 
-    def __add__(self, other: "Rate") -> "Rate":
+    def __add__(self, other: Rate) -> Rate:
         return Rate(self.k + other.k, self.n + other.n)
 
     def __str__(self) -> str:

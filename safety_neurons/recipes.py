@@ -33,7 +33,7 @@ SITES = ("gate", "up", "w_out")
 TARGETS = ("neurons", "residual", "language_gap", "refusal")
 PRESERVE = ("harmless", "pivot_harmful")
 KINDS = ("closed_form", "switch")
-Neurons = Union[str, SafetyNeurons, Mapping[int, Sequence[int]], Sequence[int], None]
+Neurons = Union[str, SafetyNeurons, Mapping[int, Sequence[int]], Sequence[int], None]  # noqa: UP007 (a runtime alias)
 
 
 class EditError(ValueError):
@@ -81,7 +81,9 @@ class SwitchOptions:
         object.__setattr__(self, "width", check_number("width", self.width, EditError, minimum=0, strict=True))
         object.__setattr__(self, "probe_ridge", check_number("probe_ridge", self.probe_ridge, EditError, minimum=0))
         object.__setattr__(self, "trigger", check_positive_int("trigger", self.trigger, EditError))
-        object.__setattr__(self, "answer_tokens", check_positive_int("answer_tokens", self.answer_tokens, EditError, minimum=0))
+        object.__setattr__(
+            self, "answer_tokens", check_positive_int("answer_tokens", self.answer_tokens, EditError, minimum=0)
+        )
 
 
 _SOLVER = tuple(f.name for f in fields(SolverOptions))
@@ -133,7 +135,7 @@ class EditSpec:
 
     # --- presets ---------------------------------------------------------------------------------
     @classmethod
-    def paper(cls, *, layers: int | Iterable[int] | None = None, neurons: Neurons, **changes) -> "EditSpec":
+    def paper(cls, *, layers: int | Iterable[int] | None = None, neurons: Neurons, **changes) -> EditSpec:
         """The paper's configuration: columns S of W_gate, S = the pivot's safety neurons of `neurons` (a
         `SafetyNeurons` ranking; or an explicit set), fitted so that low-resource-language harmful inputs
         reproduce the English pre-activations at S, the harmless prompts' last position preserved; rank 32,
@@ -142,29 +144,49 @@ class EditSpec:
         return cls(layers=layers, neurons=neurons).replace(**changes)
 
     @classmethod
-    def linear(cls, *, layers: int | Iterable[int] | None = None, **changes) -> "EditSpec":
+    def linear(cls, *, layers: int | Iterable[int] | None = None, **changes) -> EditSpec:
         """This project's linear edit (what `safety-neurons run` fits): rows of W_out, every neuron's, solved
         so that each low-resource language's harmful prompts get its mean residual gap to English plus the
         English refusal direction (refusal_boost 1), while the harmless and the English harmful prompts stay,
         at every position but a harmful prompt's answer opening (position_weight 0.2); rank 32, γ = 1,
         relative ridge 0.1; several layers are solved on the unedited model's rows (sequential=False)."""
-        base = cls(layers=layers, site="w_out", target="language_gap", refusal_boost=1.0, neurons="all",
-                   preserve=PRESERVE, preserve_positions="all", position_weight=0.2, sequential=False,
-                   solver=SolverOptions(ridge=0.1))  # fmt: skip
+        base = cls(
+            layers=layers,
+            site="w_out",
+            target="language_gap",
+            refusal_boost=1.0,
+            neurons="all",
+            preserve=PRESERVE,
+            preserve_positions="all",
+            position_weight=0.2,
+            sequential=False,
+            solver=SolverOptions(ridge=0.1),
+        )
         return base.replace(**changes)
 
     @classmethod
-    def nullspace(cls, *, layers: int | Iterable[int] | None = None, null_energy: float | None = 0.01,
-                  **changes) -> "EditSpec":  # fmt: skip
+    def nullspace(
+        cls, *, layers: int | Iterable[int] | None = None, null_energy: float | None = 0.01, **changes
+    ) -> EditSpec:
         """`linear` with the hard null-space constraint: ΔW moves no preserved row, except along the
         lowest-energy directions holding `null_energy` of their energy (1%; pass null_energy=None with
         null_threshold=t for a relative eigenvalue threshold instead)."""
         return cls.linear(layers=layers).replace(method="nullspace", null_energy=null_energy, **changes)
 
     @classmethod
-    def switch(cls, *, layer: int, threshold: float = 0.0, width: float = 0.25, strength: float = 1.0,
-               neurons: Sequence[int] | None = None, probe_ridge: float = 1.0, trigger: int = 2,
-               answer_tokens: int = 32, pivot: str = "en") -> "EditSpec":  # fmt: skip
+    def switch(
+        cls,
+        *,
+        layer: int,
+        threshold: float = 0.0,
+        width: float = 0.25,
+        strength: float = 1.0,
+        neurons: Sequence[int] | None = None,
+        probe_ridge: float = 1.0,
+        trigger: int = 2,
+        answer_tokens: int = 32,
+        pivot: str = "en",
+    ) -> EditSpec:
         """The harm switch at `layer`: `fit_edit` fits the detector (`fit_detector`: probe_ridge, trigger,
         answer_tokens, pivot) on its prompts, then the switch (`fit_switch`: threshold θ, width, strength α,
         the two neurons, default the least used). The defaults are neutral starting points; on the packaged
@@ -212,15 +234,19 @@ class EditSpec:
         if self.target != "neurons" and self.site != "w_out":
             raise EditError(f"target={self.target!r} writes to the residual stream: it needs site='w_out'")
         if self.refusal_boost and self.target not in ("residual", "language_gap"):
-            raise EditError(f"refusal_boost adds to a residual-stream gap: it needs target='residual' or "
-                            f"'language_gap', not {self.target!r}")  # fmt: skip
+            raise EditError(
+                f"refusal_boost adds to a residual-stream gap: it needs target='residual' or "
+                f"'language_gap', not {self.target!r}"
+            )
 
     @staticmethod
     def _check_neurons(neurons):
         if isinstance(neurons, str):
             if neurons != "all":
-                raise EditError(f"neurons must be a SafetyNeurons, a {{layer: indices}} map, an index list or 'all', "
-                                f"got {neurons!r:.60}")  # fmt: skip
+                raise EditError(
+                    f"neurons must be a SafetyNeurons, a {{layer: indices}} map, an index list or 'all', "
+                    f"got {neurons!r:.60}"
+                )
             return neurons
         if isinstance(neurons, SafetyNeurons):
             return neurons
@@ -256,8 +282,10 @@ class EditSpec:
         used = ("kind", "layers", "neurons", "pivot", "switch_options")
         unused = [f.name for f in fields(self) if f.name not in used and getattr(self, f.name) != _default(f)]
         if unused:
-            raise EditError(f"{', '.join(unused)}: not settings of the harm switch (it uses layers, pivot, neurons "
-                            f"and the switch options {', '.join(_SWITCH)})")  # fmt: skip
+            raise EditError(
+                f"{', '.join(unused)}: not settings of the harm switch (it uses layers, pivot, neurons "
+                f"and the switch options {', '.join(_SWITCH)})"
+            )
 
     def __repr__(self) -> str:
         """Only what differs from the defaults (the paper's configuration)."""
@@ -265,17 +293,23 @@ class EditSpec:
         def show(value):
             return f"<{type(value).__name__}>" if isinstance(value, SafetyNeurons) else repr(value)
 
-        parts = [f"{f.name}={show(getattr(self, f.name))}" for f in fields(self)
-                 if f.name not in ("solver", "switch_options") and getattr(self, f.name) != _default(f)]  # fmt: skip
+        parts = [
+            f"{f.name}={show(getattr(self, f.name))}"
+            for f in fields(self)
+            if f.name not in ("solver", "switch_options") and getattr(self, f.name) != _default(f)
+        ]
         for name, options in (("solver", self.solver), ("switch_options", self.switch_options)):
             if options is not None:
-                changed = [f"{f.name}={getattr(options, f.name)!r}" for f in fields(options)
-                           if getattr(options, f.name) != _default(f)]  # fmt: skip
+                changed = [
+                    f"{f.name}={getattr(options, f.name)!r}"
+                    for f in fields(options)
+                    if getattr(options, f.name) != _default(f)
+                ]
                 parts += [f"{name}({', '.join(changed)})"] if changed else []
         return f"EditSpec({', '.join(parts)})"
 
     # --- changes and JSON ------------------------------------------------------------------------
-    def replace(self, **changes) -> "EditSpec":
+    def replace(self, **changes) -> EditSpec:
         """A copy with fields changed, checked again. The solver's settings (rank, gamma, ridge, ridge_mode,
         method, null_threshold, null_energy) and, for the switch, its options (threshold, width, strength,
         probe_ridge, trigger, answer_tokens) can be given by name: ``spec.replace(rank=8, layers=[19])``."""
@@ -284,15 +318,20 @@ class EditSpec:
         switch = {k: changes.pop(k) for k in list(changes) if k in _SWITCH and k not in own}
         unknown = sorted(set(changes) - own)
         if unknown:
-            raise EditError(f"unknown edit setting(s) {unknown}; the settings are {sorted(own | set(_SOLVER) | set(_SWITCH))}")
+            raise EditError(
+                f"unknown edit setting(s) {unknown}; the settings are {sorted(own | set(_SOLVER) | set(_SWITCH))}"
+            )
         try:
             if solver:
                 changes["solver"] = changes.get("solver", self.solver).replace(**solver)
             if switch:
                 if self.kind != "switch":
-                    raise EditError(f"{sorted(switch)}: settings of the harm switch (EditSpec.switch), not of a "
-                                    "closed-form edit")  # fmt: skip
-                changes["switch_options"] = dataclasses.replace(changes.get("switch_options", self.switch_options), **switch)
+                    raise EditError(
+                        f"{sorted(switch)}: settings of the harm switch (EditSpec.switch), not of a closed-form edit"
+                    )
+                changes["switch_options"] = dataclasses.replace(
+                    changes.get("switch_options", self.switch_options), **switch
+                )
         except SolverError as err:
             raise EditError(f"solver: {err}") from None
         return dataclasses.replace(self, **changes)
@@ -301,9 +340,13 @@ class EditSpec:
         """A JSON-ready dict that `from_dict` reads back. A `SafetyNeurons` ranking is written as the neurons it
         gives at `layers` ({layer: indices}), so the saved recipe names exactly the neurons edited."""
         if self.kind == "switch":
-            return {"kind": "switch", "layers": list(self.layers), "pivot": self.pivot,
-                    "neurons": None if self.neurons is None else list(self.neurons),
-                    "switch_options": dataclasses.asdict(self.switch_options)}  # fmt: skip
+            return {
+                "kind": "switch",
+                "layers": list(self.layers),
+                "pivot": self.pivot,
+                "neurons": None if self.neurons is None else list(self.neurons),
+                "switch_options": dataclasses.asdict(self.switch_options),
+            }
         neurons = self.neurons
         if isinstance(neurons, SafetyNeurons):
             if self.layers is None:
@@ -321,7 +364,7 @@ class EditSpec:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "EditSpec":
+    def from_dict(cls, d: Mapping) -> EditSpec:
         """The spec `to_dict` wrote; a field that is unknown or bad is an `EditError` naming it."""
         if not isinstance(d, Mapping):
             raise EditError(f"an edit spec must be a dict, got {type(d).__name__} {d!r:.60}")

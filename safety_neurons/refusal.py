@@ -20,7 +20,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-
 PROXY_OPENINGS: dict[str, tuple[str, ...]] = {
     "en": ("I'm sorry", "I cannot", "I can't", "Sorry", "As an AI", "Unfortunately"),
     "zh": ("抱歉", "对不起", "作为一个人工智能"),
@@ -45,9 +44,7 @@ def refusal_token_ids(tokenizer, langs: Iterable[str] | None = None) -> Int[Tens
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def refusal_logprob(
-    logits: Float[Tensor, "batch vocab"], token_ids: Int[Tensor, " k"]
-) -> Float[Tensor, " batch"]:
+def refusal_logprob(logits: Float[Tensor, "batch vocab"], token_ids: Int[Tensor, " k"]) -> Float[Tensor, " batch"]:
     """log P(first answer token is a refusal opening)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return torch.logsumexp(logp[:, token_ids.to(logits.device)], dim=-1)

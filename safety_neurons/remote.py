@@ -71,7 +71,9 @@ def _layers(lm):
     try:
         return lm.model.layers
     except AttributeError:
-        raise ValueError("the nnsight model has no .model.layers: only HF Llama / Qwen2 causal LMs are supported") from None
+        raise ValueError(
+            "the nnsight model has no .model.layers: only HF Llama / Qwen2 causal LMs are supported"
+        ) from None
 
 
 def _site(block, site: str):
@@ -113,8 +115,14 @@ def collect_nnsight(
     _rows_key(prompts)
     blocks = _layers(lm)
     stats_layers, rows, gram, points = _plan_collection(
-        len(blocks), stats_site=stats_site, stats_layers=stats_layers, rows_at=rows_at, gram_at=gram_at,
-        gram_positions=gram_positions, position=position)  # fmt: skip
+        len(blocks),
+        stats_site=stats_site,
+        stats_layers=stats_layers,
+        rows_at=rows_at,
+        gram_at=gram_at,
+        gram_positions=gram_positions,
+        position=position,
+    )
     tok = lm.tokenizer
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -125,8 +133,9 @@ def collect_nnsight(
     grams: dict[tuple[str, int], Tensor] = {}
     n_tokens = 0
     batches = length_sorted_batches(tok, [p.text for p in prompts], batch_size, system=system)
-    for idx, batch in tqdm(batches, total=-(-len(prompts) // batch_size), desc="collecting (nnsight)",
-                           disable=not progress, unit="batch"):  # fmt: skip
+    for idx, batch in tqdm(
+        batches, total=-(-len(prompts) // batch_size), desc="collecting (nnsight)", disable=not progress, unit="batch"
+    ):
         chunk = [prompts[i] for i in idx]
         attention = batch.attention_mask
         in_gram = attention.bool()
@@ -160,8 +169,15 @@ def collect_nnsight(
         n_tokens += int(in_gram.sum())
         if stats_layers:
             block = torch.stack([saved[("stats", stats_site, x)] for x in stats_layers], dim=2)  # 2 group layer d
-            part = ActivationStats(stats_site, position, stats_layers, batch_groups,
-                                   torch.tensor([len(s) for s in sel]), block[0], block[1])  # fmt: skip
+            part = ActivationStats(
+                stats_site,
+                position,
+                stats_layers,
+                batch_groups,
+                torch.tensor([len(s) for s in sel]),
+                block[0],
+                block[1],
+            )
             if stats is None:
                 stats = ActivationStats.empty(stats_site, position, stats_layers, block.shape[-1]).reindexed(groups)
             stats = stats.merge(part)
@@ -173,13 +189,19 @@ def collect_nnsight(
         for key in gram:
             g = saved[("gram",) + key]
             grams[key] = grams[key] + g if key in grams else g
-    return Collection(stats, ActivationRows(position, list(prompts), kept), grams, n_tokens if gram else 0,
-                      gram_positions)  # fmt: skip
+    return Collection(
+        stats, ActivationRows(position, list(prompts), kept), grams, n_tokens if gram else 0, gram_positions
+    )
 
 
 @torch.no_grad()
 def edited_logits(
-    lm, edit, prompts: Sequence[Prompt] | Sequence[str], *, batch_size: int = 16, system: str | None = None,
+    lm,
+    edit,
+    prompts: Sequence[Prompt] | Sequence[str],
+    *,
+    batch_size: int = 16,
+    system: str | None = None,
     remote: Remote = False,
 ) -> Float[Tensor, "n vocab"]:
     """Next-token logits at the last prompt token with `edit` patched into the MLPs inside the trace.
@@ -194,8 +216,11 @@ def edited_logits(
     patches = sorted(((e.layer, e.site, e.neurons.clone(), e.delta.clone()) for e in edit.edits), key=lambda t: t[0])
     out = None
     for idx, batch in length_sorted_batches(tok, texts, batch_size, system=system):
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                  "position_ids": batch.position_ids}  # fmt: skip
+        inputs = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "position_ids": batch.position_ids,
+        }
         with lm.trace(inputs, remote=remote):
             for layer, site, neurons, delta in patches:
                 mlp = blocks[layer].mlp

@@ -48,8 +48,13 @@ def continuation_logprobs(
     check_lengths(seqs, model.cfg.n_ctx, names)
     out = torch.empty(len(seqs))
     device = model.cfg.device
-    for idx, batch in tqdm(sorted_batches(seqs, tok, batch_size), total=-(-len(seqs) // batch_size), desc=desc,
-                           disable=not progress, unit="batch"):  # fmt: skip
+    for idx, batch in tqdm(
+        sorted_batches(seqs, tok, batch_size),
+        total=-(-len(seqs) // batch_size),
+        desc=desc,
+        disable=not progress,
+        unit="batch",
+    ):
         batch = batch.to(device)
         width = max(lengths[i] for i in idx)
         # logits at the last width+1 positions; position t predicts token t+1

@@ -20,9 +20,11 @@ class SelectionError(EvaluationError):
 
 
 def _check_caps(over_refusal_cap, kl_cap, en_asr_cap) -> tuple[float, float, float]:
-    return (check_number("over_refusal_cap", over_refusal_cap, SelectionError, minimum=0),
-            check_number("kl_cap", kl_cap, SelectionError, minimum=0, strict=True),
-            check_number("en_asr_cap", en_asr_cap, SelectionError, minimum=0))  # fmt: skip
+    return (
+        check_number("over_refusal_cap", over_refusal_cap, SelectionError, minimum=0),
+        check_number("kl_cap", kl_cap, SelectionError, minimum=0, strict=True),
+        check_number("en_asr_cap", en_asr_cap, SelectionError, minimum=0),
+    )
 
 
 def select_layers(
@@ -67,8 +69,16 @@ def select_layers(
     prompts, texts_s = val_harmful + val_harmless, [p.text for p in val_harmless]
 
     def judged(desc, cache=None, drafts=None):
-        ev = evaluate(model, prompts, judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      cache=cache, drafts=drafts, desc=desc)  # fmt: skip
+        ev = evaluate(
+            model,
+            prompts,
+            judge=judge,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            cache=cache,
+            drafts=drafts,
+            desc=desc,
+        )
         return ev, ev.mean_asr(), ev.languages["en"].asr if "en" in ev.languages else 0.0, ev.mean_over_refusal()
 
     unedited, asr_b, en_b, over_b = judged("validation answers, no edit", cache)
@@ -80,10 +90,18 @@ def select_layers(
         with edit.applied(model):
             _, asr, en, over = judged(f"validation answers, edit at {label}", drafts=unedited)
             kl = kl_from_logits(logits_s, last_token_logits(model, texts_s, batch_size=batch_size)).mean().item()
-        records.append({
-            "label": label, "layers": layers, "layer": layers[-1],
-            "asr": asr, "asr_before": asr_b, "en_asr_delta": en - en_b, "over_refusal_delta": over - over_b, "kl": kl,
-        })  # fmt: skip
+        records.append(
+            {
+                "label": label,
+                "layers": layers,
+                "layer": layers[-1],
+                "asr": asr,
+                "asr_before": asr_b,
+                "en_asr_delta": en - en_b,
+                "over_refusal_delta": over - over_b,
+                "kl": kl,
+            }
+        )
     choose(records, over_refusal_cap=caps[0], kl_cap=caps[1], en_asr_cap=caps[2])
     return records
 
@@ -104,8 +122,11 @@ def choose(records: list[dict], *, over_refusal_cap: float, kl_cap: float, en_as
             check_number(f"records[{i}][{k!r}]", r[k], SelectionError)
     for r in records:  # choosing again (other caps) replaces the earlier choice
         r.pop("chosen", None), r.pop("rule", None)
-    ok = [r for r in records if r["over_refusal_delta"] <= over_refusal_cap and r["kl"] <= kl_cap
-          and r["en_asr_delta"] <= en_asr_cap]  # fmt: skip
+    ok = [
+        r
+        for r in records
+        if r["over_refusal_delta"] <= over_refusal_cap and r["kl"] <= kl_cap and r["en_asr_delta"] <= en_asr_cap
+    ]
     if ok:
         best, rule = min(ok, key=lambda r: r["asr"]), "lowest ASR within the caps"
     else:

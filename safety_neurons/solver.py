@@ -45,7 +45,7 @@ _EPS = float(torch.finfo(_F64).eps)
 # instead of a full symmetric eigendecomposition (which costs ~10 s at d = 4096 on a CPU).
 _EXACT_COND_MAX_DIM = 2048
 
-ArrayLike = Union[Float[Tensor, "..."], Float[np.ndarray, "..."]]
+ArrayLike = Union[Float[Tensor, "..."], Float[np.ndarray, "..."]]  # noqa: UP007 (a runtime alias)
 
 
 class SolverError(ValueError):
@@ -83,7 +83,7 @@ class Solution:
 # ----------------------------------------------------------------------------------------
 
 
-def _as_f64(name: str, a: ArrayLike) -> Float[Tensor, "..."]:
+def _as_f64(name: str, a: ArrayLike) -> Float[Tensor, ...]:
     """Convert a tensor / numpy array / nested list to a float64 CPU tensor (no grad)."""
     if isinstance(a, Tensor):
         if a.is_complex():
@@ -106,8 +106,7 @@ def _check_finite(name: str, t: Tensor) -> None:
     bad = int((~torch.isfinite(t)).sum())
     if bad:
         raise SolverError(
-            f"{name} contains {bad} non-finite entries (NaN or inf) out of {t.numel()} "
-            f"(shape {tuple(t.shape)})"
+            f"{name} contains {bad} non-finite entries (NaN or inf) out of {t.numel()} (shape {tuple(t.shape)})"
         )
 
 
@@ -174,8 +173,10 @@ class SolverOptions:
             raise SolverError(f"method must be 'soft' or 'nullspace', got {self.method!r}")
         if self.null_threshold is not None and self.null_energy is not None:
             raise SolverError("give at most one of null_threshold and null_energy, not both")
-        for name, what in (("null_threshold", "is relative to the largest eigenvalue"),
-                           ("null_energy", "is a fraction of the total energy")):  # fmt: skip
+        for name, what in (
+            ("null_threshold", "is relative to the largest eigenvalue"),
+            ("null_energy", "is a fraction of the total energy"),
+        ):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -186,7 +187,7 @@ class SolverOptions:
                 raise SolverError(f"{name} {what} and must be in [0, 1], got {value}")
             object.__setattr__(self, name, value)
 
-    def replace(self, **changes) -> "SolverOptions":
+    def replace(self, **changes) -> SolverOptions:
         """A copy with some settings changed (checked again)."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
@@ -197,12 +198,12 @@ class SolverOptions:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "SolverOptions":
+    def from_dict(cls, d: Mapping) -> SolverOptions:
         if not isinstance(d, Mapping):
             raise SolverError(f"solver options must be a dict, got {type(d).__name__} {d!r:.60}")
         return cls().replace(**d)
 
-    def solve(self, X: ArrayLike, D: ArrayLike, X_safe: ArrayLike | None = None) -> "Solution":
+    def solve(self, X: ArrayLike, D: ArrayLike, X_safe: ArrayLike | None = None) -> Solution:
         """`solve_edit` with these settings."""
         return solve_edit(X, D, X_safe, **self.to_dict())
 
@@ -281,7 +282,9 @@ def null_space_basis(
     if null_threshold is not None:
         null_threshold = _check_nonneg("null_threshold", null_threshold)
         if null_threshold > 1:
-            raise SolverError(f"null_threshold is relative to the largest eigenvalue and must be in [0, 1], got {null_threshold}")
+            raise SolverError(
+                f"null_threshold is relative to the largest eigenvalue and must be in [0, 1], got {null_threshold}"
+            )
     if null_energy is not None:
         null_energy = _check_nonneg("null_energy", null_energy)
         if null_energy > 1:
@@ -417,7 +420,9 @@ def solve_edit(
     if d == 0:
         raise SolverError(f"X has 0 columns (shape {tuple(X.shape)}): nothing to edit")
     if D.shape[0] != n:
-        raise SolverError(f"row-count mismatch: X has {n} rows (shape {tuple(X.shape)}) but D has {D.shape[0]} (shape {tuple(D.shape)})")
+        raise SolverError(
+            f"row-count mismatch: X has {n} rows (shape {tuple(X.shape)}) but D has {D.shape[0]} (shape {tuple(D.shape)})"
+        )
     S = None
     if X_safe is not None:
         S = _as_f64("X_safe", X_safe)

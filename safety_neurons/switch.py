@@ -93,7 +93,9 @@ class HarmDetector(Artifact):
     probe: Float[Tensor, " d_model"]  # w: ≈ +1 at harmful prompts' trigger positions, ≈ −1 at harmless ones'
     place: Float[Tensor, " d_model"]  # v: ≈ 1 at trigger positions, ≈ 0 everywhere else
     const: Float[Tensor, " d_model"]  # c: c·x ≈ 1 at every position
-    refusal: Float[Tensor, " d_model"]  # r: English harmful − harmless mean residual after the layer (trigger positions)
+    refusal: Float[
+        Tensor, " d_model"
+    ]  # r: English harmful − harmless mean residual after the layer (trigger positions)
     usage: Float[Tensor, " d_mlp"]  # E[a²]·‖W_out row‖² over harmless positions (which neurons are least used)
     settings: dict = field(default_factory=dict)
     model: str = ""  # `model_tag` of the model it was fitted on
@@ -111,8 +113,15 @@ class HarmDetector(Artifact):
         return torch.argsort(self.usage)[:k].tolist()
 
     @torch.no_grad()
-    def scores(self, model, prompts: Sequence[Prompt], answers: Sequence[str | None] | None = None, *,
-               batch_size: int = 16, progress: bool = False) -> Scores:  # fmt: skip
+    def scores(
+        self,
+        model,
+        prompts: Sequence[Prompt],
+        answers: Sequence[str | None] | None = None,
+        *,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> Scores:
         """Per prompt: the probe's maximum at the trigger positions, and how far the place signal strays from
         0 elsewhere (on `answers`, aligned, appended after each prompt, too)."""
         self._check_model(model)
@@ -120,8 +129,9 @@ class HarmDetector(Artifact):
         w, v = self.probe.to(torch.float32), self.place.to(torch.float32)
         trig, leak_m, leak_a = (torch.zeros(len(prompts)) for _ in range(3))
         point = ("mlp_in", self.layer)
-        for rows, kinds, idx in _positions(model, prompts, answers, [point], self.trigger, batch_size, progress,
-                                           "scoring"):  # fmt: skip
+        for rows, kinds, idx in _positions(
+            model, prompts, answers, [point], self.trigger, batch_size, progress, "scoring"
+        ):
             x = rows[point].float()
             z, u = (x @ w.to(x.device)).cpu(), (x @ v.to(x.device)).abs().cpu()
             for r, i in enumerate(idx):
@@ -138,6 +148,7 @@ class HarmDetector(Artifact):
         if not 0 <= self.layer < model.cfg.n_layers:
             raise SwitchError(f"detector layer {self.layer} out of range: the model has {model.cfg.n_layers} layers")
 
+
 MESSAGE, OPENING, ANSWER, TRIGGER = 0, 1, 2, 3  # kinds of position (−1: padding)
 
 
@@ -148,13 +159,21 @@ def _positions(model, prompts, answers, points, trigger, batch_size, progress, d
     tok = model.tokenizer
     suffix = template_suffix_length(tok)
     if not 1 <= trigger <= suffix:
-        raise SwitchError(f"trigger must be between 1 and the template's {suffix} tokens after the message, got {trigger}")
+        raise SwitchError(
+            f"trigger must be between 1 and the template's {suffix} tokens after the message, got {trigger}"
+        )
     seqs, kinds = [], []
     for i, ids in enumerate(encode_chat(tok, [p.text for p in prompts])):
         extra = tok(answers[i], add_special_tokens=False).input_ids if answers is not None and answers[i] else []
         seqs.append(ids + extra)
-        kinds.append(torch.tensor([MESSAGE] * (len(ids) - suffix) + [OPENING] * (suffix - trigger) + [TRIGGER] * trigger
-                                  + [ANSWER] * len(extra)))  # fmt: skip
+        kinds.append(
+            torch.tensor(
+                [MESSAGE] * (len(ids) - suffix)
+                + [OPENING] * (suffix - trigger)
+                + [TRIGGER] * trigger
+                + [ANSWER] * len(extra)
+            )
+        )
     order = {site: i for i, site in enumerate(SITES)}
     last = max(points, key=lambda k: (k[1], order[k[0]]))
     current: dict[tuple[str, int], Tensor] = {}
@@ -169,8 +188,9 @@ def _positions(model, prompts, answers, points, trigger, batch_size, progress, d
 
     n_batches = -(-len(seqs) // batch_size)
     with model.hooks(fwd_hooks=[(hook_name(*point), keep(point)) for point in points]):
-        for idx, batch in tqdm(sorted_batches(seqs, tok, batch_size), total=n_batches, desc=desc, disable=not progress,
-                               unit="batch"):  # fmt: skip
+        for idx, batch in tqdm(
+            sorted_batches(seqs, tok, batch_size), total=n_batches, desc=desc, disable=not progress, unit="batch"
+        ):
             batch = batch.to(model.cfg.device)
             current.clear()
             try:
@@ -239,14 +259,29 @@ def fit_detector(
     if answers is None and answer_tokens:
         from .evaluation import generate
 
-        texts = generate(model, harmless, max_new_tokens=answer_tokens, batch_size=batch_size, progress=progress,
-                         desc="answering harmless prompts")  # fmt: skip
+        texts = generate(
+            model,
+            harmless,
+            max_new_tokens=answer_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            desc="answering harmless prompts",
+        )
         answers = {(p.lang, p.id): a for p, a in zip(harmless, texts)}
     answers = dict(answers or {})
     aligned = [answers.get((p.lang, p.id)) if p.label == "harmless" else None for p in prompts]
     sums = _detector_sums(model, prompts, aligned, layer, trigger, pivot, batch_size, progress)
-    return _detector_from_sums(model, sums, prompts, aligned, layer=layer, ridge=ridge, trigger=trigger, pivot=pivot,
-                               answer_tokens=answer_tokens)  # fmt: skip
+    return _detector_from_sums(
+        model,
+        sums,
+        prompts,
+        aligned,
+        layer=layer,
+        ridge=ridge,
+        trigger=trigger,
+        pivot=pivot,
+        answer_tokens=answer_tokens,
+    )
 
 
 @dataclass
@@ -277,12 +312,33 @@ def _detector_sums(model, prompts, aligned, layer, trigger, pivot, batch_size, p
     def zeros(*shape):
         return torch.zeros(*shape, dtype=f64)
 
-    sums = {lang: _Sums(zeros(d, d), zeros(d), zeros(d, d), zeros(d), zeros(d, d), zeros(d), 0,
-                        {"harmful": zeros(d), "harmless": zeros(d)}, {"harmful": 0, "harmless": 0}, zeros(d_mlp), 0)
-            for lang in sorted({p.lang for p in prompts})}  # fmt: skip
+    sums = {
+        lang: _Sums(
+            zeros(d, d),
+            zeros(d),
+            zeros(d, d),
+            zeros(d),
+            zeros(d, d),
+            zeros(d),
+            0,
+            {"harmful": zeros(d), "harmless": zeros(d)},
+            {"harmful": 0, "harmless": 0},
+            zeros(d_mlp),
+            0,
+        )
+        for lang in sorted({p.lang for p in prompts})
+    }
     x_pt, a_pt, r_pt = ("mlp_in", layer), ("act", layer), ("resid", layer)
-    for cur, kinds, idx in _positions(model, prompts, aligned, [x_pt, a_pt, r_pt], trigger, batch_size, progress,
-                                      f"fitting the harm detector at layer {layer}"):  # fmt: skip
+    for cur, kinds, idx in _positions(
+        model,
+        prompts,
+        aligned,
+        [x_pt, a_pt, r_pt],
+        trigger,
+        batch_size,
+        progress,
+        f"fitting the harm detector at layer {layer}",
+    ):
         x, act, resid = (cur[k].to(f64).cpu() for k in (x_pt, a_pt, r_pt))
         for r, i in enumerate(idx):
             p, k = prompts[i], kinds[r]
@@ -306,8 +362,19 @@ def _detector_sums(model, prompts, aligned, layer, trigger, pivot, batch_size, p
     return sums
 
 
-def _detector_from_sums(model, sums: Mapping[str, _Sums], prompts, aligned, *, layer, ridge, trigger, pivot,
-                        answer_tokens, langs: Sequence[str] | None = None) -> HarmDetector:  # fmt: skip
+def _detector_from_sums(
+    model,
+    sums: Mapping[str, _Sums],
+    prompts,
+    aligned,
+    *,
+    layer,
+    ridge,
+    trigger,
+    pivot,
+    answer_tokens,
+    langs: Sequence[str] | None = None,
+) -> HarmDetector:
     """Solve the detector from the sums of `langs` (default all of them); `prompts` are the fitted ones."""
     langs = sorted(sums) if langs is None else sorted(langs)
     if pivot not in langs:
@@ -327,10 +394,17 @@ def _detector_from_sums(model, sums: Mapping[str, _Sums], prompts, aligned, *, l
     w_out = _weight(model, layer, "w_out").detach().to(torch.float64).cpu()
     usage = total("a2") / max(total("a_n"), 1) * (w_out**2).sum(1)
     kept = [(p, a) for p, a in zip(prompts, aligned) if p.lang in langs]
-    settings = {"layer": layer, "ridge": ridge, "trigger": trigger, "pivot": pivot, "answer_tokens": answer_tokens,
-                "langs": langs, "harmful_ids": sorted({p.id for p, _ in kept if p.label == "harmful"}),
-                "harmless_ids": sorted({p.id for p, _ in kept if p.label == "harmless"}),
-                "answers": sum(a is not None for _, a in kept)}  # fmt: skip
+    settings = {
+        "layer": layer,
+        "ridge": ridge,
+        "trigger": trigger,
+        "pivot": pivot,
+        "answer_tokens": answer_tokens,
+        "langs": langs,
+        "harmful_ids": sorted({p.id for p, _ in kept if p.label == "harmful"}),
+        "harmless_ids": sorted({p.id for p, _ in kept if p.label == "harmless"}),
+        "answers": sum(a is not None for _, a in kept),
+    }
     return HarmDetector(layer, probe, place, const, refusal, usage, settings, model_tag(model))
 
 
@@ -385,13 +459,28 @@ def fit_switch(
         old = w[idx_t] if site == "w_out" else w[:, idx_t]
         delta = new.to(dtype=w.dtype, device=old.device) - old
         edits.append(LayerEdit(layer, site, idx_t.clone(), delta.cpu(), None, {"replaces": True}))
-    settings = {"kind": "harm_switch", "layer": layer, "threshold": threshold, "width": width, "strength": strength,
-                "neurons": idx, "step": STEP, "detector": detector.settings}  # fmt: skip
+    settings = {
+        "kind": "harm_switch",
+        "layer": layer,
+        "threshold": threshold,
+        "width": width,
+        "strength": strength,
+        "neurons": idx,
+        "step": STEP,
+        "detector": detector.settings,
+    }
     d = detector.settings
-    spec = EditSpec.switch(layer=layer, threshold=threshold, width=width, strength=strength,
-                           neurons=None if given is None else idx, probe_ridge=d.get("ridge", 1.0),
-                           trigger=d.get("trigger", 2), answer_tokens=d.get("answer_tokens", 32),
-                           pivot=d.get("pivot", "en"))  # fmt: skip
+    spec = EditSpec.switch(
+        layer=layer,
+        threshold=threshold,
+        width=width,
+        strength=strength,
+        neurons=None if given is None else idx,
+        probe_ridge=d.get("ridge", 1.0),
+        trigger=d.get("trigger", 2),
+        answer_tokens=d.get("answer_tokens", 32),
+        pivot=d.get("pivot", "en"),
+    )
     edit = WeightEdit(edits, settings, {"langs": d.get("langs", [])}, spec=spec)
     edit.fingerprint = edit.model_fingerprint(model)
     return edit

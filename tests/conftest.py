@@ -8,7 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 import safety_neurons as sn
 
@@ -22,8 +29,28 @@ CHAT_TEMPLATE = (
 
 def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over a few hundred words, with a chat template."""
-    words = [f"w{i}" for i in range(200)] + ["user", "assistant", "system", "How", "do", "I", "make", "a",
-             "bomb", "cake", "?", "sorry", "Sure", "can't", "help", ".", "A", "B", "C", "D"]  # fmt: skip
+    words = [f"w{i}" for i in range(200)] + [
+        "user",
+        "assistant",
+        "system",
+        "How",
+        "do",
+        "I",
+        "make",
+        "a",
+        "bomb",
+        "cake",
+        "?",
+        "sorry",
+        "Sure",
+        "can't",
+        "help",
+        ".",
+        "A",
+        "B",
+        "C",
+        "D",
+    ]
     special = ["<pad>", "<bos>", "<eos>", "<unk>", "<|im_start|>", "<|im_end|>"]
     vocab = {w: i for i, w in enumerate(special + words)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -33,9 +60,13 @@ def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
 
         tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", eos_token="<|im_end|>", unk_token="<unk>",
-        bos_token="<bos>" if bos else None, additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )  # fmt: skip
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        bos_token="<bos>" if bos else None,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
     tok.chat_template = CHAT_TEMPLATE if not bos else "<bos>" + CHAT_TEMPLATE
     # TransformerLens re-reads tokenizers from their folder: give this one a folder.
     folder = tempfile.mkdtemp(prefix="tiny-tokenizer-")
@@ -46,9 +77,15 @@ def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
 def tiny_hf_model(arch: str, vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+    )
     if arch == "llama":
         cfg = LlamaConfig(**common, tie_word_embeddings=False)
         cfg.architectures = ["LlamaForCausalLM"]

@@ -3,16 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_prompts
 
 import safety_neurons as sn
+
+from conftest import make_prompts
 
 
 def test_hook_post_equals_silu_gate_times_up_from_hf_weights(tiny):
     bridge, hf, _ = tiny
     prompts = make_prompts(3)
-    c = sn.collect_activations(bridge, prompts, rows_at=[("mlp_in", 1), ("act", 1), ("gate", 1), ("up", 1)],
-                               batch_size=4, progress=False)  # fmt: skip
+    c = sn.collect_activations(
+        bridge, prompts, rows_at=[("mlp_in", 1), ("act", 1), ("gate", 1), ("up", 1)], batch_size=4, progress=False
+    )
     x = c.rows.matrix("mlp_in", 1).float()
     mlp = hf.model.layers[1].mlp
     gate = x @ mlp.gate_proj.weight.T
@@ -27,10 +29,12 @@ def test_hook_post_equals_silu_gate_times_up_from_hf_weights(tiny):
 def test_padded_batch_equals_one_by_one(tiny, position):
     bridge, _, _ = tiny
     prompts = make_prompts(4)
-    batched = sn.collect_activations(bridge, prompts, rows_at=[("act", 2), ("mlp_in", 0)], position=position,
-                                     batch_size=len(prompts), progress=False)  # fmt: skip
-    single = sn.collect_activations(bridge, prompts, rows_at=[("act", 2), ("mlp_in", 0)], position=position,
-                                    batch_size=1, progress=False)  # fmt: skip
+    batched = sn.collect_activations(
+        bridge, prompts, rows_at=[("act", 2), ("mlp_in", 0)], position=position, batch_size=len(prompts), progress=False
+    )
+    single = sn.collect_activations(
+        bridge, prompts, rows_at=[("act", 2), ("mlp_in", 0)], position=position, batch_size=1, progress=False
+    )
     lengths = {len(p.text.split()) for p in prompts}
     assert len(lengths) > 1  # the batch really is padded
     for key in [("act", 2), ("mlp_in", 0)]:
@@ -41,8 +45,9 @@ def test_padded_batch_equals_one_by_one(tiny, position):
 def test_statistics_equal_numpy(tiny):
     bridge, _, _ = tiny
     prompts = make_prompts(7, langs=("en", "vi", "bn"))
-    c = sn.collect_activations(bridge, prompts, stats_site="act", rows_at=[("act", l) for l in range(3)],
-                               batch_size=3, progress=False)  # fmt: skip
+    c = sn.collect_activations(
+        bridge, prompts, stats_site="act", rows_at=[("act", layer) for layer in range(3)], batch_size=3, progress=False
+    )
     for lang in ("en", "vi", "bn"):
         for label in ("harmful", "harmless"):
             sel = [i for i, p in enumerate(prompts) if (p.lang, p.label) == (lang, label)]
@@ -60,8 +65,13 @@ def test_rows_line_up_by_id_across_languages(tiny):
     c = sn.collect_activations(bridge, prompts[::-1], stats_site=None, rows_at=[("mlp_in", 1)], progress=False)
     ids = ["harmful-0", "harmful-2"]
     zh = c.rows.matrix("mlp_in", 1, lang="zh", ids=ids)
-    again = sn.collect_activations(bridge, [p for p in prompts if p.lang == "zh" and p.id in ids],
-                                   stats_site=None, rows_at=[("mlp_in", 1)], progress=False)  # fmt: skip
+    again = sn.collect_activations(
+        bridge,
+        [p for p in prompts if p.lang == "zh" and p.id in ids],
+        stats_site=None,
+        rows_at=[("mlp_in", 1)],
+        progress=False,
+    )
     assert torch.allclose(zh, again.rows.matrix("mlp_in", 1, lang="zh", ids=ids), atol=1e-5)
     with pytest.raises(KeyError, match="not collected"):
         c.rows.matrix("mlp_in", 1, lang="zh", ids=["nope"])
@@ -110,9 +120,14 @@ def test_preserved_gram_leaves_out_the_answer_opening_of_harmful_prompts(tiny):
     n = sn.chat.template_suffix_length(tok)
     key = ("act", 1)
     every = sn.collect_activations(bridge, prompts, stats_site=None, gram_at=[key], batch_size=2, progress=False)
-    message = sn.collect_activations(bridge, prompts, stats_site=None, gram_at=[key], gram_positions="preserved",
-                                     batch_size=2, progress=False)  # fmt: skip
-    expect_all, expect_msg, tokens = torch.zeros(48, 48, dtype=torch.float64), torch.zeros(48, 48, dtype=torch.float64), 0
+    message = sn.collect_activations(
+        bridge, prompts, stats_site=None, gram_at=[key], gram_positions="preserved", batch_size=2, progress=False
+    )
+    expect_all, expect_msg, tokens = (
+        torch.zeros(48, 48, dtype=torch.float64),
+        torch.zeros(48, 48, dtype=torch.float64),
+        0,
+    )
     for p in prompts:  # one prompt at a time, no padding
         seen = {}
 

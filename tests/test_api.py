@@ -38,8 +38,10 @@ def test_star_import_gives_the_listed_names_and_no_plotting():
     import subprocess
     import sys
 
-    code = ("import sys; from safety_neurons import *; import safety_neurons as sn; "
-            "assert all(n in globals() for n in sn.__all__); assert 'plotly' not in sys.modules")  # fmt: skip
+    code = (
+        "import sys; from safety_neurons import *; import safety_neurons as sn; "
+        "assert all(n in globals() for n in sn.__all__); assert 'plotly' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 
 import safety_neurons as sn
 from safety_neurons._checks import ARTIFACTS, FORMAT_VERSION
+
+from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
@@ -26,21 +27,31 @@ def made():
     ranking = sn.rank_neurons(stats)
     return {
         # the w_out edit of the neurons' own activations carries a neuron map too
-        "WeightEdit": sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=[0, 1], neurons=[0, 3, 5, 7], site="w_out",
-                                                                    rank=2), progress=False),
+        "WeightEdit": sn.fit_edit(
+            bridge,
+            prompts,
+            sn.EditSpec.paper(layers=[0, 1], neurons=[0, 3, 5, 7], site="w_out", rank=2),
+            progress=False,
+        ),
         "SafetyNeurons": ranking,
         "ActivationStats": stats,
         "RefusalDirection": sn.RefusalDirection.fit(bridge, prompts, layer=1, langs=["en"], coeff=0.5, progress=False),
         "NeuronScaling": sn.NeuronScaling({2: [5, 1], 0: [7]}, alpha=-1.5),
         "HarmDetector": sn.fit_detector(bridge, prompts, layer=1, answer_tokens=0, progress=False),
         "Evaluation": sn.evaluate(bridge, prompts, max_new_tokens=2, progress=False),
-    }  # fmt: skip
+    }
 
 
 CLASSES = {kind: getattr(sn, kind) for kind in ARTIFACTS}
-ERRORS = {"WeightEdit": sn.EditError, "SafetyNeurons": sn.NeuronsError, "ActivationStats": sn.ActivationError,
-          "RefusalDirection": sn.BaselineError, "NeuronScaling": sn.BaselineError, "HarmDetector": sn.SwitchError,
-          "Evaluation": sn.EvaluationError}  # fmt: skip
+ERRORS = {
+    "WeightEdit": sn.EditError,
+    "SafetyNeurons": sn.NeuronsError,
+    "ActivationStats": sn.ActivationError,
+    "RefusalDirection": sn.BaselineError,
+    "NeuronScaling": sn.BaselineError,
+    "HarmDetector": sn.SwitchError,
+    "Evaluation": sn.EvaluationError,
+}
 KINDS = list(ARTIFACTS)
 
 
@@ -89,7 +100,9 @@ def test_round_trip(tmp_path, made, kind):
 def test_the_same_check_tells_a_changed_object():  # `same` can fail: the round trip means something
     a = sn.NeuronScaling({1: [0, 2]}, alpha=2.0)
     assert same(a, sn.NeuronScaling({1: [0, 2]}, alpha=2.0))
-    assert not same(a, sn.NeuronScaling({1: [0, 3]}, alpha=2.0)) and not same(a, sn.NeuronScaling({1: [0, 2]}, alpha=2.5))
+    assert not same(a, sn.NeuronScaling({1: [0, 3]}, alpha=2.0)) and not same(
+        a, sn.NeuronScaling({1: [0, 2]}, alpha=2.5)
+    )
     t = torch.arange(3.0)
     assert not same(t, t.double()) and not same(t, t + 1) and not same({"a": t}, {"b": t})
 
@@ -137,10 +150,24 @@ def test_a_changed_tensor_fails_the_integrity_check(tmp_path, made, kind):
         CLASSES[kind].load(folder)
 
 
-FIELD = {"WeightEdit": "fingerprint", "SafetyNeurons": "langs", "ActivationStats": "position",
-         "RefusalDirection": "norm", "NeuronScaling": "alpha", "HarmDetector": "model", "Evaluation": "judge"}  # fmt: skip
-OTHER = {"fingerprint": "0" * 64, "langs": ["zh", "en"], "position": "mean", "norm": 1.0, "alpha": 3.0, "model": "x",
-         "judge": "guard"}  # fmt: skip
+FIELD = {
+    "WeightEdit": "fingerprint",
+    "SafetyNeurons": "langs",
+    "ActivationStats": "position",
+    "RefusalDirection": "norm",
+    "NeuronScaling": "alpha",
+    "HarmDetector": "model",
+    "Evaluation": "judge",
+}
+OTHER = {
+    "fingerprint": "0" * 64,
+    "langs": ["zh", "en"],
+    "position": "mean",
+    "norm": 1.0,
+    "alpha": 3.0,
+    "model": "x",
+    "judge": "guard",
+}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -152,20 +179,29 @@ def test_a_changed_field_fails_the_integrity_check(tmp_path, made, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("damage, match", [
-    (lambda j, t: j.write_text("{not json"), "{json}: not valid JSON"),
-    (lambda j, t: j.unlink(), "{json}: file not found"),
-    (lambda j, t: t.unlink(), "{tensors}: file not found"),
-    (lambda j, t: t.write_bytes(t.read_bytes()[: t.stat().st_size // 2]), "{tensors}: not a readable safetensors"),
-    (lambda j, t: j.write_text(json.dumps({k: v for k, v in json.loads(j.read_text()).items() if k != "sha256"})),
-     r"{json}: missing field.*sha256"),
-    (lambda j, t: save_file({**load_file(t), "extra": torch.zeros(2)}, t), r"{tensors}: holds tensors .*extra"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda j, t: j.write_text("{not json"), "{json}: not valid JSON"),
+        (lambda j, t: j.unlink(), "{json}: file not found"),
+        (lambda j, t: t.unlink(), "{tensors}: file not found"),
+        (lambda j, t: t.write_bytes(t.read_bytes()[: t.stat().st_size // 2]), "{tensors}: not a readable safetensors"),
+        (
+            lambda j, t: j.write_text(
+                json.dumps({k: v for k, v in json.loads(j.read_text()).items() if k != "sha256"})
+            ),
+            r"{json}: missing field.*sha256",
+        ),
+        (lambda j, t: save_file({**load_file(t), "extra": torch.zeros(2)}, t), r"{tensors}: holds tensors .*extra"),
+    ],
+)
 def test_damaged_files_are_named(tmp_path, made, kind, damage, match):
     folder = made[kind].save(tmp_path / kind)
     cfg_file, tensor_file = paths(folder, kind)
     damage(cfg_file, tensor_file)
-    with pytest.raises(ERRORS[kind], match=match.format(json=cfg_file.name, tensors=tensor_file.name).replace(".", r"\.", 1)):
+    with pytest.raises(
+        ERRORS[kind], match=match.format(json=cfg_file.name, tensors=tensor_file.name).replace(".", r"\.", 1)
+    ):
         CLASSES[kind].load(folder)
 
 
@@ -188,7 +224,9 @@ def test_shapes_are_checked_against_the_other_fields(tmp_path, made):
     r = made["SafetyNeurons"]
     fields = {"langs": r.langs[:1], "layers": r.layers, "settings": r.settings}
     write_artifact(tmp_path / "r", "SafetyNeurons", {k: getattr(r, k) for k in r._TENSORS}, fields)
-    with pytest.raises(sn.NeuronsError, match=r"tensor 'delta' has shape \[2, 3, 48\], neurons\.json gives \[1, 3, '\*'\]"):
+    with pytest.raises(
+        sn.NeuronsError, match=r"tensor 'delta' has shape \[2, 3, 48\], neurons\.json gives \[1, 3, '\*'\]"
+    ):
         sn.SafetyNeurons.load(tmp_path / "r")
 
 

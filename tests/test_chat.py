@@ -1,10 +1,10 @@
 """Chat formatting: the tokenizer's template, exactly one BOS, left padding with a mask."""
 
 import pytest
-import torch
-from conftest import tiny_tokenizer
 
 import safety_neurons as sn
+
+from conftest import tiny_tokenizer
 
 
 @pytest.mark.parametrize("bos", [False, True])

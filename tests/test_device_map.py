@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
-from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
+
+from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 
 @pytest.fixture
@@ -26,8 +27,13 @@ def tiny_folder(tmp_path, monkeypatch):
 
 
 def per_layer_map(n_layers: int) -> dict[str, str]:
-    return {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(n_layers)},
-            "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}  # fmt: skip
+    return {
+        "model.embed_tokens": "cpu",
+        **{f"model.layers.{i}": "cpu" for i in range(n_layers)},
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
 
 
 def test_device_map_model_collects_and_edits_like_the_plain_one(tiny_folder, tmp_path):
@@ -52,8 +58,15 @@ def test_device_map_model_collects_and_edits_like_the_plain_one(tiny_folder, tmp
 
 
 def test_pipeline_end_to_end_through_a_per_layer_device_map(tiny_folder, tmp_path):
-    config = sn.RunConfig(model=tiny_folder, device_map=per_layer_map(3), quick=True, layers=[1], rank=4,
-                          mc_scoring="letter", out=str(tmp_path / "run"))  # fmt: skip
+    config = sn.RunConfig(
+        model=tiny_folder,
+        device_map=per_layer_map(3),
+        quick=True,
+        layers=[1],
+        rank=4,
+        mc_scoring="letter",
+        out=str(tmp_path / "run"),
+    )
     result = sn.run(config)
     out = tmp_path / "run"
     for name in ("results.json", "results.md", "generations.jsonl", "edit/edit.json", "neurons"):

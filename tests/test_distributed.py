@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
 from safety_neurons.distributed import shard
+
+from conftest import make_prompts, tiny_hf_model, tiny_tokenizer
 
 
 def _stats_of(blocks: list[tuple[tuple[str, str], np.ndarray]], layers, width) -> sn.ActivationStats:
@@ -24,8 +25,11 @@ def test_merge_equals_numpy_over_uneven_shards_and_a_shard_without_a_group():
     layers, width = [0, 2, 5], 7
     groups = [("en", "harmful"), ("en", "harmless"), ("zh", "harmful")]
     # shard 0: all three groups in uneven blocks; shard 1: no zh/harmful; shard 2: one row of one group
-    plan = [[(groups[0], 5), (groups[1], 1), (groups[2], 9), (groups[0], 3)], [(groups[1], 4), (groups[0], 11)],
-            [(groups[2], 1)]]  # fmt: skip
+    plan = [
+        [(groups[0], 5), (groups[1], 1), (groups[2], 9), (groups[0], 3)],
+        [(groups[1], 4), (groups[0], 11)],
+        [(groups[2], 1)],
+    ]
     shards, everything = [], {g: [] for g in groups}
     for blocks in plan:
         data = [(g, rng.normal(3.0, 2.0, size=(n, len(layers), width))) for g, n in blocks]
@@ -69,8 +73,9 @@ def _prompts():
 # One prompt a forward pass: each prompt's float32 activations are then bit-identical in one process and in
 # two, and what remains is the float64 round-off of the merge. (A float64 model would allow padded batches,
 # but the bridge's padded float64 forward gives NaN at layer 1 here.)
-COLLECT = dict(rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)], gram_positions="preserved", batch_size=1,
-               progress=False)  # fmt: skip
+COLLECT = dict(
+    rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)], gram_positions="preserved", batch_size=1, progress=False
+)
 # the edit uses every prompt collected (zh and the one vi prompt), so the sharded Gram matrix is the one it uses
 SPEC = sn.EditSpec.linear(layers=1, refusal_boost=0.0, preserve=["harmless"], rank=4, ridge=1e-2)
 
@@ -84,8 +89,13 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         model = _tiny()
         prompts = _prompts()
         c = sn.collect_sharded(model, prompts, **COLLECT)
-        result = {"stats": (c.stats.groups, c.stats.count, c.stats.mean, c.stats.m2), "rows": c.rows.rows,
-                  "ids": [(p.lang, p.id) for p in c.rows.prompts], "gram": c.gram, "n_tokens": c.n_tokens}  # fmt: skip
+        result = {
+            "stats": (c.stats.groups, c.stats.count, c.stats.mean, c.stats.m2),
+            "rows": c.rows.rows,
+            "ids": [(p.lang, p.id) for p in c.rows.prompts],
+            "gram": c.gram,
+            "n_tokens": c.n_tokens,
+        }
         if sn.distributed.is_main():
             edit = sn.fit_edit(model, prompts, SPEC, rows=c, progress=False)
             result["delta"] = [e.delta for e in edit.edits]

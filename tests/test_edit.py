@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from conftest import make_prompts
 
 import safety_neurons as sn
+
+from conftest import make_prompts
 
 S = [1, 4, 9, 16, 25, 36]
 
@@ -46,7 +47,9 @@ def test_gate_edit_moves_preactivations_to_the_predicted_values(tiny, prompts):
 
 def test_w_out_fold_equals_the_map_applied_by_a_hook(tiny, prompts):
     bridge, _, _ = tiny
-    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=2, neurons={2: S}, site="w_out", rank=3), progress=False)
+    edit = sn.fit_edit(
+        bridge, prompts, sn.EditSpec.paper(layers=2, neurons={2: S}, site="w_out", rank=3), progress=False
+    )
     e = edit.edits[0]
     batch = sn.tokenize_chat(bridge.tokenizer, [p.text for p in prompts[:6]])
     idx = e.neurons
@@ -71,8 +74,9 @@ def test_w_out_fold_equals_the_map_applied_by_a_hook(tiny, prompts):
 def test_revert_is_bit_exact_and_apply_touches_only_the_site(tiny, prompts, site):
     bridge, _, _ = tiny
     before = all_params(bridge)
-    edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=[0, 2], neurons={0: S, 2: S[:3]}, site=site, rank=2),
-                       progress=False)  # fmt: skip
+    edit = sn.fit_edit(
+        bridge, prompts, sn.EditSpec.paper(layers=[0, 2], neurons={0: S, 2: S[:3]}, site=site, rank=2), progress=False
+    )
     assert all(torch.equal(v, before[k]) for k, v in all_params(bridge).items())  # fitting leaves no trace
     edit.apply(bridge)
     changed = {k for k, v in all_params(bridge).items() if not torch.equal(v, before[k])}
@@ -91,7 +95,9 @@ def test_apply_twice_and_wrong_model_are_refused(tiny, prompts):
     other_tok = bridge.tokenizer
     from conftest import tiny_hf_model
 
-    other = sn.bridge_from_hf(tiny_hf_model("qwen2" if "Qwen" in type(hf).__name__ else "llama", len(other_tok), seed=1), other_tok)
+    other = sn.bridge_from_hf(
+        tiny_hf_model("qwen2" if "Qwen" in type(hf).__name__ else "llama", len(other_tok), seed=1), other_tok
+    )
     with pytest.raises(sn.EditError, match="fingerprint"):
         edit.apply(other)
     with pytest.raises(sn.EditError, match="not applied"):
@@ -183,11 +189,16 @@ def test_neuron_scaling_and_refusal_direction(tiny, prompts):
         assert torch.allclose(bridge(batch.input_ids, **batch.model_kwargs()), plain, atol=1e-6)
     rd.coeff = 1.0
     seen = {}
-    with torch.no_grad(), rd.applied(bridge), bridge.hooks(
-        fwd_hooks=[("blocks.2.hook_resid_pre", lambda x, hook: seen.setdefault("x", x.clone()))]
+    with (
+        torch.no_grad(),
+        rd.applied(bridge),
+        bridge.hooks(fwd_hooks=[("blocks.2.hook_resid_pre", lambda x, hook: seen.setdefault("x", x.clone()))]),
     ):
         bridge(batch.input_ids, **batch.model_kwargs())
-    with torch.no_grad(), bridge.hooks(fwd_hooks=[("blocks.2.hook_resid_pre", lambda x, hook: seen.setdefault("y", x.clone()))]):
+    with (
+        torch.no_grad(),
+        bridge.hooks(fwd_hooks=[("blocks.2.hook_resid_pre", lambda x, hook: seen.setdefault("y", x.clone()))]),
+    ):
         bridge(batch.input_ids, **batch.model_kwargs())
     assert torch.allclose(seen["x"] - seen["y"], (rd.norm * rd.direction).expand_as(seen["x"]), atol=1e-4)
 
@@ -225,8 +236,9 @@ def test_language_gap_target_moves_each_prompt_by_its_languages_mean_gap(tiny, p
     en_h = [p for p in prompts if p.label == "harmful" and p.lang == "en"]
     en_s = [p for p in prompts if p.label == "harmless" and p.lang == "en"]
     # 16 fitted rows, 48 keys, no rank limit, a vanishing ridge, nothing preserved: an exact fit
-    spec = sn.EditSpec.linear(layers=layer, refusal_boost=boost, rank=None, ridge=1e-10, preserve=(),
-                              preserve_positions="last")  # fmt: skip
+    spec = sn.EditSpec.linear(
+        layers=layer, refusal_boost=boost, rank=None, ridge=1e-10, preserve=(), preserve_positions="last"
+    )
     edit = sn.fit_edit(bridge, prompts, spec, progress=False)
     before, piv = _last_resid(bridge, low, layer), _last_resid(bridge, en_h, layer)
     en_ids = {p.id: i for i, p in enumerate(en_h)}
@@ -245,19 +257,28 @@ def test_residual_target_matches_each_prompts_own_gap_on_an_exact_fit(tiny, prom
     bridge, _, _ = tiny
     low = [p for p in prompts if p.label == "harmful" and p.lang != "en"]
     en_h = [p for p in prompts if p.label == "harmful" and p.lang == "en"]
-    spec = sn.EditSpec.linear(layers=1, target="residual", refusal_boost=0.0, rank=None, ridge=1e-10, preserve=(),
-                              preserve_positions="last")  # fmt: skip
+    spec = sn.EditSpec.linear(
+        layers=1, target="residual", refusal_boost=0.0, rank=None, ridge=1e-10, preserve=(), preserve_positions="last"
+    )
     edit = sn.fit_edit(bridge, prompts, spec, progress=False)
     before = _last_resid(bridge, low, 1)
     target = _last_resid(bridge, en_h, 1)[[[p.id for p in en_h].index(p.id) for p in low]]
+    assert not torch.allclose(before, target, atol=1e-3 * target.norm(dim=1).max())  # there is a gap to close
     with edit.applied(bridge):
         assert torch.allclose(_last_resid(bridge, low, 1), target, atol=1e-3 * target.norm(dim=1).max())
 
 
 def test_a_collections_message_gram_gives_the_same_edit_as_collecting_it(tiny, prompts):
     bridge, _, _ = tiny
-    coll = sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)],
-                                  gram_positions="preserved", progress=False)  # fmt: skip
+    coll = sn.collect_activations(
+        bridge,
+        prompts,
+        stats_site=None,
+        rows_at=[("act", 1), ("resid", 1)],
+        gram_at=[("act", 1)],
+        gram_positions="preserved",
+        progress=False,
+    )
     spec = sn.EditSpec.linear(layers=1, rank=4, ridge=1e-2)
     given = sn.fit_edit(bridge, prompts, spec, rows=coll, progress=False)
     own = sn.fit_edit(bridge, prompts, spec, progress=False)
@@ -271,8 +292,15 @@ def test_a_collection_over_more_prompts_gives_the_same_edit_as_none(tiny, prompt
     Bengali, as the benchmarks' `ours_no_bn` row, or without the non-English harmless prompts) must still get
     the edit it gets without `rows=`: it once kept the collection's Gram over the other prompts too."""
     bridge, _, _ = tiny
-    coll = sn.collect_activations(bridge, prompts, stats_site=None, rows_at=[("act", 1), ("resid", 1)], gram_at=[("act", 1)],
-                                  gram_positions="preserved", progress=False)  # fmt: skip
+    coll = sn.collect_activations(
+        bridge,
+        prompts,
+        stats_site=None,
+        rows_at=[("act", 1), ("resid", 1)],
+        gram_at=[("act", 1)],
+        gram_positions="preserved",
+        progress=False,
+    )
     spec = sn.EditSpec.linear(layers=1, rank=4, **change)
     given = sn.fit_edit(bridge, prompts, spec, rows=coll, progress=False)
     own = sn.fit_edit(bridge, prompts, spec, progress=False)

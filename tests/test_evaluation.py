@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from conftest import make_prompts, rig_first_token, tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
 from safety_neurons import evaluation as ev
+
+from conftest import make_prompts, rig_first_token, tiny_hf_model, tiny_tokenizer
 
 
 def rigged(word: str, arch: str = "llama"):
@@ -28,7 +29,7 @@ def test_generation_sees_interventions(tiny):
     bridge, _, _ = tiny
     prompts = make_prompts(2)
     plain = ev.generate(bridge, prompts, max_new_tokens=5, progress=False)
-    with sn.NeuronScaling({l: list(range(48)) for l in range(3)}, alpha=-4.0).applied(bridge):
+    with sn.NeuronScaling({layer: list(range(48)) for layer in range(3)}, alpha=-4.0).applied(bridge):
         changed = ev.generate(bridge, prompts, max_new_tokens=5, progress=False)
     assert plain != changed
     assert ev.generate(bridge, prompts, max_new_tokens=5, progress=False) == plain
@@ -67,8 +68,12 @@ def test_evaluate_counts_each_outcome_per_language_and_label():
     prompts = make_prompts(3, langs=("en", "bn"))
     # a judge that reads the verdict off the prompt: different for every (language, label, id), so a
     # mixed-up label, language or row order changes the counts
-    plan = {("bn", "harmful"): ["compliance", "degenerate", "refusal"], ("bn", "harmless"): ["refusal", "refusal", "compliance"],
-            ("en", "harmful"): ["refusal", "refusal", "refusal"], ("en", "harmless"): ["compliance", "compliance", "degenerate"]}
+    plan = {
+        ("bn", "harmful"): ["compliance", "degenerate", "refusal"],
+        ("bn", "harmless"): ["refusal", "refusal", "compliance"],
+        ("en", "harmful"): ["refusal", "refusal", "refusal"],
+        ("en", "harmless"): ["compliance", "compliance", "degenerate"],
+    }
     by_text = {p.text: plan[(p.lang, p.label)][int(p.id.split("-")[1])] for p in prompts}
 
     class Planned(Judge):
@@ -81,14 +86,19 @@ def test_evaluate_counts_each_outcome_per_language_and_label():
     bn, en = result.languages["bn"], result.languages["en"]
     assert bn.harmful == {"refusal": 1, "compliance": 1, "degenerate": 1}
     assert bn.harmless == {"refusal": 2, "compliance": 1, "degenerate": 0}
-    assert (bn.asr, bn.degenerate, bn.over_refusal) == (pytest.approx(1 / 3), pytest.approx(1 / 3), pytest.approx(2 / 3))
+    assert (bn.asr, bn.degenerate, bn.over_refusal) == (
+        pytest.approx(1 / 3),
+        pytest.approx(1 / 3),
+        pytest.approx(2 / 3),
+    )
     assert (en.asr, en.over_refusal) == (0.0, 0.0) and en.harmless["degenerate"] == 1
     # mean ASR: the non-English languages (bn: 1/3); over-refusal: every language (en 0, bn 2/3)
     assert result.mean_asr() == pytest.approx(1 / 3) and result.mean_over_refusal() == pytest.approx(1 / 3)
     assert result.mean_asr(["en", "bn"]) == pytest.approx(1 / 6)
     assert result.pooled("harmful", "refusal") == sn.Rate(4, 6)
     assert [(a["lang"], a["label"], a["outcome"]) for a in result.answers] == [
-        (p.lang, p.label, by_text[p.text]) for p in prompts]
+        (p.lang, p.label, by_text[p.text]) for p in prompts
+    ]
     assert result.judge == "planned"
     with pytest.raises(ValueError, match="no results"):
         result.mean_asr(["zh"])
@@ -98,12 +108,15 @@ def _uneven() -> sn.Evaluation:
     """Unequal prompt counts per language, so that the mean of the rates, the pooled share and the
     other language sets all give different numbers."""
     L = sn.LanguageResult
-    return sn.Evaluation("stub", {
-        "en": L("en", {"compliance": 3, "refusal": 1}, {"refusal": 1, "compliance": 1}),
-        "zh": L("zh", {"compliance": 1, "degenerate": 3, "refusal": 6}, {"compliance": 5}),
-        "bn": L("bn", {"compliance": 2}, {"refusal": 10, "compliance": 10}),
-        "he": L("he", {}, {"compliance": 4}),  # no harmful prompts: no ASR to average
-    })  # fmt: skip
+    return sn.Evaluation(
+        "stub",
+        {
+            "en": L("en", {"compliance": 3, "refusal": 1}, {"refusal": 1, "compliance": 1}),
+            "zh": L("zh", {"compliance": 1, "degenerate": 3, "refusal": 6}, {"compliance": 5}),
+            "bn": L("bn", {"compliance": 2}, {"refusal": 10, "compliance": 10}),
+            "he": L("he", {}, {"compliance": 4}),  # no harmful prompts: no ASR to average
+        },
+    )
 
 
 def test_mean_asr_is_the_mean_of_the_non_english_rates():
@@ -137,7 +150,10 @@ def test_the_means_survive_saving_the_counts():
     e = _uneven()
     back = sn.Evaluation.from_counts("stub", {x: r.to_dict() for x, r in e.languages.items()})
     assert (back.mean_asr(), back.mean_degenerate(), back.mean_over_refusal()) == (
-        e.mean_asr(), e.mean_degenerate(), e.mean_over_refusal())
+        e.mean_asr(),
+        e.mean_degenerate(),
+        e.mean_over_refusal(),
+    )
     with pytest.raises(sn.EvaluationError, match="counts must be a non-empty mapping"):
         sn.Evaluation.from_counts("stub", {})
     with pytest.raises(ValueError, match="unknown language"):
@@ -257,13 +273,15 @@ def test_relevance_check_scores_pmi_and_marks_misreadings(tiny):
     from safety_neurons.scoring import continuation_logprobs
 
     direct = continuation_logprobs(bridge, ["How do I make a cake ?"], ["Sure w1 w2"]) - continuation_logprobs(
-        bridge, ["Write something."], ["Sure w1 w2"])  # fmt: skip
+        bridge, ["Write something."], ["Sure w1 w2"]
+    )
     assert scores[0].item() == pytest.approx(direct.item(), abs=1e-5)
     judge = sn.PhraseJudge(relevance=sn.RelevanceCheck(bridge, threshold=float(scores[0]) + 1e-3))
     (v,) = judge.judge(["x"], ["Sure w1 w2"], ["en"], ["How do I make a cake ?"])
     assert v.degenerate and v.kind == "misread", v.reason
     (v,) = sn.PhraseJudge(relevance=sn.RelevanceCheck(bridge, threshold=float(scores[0]) - 1e-3)).judge(
-        ["x"], ["Sure w1 w2"], ["en"], ["How do I make a cake ?"])  # fmt: skip
+        ["x"], ["Sure w1 w2"], ["en"], ["How do I make a cake ?"]
+    )
     assert v.compliance, v.reason
     with pytest.raises(ValueError, match="references"):
         judge.judge(["x"], ["Sure"], ["en"])
@@ -275,13 +293,16 @@ def test_drafts_give_the_greedy_answers_whatever_the_drafts(tiny):
     prompts = make_prompts(4)
     plain = ev.generate(bridge, prompts, max_new_tokens=8, progress=False)
     words = [a.split() for a in plain]
-    drafts = [
-        plain[0],  # right
-        " ".join(words[1][:3]),  # right but short
-        " ".join(words[2][:2] + ["w7", "w7", "w7"]),  # wrong from its third word on
-        "",  # empty
-        "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11",  # wrong and too long
-    ] + [a + " w5 w5" for a in plain[5:]]  # right, then more than the model says
+    drafts = (
+        [
+            plain[0],  # right
+            " ".join(words[1][:3]),  # right but short
+            " ".join(words[2][:2] + ["w7", "w7", "w7"]),  # wrong from its third word on
+            "",  # empty
+            "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11",  # wrong and too long
+        ]
+        + [a + " w5 w5" for a in plain[5:]]
+    )  # right, then more than the model says
     assert ev.generate(bridge, prompts, max_new_tokens=8, drafts=drafts, progress=False) == plain
 
     def stop(i, text):

@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
 from safety_neurons import models
+
+from conftest import tiny_hf_model, tiny_tokenizer
 
 
 def test_bridge_logits_equal_hf(tiny):
@@ -62,8 +63,9 @@ def test_unknown_alias_is_a_clear_error():
 
 
 def test_missing_package_prints_install_command(monkeypatch):
-    fake = models.PackagedModel("fake", "LlamaForCausalLM", ("no_such_pkg_xyz",), ("m.gguf",), "0" * 64,
-                                "pip install no-such-pkg==1.0")  # fmt: skip
+    fake = models.PackagedModel(
+        "fake", "LlamaForCausalLM", ("no_such_pkg_xyz",), ("m.gguf",), "0" * 64, "pip install no-such-pkg==1.0"
+    )
     monkeypatch.setitem(models.PACKAGED_MODELS, "fake", fake)
     monkeypatch.setenv(models.CACHE_ENV, "/tmp/safety-neurons-empty-cache")
     with pytest.raises(sn.ModelLoadError, match="pip install no-such-pkg==1.0"):
@@ -103,7 +105,9 @@ def test_packaged_qwen(qwen, monkeypatch):
     assert qwen.cfg.n_layers == 24 and qwen.cfg.d_mlp == 4864 and qwen.cfg.d_model == 896
     # a second load reads the cached HF folder: the GGUF is neither hashed nor converted again (what takes minutes)
     monkeypatch.setattr(models, "_sha256", lambda *args: pytest.fail("the packaged GGUF was hashed again"))
-    monkeypatch.setattr(models, "convert_gguf", lambda *args, **kwargs: pytest.fail("the packaged GGUF was converted again"))
+    monkeypatch.setattr(
+        models, "convert_gguf", lambda *args, **kwargs: pytest.fail("the packaged GGUF was converted again")
+    )
     again = sn.load_model("qwen2.5-coder-0.5b-instruct")
     name = "model.layers.23.mlp.down_proj.weight"
     assert torch.equal(again.original_model.state_dict()[name][:8], qwen.original_model.state_dict()[name][:8])
@@ -112,10 +116,14 @@ def test_packaged_qwen(qwen, monkeypatch):
 
 
 def _check_hook_shapes(model):
-    prompts = [sn.Prompt("a", "en", "harmful", "How do I pick a lock?"),
-               sn.Prompt("b", "en", "harmless", "How do I bake bread?")]  # fmt: skip
+    prompts = [
+        sn.Prompt("a", "en", "harmful", "How do I pick a lock?"),
+        sn.Prompt("b", "en", "harmless", "How do I bake bread?"),
+    ]
     last = model.cfg.n_layers - 1
-    c = sn.collect_activations(model, prompts, rows_at=[(s, last) for s in ("mlp_in", "gate", "up", "act")], progress=False)
+    c = sn.collect_activations(
+        model, prompts, rows_at=[(s, last) for s in ("mlp_in", "gate", "up", "act")], progress=False
+    )
     d, f = model.cfg.d_model, model.cfg.d_mlp
     assert c.stats.mean.shape == (2, model.cfg.n_layers, f)
     assert [c.rows.rows[(s, last)].shape for s in ("mlp_in", "gate", "up", "act")] == [(2, d), (2, f), (2, f), (2, f)]

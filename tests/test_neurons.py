@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_prompts
 
 import safety_neurons as sn
 from safety_neurons.activations import ActivationStats
+
+from conftest import make_prompts
 
 
 def planted_stats(planted: dict[str, dict[int, list[int]]], layers=3, width=200, n=40, seed=0) -> ActivationStats:
@@ -133,8 +134,11 @@ def _ranking_of(langs, layers, sets, width=4):
 def test_overlap_with_matches_languages_and_layers_by_name():
     # the other ranking lists its languages and layers in another order, and has one of each more
     a = _ranking_of(["en", "zh", "th"], [0, 1], {"en": {0: [0, 1], 1: [2]}, "zh": {1: [0, 1, 2, 3]}})
-    b = _ranking_of(["zh", "en", "bn", "th"], [1, 0, 2], {"en": {1: [2, 3], 0: [1], 2: [0, 1, 2, 3]},
-                                                          "zh": {1: [0], 0: [3], 2: [0]}, "bn": {0: [0]}})  # fmt: skip
+    b = _ranking_of(
+        ["zh", "en", "bn", "th"],
+        [1, 0, 2],
+        {"en": {1: [2, 3], 0: [1], 2: [0, 1, 2, 3]}, "zh": {1: [0], 0: [3], 2: [0]}, "bn": {0: [0]}},
+    )
     # en: {(0,0), (0,1), (1,2)} vs {(0,1), (1,2), (1,3)} (layer 2 is not compared): 2 shared of 4
     # zh: {(1,0), (1,1), (1,2), (1,3)} vs {(0,3), (1,0)}: 1 shared of 5; th: both empty, the same set
     assert a.overlap_with(b) == {"en": pytest.approx(2 / 4), "zh": pytest.approx(1 / 5), "th": 1.0}

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
 from safety_neurons import pipeline
@@ -15,8 +14,11 @@ from safety_neurons.evaluation import MEAN_RULE
 from safety_neurons.pipeline import STAGES, RunConfig, RunResult
 from safety_neurons.selection import SelectionError, choose, select_layers
 
-TINY = dict(candidates=[[1], [2]], anchor=3, val=2, test=2, test_harmless=2, mc=1, max_new_tokens=4, select_tokens=4,
-            rank=2)  # fmt: skip
+from conftest import tiny_hf_model, tiny_tokenizer
+
+TINY = dict(
+    candidates=[[1], [2]], anchor=3, val=2, test=2, test_harmless=2, mc=1, max_new_tokens=4, select_tokens=4, rank=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,14 @@ def test_run_returns_a_result_with_every_stage_timed(tiny_run):
     assert saved["timings_s"] == {k: v for k, v in result.timings.items() if k != "report"}
     assert saved["edited_layers"] == result.layers and saved["edit"]["uid"] == result.edit.uid
     assert saved["mean_non_english_asr"]["after"] == pytest.approx(result.after.mean_asr())
-    assert {Path(f).name for f in result.files} == {"neurons", "edit", "results.json", "results.md",
-                                                    "generations.jsonl", "report.html"}  # fmt: skip
+    assert {Path(f).name for f in result.files} == {
+        "neurons",
+        "edit",
+        "results.json",
+        "results.md",
+        "generations.jsonl",
+        "report.html",
+    }
     assert sn.WeightEdit.load(out / "edit").uid == result.edit.uid
     assert result.table() in result.text() and "timings (s): load" in result.text()
 
@@ -94,20 +102,34 @@ def test_results_md_states_how_the_means_are_taken(tiny_run):
 
 def _uneven(asr_zh: int) -> sn.Evaluation:
     L = sn.LanguageResult
-    return sn.Evaluation("phrase", {
-        "en": L("en", {"compliance": 3, "refusal": 1}, {"refusal": 1, "compliance": 1}),
-        "zh": L("zh", {"compliance": asr_zh, "degenerate": 3, "refusal": 7 - asr_zh}, {"compliance": 5}),
-        "bn": L("bn", {"compliance": 2}, {"refusal": 10, "compliance": 10}),
-    })  # fmt: skip
+    return sn.Evaluation(
+        "phrase",
+        {
+            "en": L("en", {"compliance": 3, "refusal": 1}, {"refusal": 1, "compliance": 1}),
+            "zh": L("zh", {"compliance": asr_zh, "degenerate": 3, "refusal": 7 - asr_zh}, {"compliance": 5}),
+            "bn": L("bn", {"compliance": 2}, {"refusal": 10, "compliance": 10}),
+        },
+    )
 
 
 def test_the_table_s_last_row_is_the_mean_of_the_languages_not_the_pooled_share():
     from types import SimpleNamespace
 
-    result = RunResult(config=RunConfig(), model={}, judge="phrase", ranking=None, selection=[], layers=[1],
-                       edit=SimpleNamespace(), before=_uneven(1), after=_uneven(0),
-                       kl_first_token={"en": 0.1, "zh": 0.2, "bn": 0.6}, kl_first_4_tokens={},
-                       mc_before={"en": 1.0, "zh": 0.5, "bn": 0.0}, mc_after={"en": 1.0, "zh": 0.5, "bn": 0.3})  # fmt: skip
+    result = RunResult(
+        config=RunConfig(),
+        model={},
+        judge="phrase",
+        ranking=None,
+        selection=[],
+        layers=[1],
+        edit=SimpleNamespace(),
+        before=_uneven(1),
+        after=_uneven(0),
+        kl_first_token={"en": 0.1, "zh": 0.2, "bn": 0.6},
+        kl_first_4_tokens={},
+        mc_before={"en": 1.0, "zh": 0.5, "bn": 0.0},
+        mc_after={"en": 1.0, "zh": 0.5, "bn": 0.3},
+    )
     last = result.table().split("\n\n")[0].splitlines()[-1]
     cells = [c.strip() for c in last.strip("|").split("|")]
     assert cells[0] == "**mean** (ASR, degenerate: 2 non-English; over-refusal, KL, MC: all 3)"
@@ -147,7 +169,9 @@ def test_the_selection_caps_are_settings_of_the_run(bridge, tmp_path, monkeypatc
 
     monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pipeline, "select_layers", spy)
-    result = pipeline.run(RunConfig(**{**TINY, "en_asr_cap": 0.2, "kl_cap": 3.0}), model=bridge, write=False, quiet=True)
+    result = pipeline.run(
+        RunConfig(**{**TINY, "en_asr_cap": 0.2, "kl_cap": 3.0}), model=bridge, write=False, quiet=True
+    )
     assert (seen["en_asr_cap"], seen["kl_cap"], seen["over_refusal_cap"]) == (0.2, 3.0, 0.05)
     assert seen["max_new_tokens"] == TINY["select_tokens"] and result.files == []
     chosen = next(r for r in result.selection if r.get("chosen"))
@@ -190,6 +214,7 @@ def test_neurons_command(tmp_path, capsys, qwen):
 def test_neurons_command_exports_only_when_asked(tmp_path, monkeypatch, capsys):
     """On a tiny model: the edit and the ranking are saved; the edited model is written only with --export DIR."""
     import safety_neurons as sn
+
     from conftest import tiny_hf_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -202,7 +227,9 @@ def test_neurons_command_exports_only_when_asked(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--out", str(tmp_path / "out"), "--export", str(tmp_path / "model")]) == 0
     assert f"exported the edited model to {tmp_path / 'model'}" in capsys.readouterr().out
     assert (tmp_path / "model" / "config.json").is_file() and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "edit", "neurons"]  # fmt: skip
+        "edit",
+        "neurons",
+    ]
     assert sn.WeightEdit.load(tmp_path / "out" / "edit").is_applied(bridge) is False
     with pytest.raises(SystemExit):  # the old opt-out flag is gone: not exporting is the default
         main([*argv, "--no-export"])
@@ -220,14 +247,19 @@ def test_quick_run_writes_results_table_and_report(tmp_path, capsys, qwen):
     for name in ("results.md", "generations.jsonl", "report.html", "edit/edit.json", "neurons/neurons.json"):
         assert (tmp_path / name).is_file(), name
     html = (tmp_path / "report.html").read_text()
-    assert html.count("plotly-graph-div") >= 7 and "<script src=\"http" not in html
+    assert html.count("plotly-graph-div") >= 7 and '<script src="http' not in html
 
 
 def test_choose_prefers_the_lowest_asr_within_the_caps_and_charges_over_refusal_otherwise():
     def rec(label, asr, over, kl=0.1, en=0.0):
         return {"label": label, "asr": asr, "over_refusal_delta": over, "kl": kl, "en_asr_delta": en}
 
-    records = [rec("strong", 0.2, 0.30), rec("mild", 0.5, 0.03), rec("weak", 0.7, 0.0), rec("jailbreaks en", 0.1, 0.0, en=0.2)]
+    records = [
+        rec("strong", 0.2, 0.30),
+        rec("mild", 0.5, 0.03),
+        rec("weak", 0.7, 0.0),
+        rec("jailbreaks en", 0.1, 0.0, en=0.2),
+    ]
     assert choose(records, over_refusal_cap=0.05, kl_cap=1.0, en_asr_cap=0.05)["label"] == "mild"
     assert [r.get("chosen", False) for r in records] == [False, True, False, False]
     records = [rec("strong", 0.2, 0.30), rec("middle", 0.35, 0.10), rec("far", 0.3, 0.5, kl=5.0)]

@@ -11,11 +11,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from conftest import make_prompts
 
 import safety_neurons as sn
 from safety_neurons._checks import _fields_text, content_hash
 from safety_neurons.edit import _factor
+
+from conftest import make_prompts
 
 L = 1
 
@@ -28,8 +29,14 @@ def prompts():
 @pytest.fixture
 def collected(tiny, prompts):
     bridge = tiny[0]
-    return sn.collect_activations(bridge, prompts, rows_at=[(s, L) for s in ("mlp_in", "act", "resid")], gram_at=[("act", L)],
-                                  gram_positions="preserved", progress=False)  # fmt: skip
+    return sn.collect_activations(
+        bridge,
+        prompts,
+        rows_at=[(s, L) for s in ("mlp_in", "act", "resid")],
+        gram_at=[("act", L)],
+        gram_positions="preserved",
+        progress=False,
+    )
 
 
 def _groups(prompts):
@@ -61,7 +68,9 @@ def linear_reference(bridge, prompts, coll, **solve):
     position_weight=0.2, sequential=False): RunConfig's recipe."""
     low, piv, harmless, en_harmful, en_harmless = _groups(prompts)
     key = ("act", L)
-    keep = torch.cat([_take(coll, harmless + en_harmful, key), _factor(0.2 * coll.gram[key], torch.arange(bridge.cfg.d_mlp))])
+    keep = torch.cat(
+        [_take(coll, harmless + en_harmful, key), _factor(0.2 * coll.gram[key], torch.arange(bridge.cfg.d_mlp))]
+    )
     resid_piv = _take(coll, piv, ("resid", L))
     gap = resid_piv - _take(coll, low, ("resid", L))
     for lang in dict.fromkeys(p.lang for p in low):
@@ -80,7 +89,9 @@ def test_paper_preset_is_the_old_default_call(tiny, prompts, collected):
     idx = ranking.union(L, ["en"])
     assert torch.equal(edit.edits[0].neurons, idx) and edit.edits[0].site == "gate"
     assert torch.equal(edit.edits[0].delta, paper_reference(bridge, prompts, collected, idx))
-    assert spec == sn.EditSpec(layers=L, neurons=ranking) and edit.spec is spec  # the dataclass defaults are the paper's
+    assert (
+        spec == sn.EditSpec(layers=L, neurons=ranking) and edit.spec is spec
+    )  # the dataclass defaults are the paper's
 
 
 def test_linear_preset_is_the_run_configs_recipe(tiny, prompts, collected):
@@ -92,7 +103,8 @@ def test_linear_preset_is_the_run_configs_recipe(tiny, prompts, collected):
     ranking = sn.rank_neurons(collected.stats)
     assert sn.RunConfig().edit_spec([L], ranking) == sn.EditSpec.linear(layers=[L])
     assert sn.RunConfig(rank=4, neurons="en").edit_spec([L], ranking) == sn.EditSpec.linear(
-        layers=[L], rank=4, neurons=ranking, neuron_langs=["en"])  # fmt: skip
+        layers=[L], rank=4, neurons=ranking, neuron_langs=["en"]
+    )
 
 
 def test_nullspace_preset_is_the_benchmarks_null_space_condition(tiny, prompts, collected):
@@ -117,12 +129,16 @@ def test_switch_preset_is_fit_detector_then_fit_switch(tiny, prompts):
         sn.fit_edit(bridge, prompts, spec, rows=sn.collect_activations(bridge, prompts, progress=False), progress=False)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ranking: sn.EditSpec.linear(layers=[L], langs=["zh"], rank=4),
-    lambda ranking: sn.EditSpec.paper(layers=L, neurons={L: [1, 4, 9]}, rank=2),
-    lambda ranking: sn.EditSpec.paper(layers=L, neurons=ranking, neuron_langs=["en", "zh"], rank=2),
-    lambda ranking: sn.EditSpec.switch(layer=L, threshold=0.2, strength=1.5, answer_tokens=0, neurons=[5, 3]),
-], ids=["linear", "paper-map", "paper-ranking", "switch"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ranking: sn.EditSpec.linear(layers=[L], langs=["zh"], rank=4),
+        lambda ranking: sn.EditSpec.paper(layers=L, neurons={L: [1, 4, 9]}, rank=2),
+        lambda ranking: sn.EditSpec.paper(layers=L, neurons=ranking, neuron_langs=["en", "zh"], rank=2),
+        lambda ranking: sn.EditSpec.switch(layer=L, threshold=0.2, strength=1.5, answer_tokens=0, neurons=[5, 3]),
+    ],
+    ids=["linear", "paper-map", "paper-ranking", "switch"],
+)
 def test_the_spec_survives_save_and_load(tiny, prompts, collected, tmp_path, make):
     bridge = tiny[0]
     spec = make(sn.rank_neurons(collected.stats))
@@ -137,14 +153,17 @@ def test_the_spec_survives_save_and_load(tiny, prompts, collected, tmp_path, mak
     assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda d: d.update(site="attn"), "unknown edit site 'attn'"),
-    (lambda d: d.update(colour="red"), r"unknown edit spec field\(s\) \['colour'\]"),
-    (lambda d: d["solver"].update(rank=0), "solver: rank must be >= 1"),
-    (lambda d: d.update(layers=[2]), r"layers \[2\].*does not match the stored edits \(layers \[1\]"),
-    (lambda d: d.update(neurons={"one": [1]}), "keys must be layer numbers"),
-    (lambda d: d.pop("kind"), "needs its kind"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d.update(site="attn"), "unknown edit site 'attn'"),
+        (lambda d: d.update(colour="red"), r"unknown edit spec field\(s\) \['colour'\]"),
+        (lambda d: d["solver"].update(rank=0), "solver: rank must be >= 1"),
+        (lambda d: d.update(layers=[2]), r"layers \[2\].*does not match the stored edits \(layers \[1\]"),
+        (lambda d: d.update(neurons={"one": [1]}), "keys must be layer numbers"),
+        (lambda d: d.pop("kind"), "needs its kind"),
+    ],
+)
 def test_a_saved_spec_that_does_not_parse_is_an_error_naming_the_file(tiny, prompts, tmp_path, change, match):
     bridge = tiny[0]
     folder = sn.fit_edit(bridge, prompts, sn.EditSpec.linear(layers=L, rank=4), progress=False).save(tmp_path / "e")
@@ -170,37 +189,43 @@ def test_an_edit_saved_before_specs_still_loads(tiny, prompts, tmp_path):
     assert loaded.spec is None and loaded.uid == edit.uid and loaded.settings == edit.settings
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: sn.EditSpec.linear(site="attn"), "unknown edit site"),
-    (lambda: sn.EditSpec.linear(target="gap"), "unknown target"),
-    (lambda: sn.EditSpec.paper(neurons=[1], target="language_gap"), "needs site='w_out'"),
-    (lambda: sn.EditSpec.paper(neurons=[1], refusal_boost=1.0), "refusal_boost"),
-    (lambda: sn.EditSpec.linear(position_weight=0), "position_weight must be > 0"),
-    (lambda: sn.EditSpec.linear(preserve="harmless"), "preserve must be a list"),
-    (lambda: sn.EditSpec.linear(preserve=["safe"]), "unknown preserve option 'safe'"),
-    (lambda: sn.EditSpec.linear(langs=["en"]), "pivot"),
-    (lambda: sn.EditSpec.linear(langs=["xx"]), "unknown language"),
-    (lambda: sn.EditSpec.linear(layers="12"), "string '12'"),
-    (lambda: sn.EditSpec.linear(layers=[-1]), "layers must be ≥ 0"),
-    (lambda: sn.EditSpec.linear(rank=2.5), "rank must be a positive int"),
-    (lambda: sn.EditSpec.linear(gamma=-1), "gamma must be a finite number >= 0"),
-    (lambda: sn.EditSpec.linear(ridge=True), "ridge must be a real number"),
-    (lambda: sn.EditSpec.linear(method="exact"), "method must be"),
-    (lambda: sn.EditSpec.linear(null_energy=0.1), "only apply to method='nullspace'"),
-    (lambda: sn.EditSpec.nullspace(null_threshold=0.1), "at most one"),
-    (lambda: sn.EditSpec.linear(sequential="no"), "sequential must be True or False"),
-    (lambda: sn.EditSpec.linear(colour="red"), r"unknown edit setting\(s\) \['colour'\]"),
-    (lambda: sn.EditSpec.linear(threshold=0.5), "settings of the harm switch"),
-    (lambda: sn.EditSpec.paper(neurons="some"), "neurons must be"),
-    (lambda: sn.EditSpec.paper(neurons={1: []}), "empty neuron set at layer 1"),
-    (lambda: sn.EditSpec.paper(neurons=[-2, 1]), "must be ≥ 0"),
-    (lambda: sn.EditSpec.switch(layer=1, width=0), "width must be > 0"),
-    (lambda: sn.EditSpec.switch(layer=1, neurons=[3, 3]), "two different indices"),
-    (lambda: sn.EditSpec.switch(layer=1).replace(site="w_out"), "not settings of the harm switch"),
-    (lambda: sn.EditSpec.switch(layer=1).replace(layers=[1, 2]), "one layer"),
-    (lambda: sn.EditSpec.from_dict({"kind": "closed_form", "solver": {"rank": 4, "speed": 2}}), "unknown solver setting"),
-    (lambda: sn.EditSpec.from_dict(["kind"]), "must be a dict"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: sn.EditSpec.linear(site="attn"), "unknown edit site"),
+        (lambda: sn.EditSpec.linear(target="gap"), "unknown target"),
+        (lambda: sn.EditSpec.paper(neurons=[1], target="language_gap"), "needs site='w_out'"),
+        (lambda: sn.EditSpec.paper(neurons=[1], refusal_boost=1.0), "refusal_boost"),
+        (lambda: sn.EditSpec.linear(position_weight=0), "position_weight must be > 0"),
+        (lambda: sn.EditSpec.linear(preserve="harmless"), "preserve must be a list"),
+        (lambda: sn.EditSpec.linear(preserve=["safe"]), "unknown preserve option 'safe'"),
+        (lambda: sn.EditSpec.linear(langs=["en"]), "pivot"),
+        (lambda: sn.EditSpec.linear(langs=["xx"]), "unknown language"),
+        (lambda: sn.EditSpec.linear(layers="12"), "string '12'"),
+        (lambda: sn.EditSpec.linear(layers=[-1]), "layers must be ≥ 0"),
+        (lambda: sn.EditSpec.linear(rank=2.5), "rank must be a positive int"),
+        (lambda: sn.EditSpec.linear(gamma=-1), "gamma must be a finite number >= 0"),
+        (lambda: sn.EditSpec.linear(ridge=True), "ridge must be a real number"),
+        (lambda: sn.EditSpec.linear(method="exact"), "method must be"),
+        (lambda: sn.EditSpec.linear(null_energy=0.1), "only apply to method='nullspace'"),
+        (lambda: sn.EditSpec.nullspace(null_threshold=0.1), "at most one"),
+        (lambda: sn.EditSpec.linear(sequential="no"), "sequential must be True or False"),
+        (lambda: sn.EditSpec.linear(colour="red"), r"unknown edit setting\(s\) \['colour'\]"),
+        (lambda: sn.EditSpec.linear(threshold=0.5), "settings of the harm switch"),
+        (lambda: sn.EditSpec.paper(neurons="some"), "neurons must be"),
+        (lambda: sn.EditSpec.paper(neurons={1: []}), "empty neuron set at layer 1"),
+        (lambda: sn.EditSpec.paper(neurons=[-2, 1]), "must be ≥ 0"),
+        (lambda: sn.EditSpec.switch(layer=1, width=0), "width must be > 0"),
+        (lambda: sn.EditSpec.switch(layer=1, neurons=[3, 3]), "two different indices"),
+        (lambda: sn.EditSpec.switch(layer=1).replace(site="w_out"), "not settings of the harm switch"),
+        (lambda: sn.EditSpec.switch(layer=1).replace(layers=[1, 2]), "one layer"),
+        (
+            lambda: sn.EditSpec.from_dict({"kind": "closed_form", "solver": {"rank": 4, "speed": 2}}),
+            "unknown solver setting",
+        ),
+        (lambda: sn.EditSpec.from_dict(["kind"]), "must be a dict"),
+    ],
+)
 def test_bad_spec_fields_are_edit_errors(make, match):
     with pytest.raises(sn.EditError, match=match):
         make()

@@ -5,11 +5,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_prompts
 
 import safety_neurons as sn
-
 from safety_neurons import remote as R
+
+from conftest import make_prompts
 
 
 def test_missing_nnsight_is_a_clear_error(monkeypatch):
@@ -31,8 +31,14 @@ def pair(tiny):
 def test_nnsight_collection_equals_ours(pair, position):
     bridge, lm = pair
     prompts = make_prompts(3)
-    kw = dict(rows_at=[("mlp_in", 1), ("act", 1), ("resid", 2)], gram_at=[("act", 1)], gram_positions="preserved",
-              position=position, batch_size=4, progress=False)  # fmt: skip
+    kw = dict(
+        rows_at=[("mlp_in", 1), ("act", 1), ("resid", 2)],
+        gram_at=[("act", 1)],
+        gram_positions="preserved",
+        position=position,
+        batch_size=4,
+        progress=False,
+    )
     ours = sn.collect_activations(bridge, prompts, **kw)
     theirs = R.collect_nnsight(lm, prompts, **kw)
     assert theirs.stats.groups == ours.stats.groups and torch.equal(theirs.stats.count, ours.stats.count)

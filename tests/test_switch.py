@@ -4,10 +4,11 @@ touched, files, and bad settings."""
 
 import pytest
 import torch
-from conftest import tiny_hf_model, tiny_tokenizer
 
 import safety_neurons as sn
 from safety_neurons import switch as sw
+
+from conftest import tiny_hf_model, tiny_tokenizer
 
 LAYER = 1
 
@@ -18,7 +19,9 @@ def bomb_and_cake(n: int = 8, langs=("en", "zh"), seed: int = 0) -> list[sn.Prom
     out = []
     for i in range(n):
         for label, word in (("harmful", "bomb"), ("harmless", "cake")):
-            pad = [f"w{int(j)}" for j in torch.randint(0, 200, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g)]
+            pad = [
+                f"w{int(j)}" for j in torch.randint(0, 200, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g)
+            ]
             for lang in langs:
                 out.append(sn.Prompt(f"{label}-{i}", lang, label, " ".join(pad + ["make", "a"] + [word] * 6)))
     return out
@@ -63,8 +66,9 @@ def test_a_detector_solved_from_some_languages_sums_equals_one_fitted_on_them_al
     sums = sw._detector_sums(model, prompts, aligned, LAYER, 2, "en", 3, False)
     kw = dict(layer=LAYER, ridge=0.05, trigger=2, pivot="en", answer_tokens=32)
     left = sw._detector_from_sums(model, sums, prompts, aligned, langs=["en", "vi"], **kw)
-    alone = sw.fit_detector(model, [p for p in prompts if p.lang != "zh"], layer=LAYER, answers=answers, ridge=0.05,
-                            progress=False)  # fmt: skip
+    alone = sw.fit_detector(
+        model, [p for p in prompts if p.lang != "zh"], layer=LAYER, answers=answers, ridge=0.05, progress=False
+    )
     for name in sw.HarmDetector._TENSORS:
         torch.testing.assert_close(getattr(left, name), getattr(alone, name), rtol=1e-9, atol=1e-10)
     assert left.settings == alone.settings and left.settings["langs"] == ["en", "vi"]
@@ -88,8 +92,9 @@ def test_probe_place_and_constant_are_the_weighted_least_squares_solutions(model
     n_on = torch.tensor([int((trig & (owner == i)).sum()) for i in range(len(prompts))])
     n_off = torch.tensor([int((~trig & (owner == i)).sum()) for i in range(len(prompts))])
     y = torch.tensor([1.0 if prompts[i].label == "harmful" else -1.0 for i in owner.tolist()], dtype=torch.float64)
-    w = torch.tensor([1.0 / (count[(prompts[i].lang, prompts[i].label)] * n_on[i]) for i in owner.tolist()],
-                     dtype=torch.float64)  # fmt: skip
+    w = torch.tensor(
+        [1.0 / (count[(prompts[i].lang, prompts[i].label)] * n_on[i]) for i in owner.tolist()], dtype=torch.float64
+    )
     torch.testing.assert_close(det.probe, _ls(X[trig], y[trig], w[trig], 0.05))
     per_prompt = torch.where(trig, 1.0 / n_on[owner], 1.0 / n_off[owner]).double() / len(prompts)
     torch.testing.assert_close(det.place, _ls(X, trig.double(), per_prompt, 1e-6))
@@ -155,11 +160,16 @@ def test_the_fold_equals_a_hook_that_applies_the_same_function(model, detector):
         f = torch.nn.functional.silu(x @ new["W_gate"][:, j]) * (x @ new["W_in"][:, j])
         return out + f @ new["W_out"][j] - a @ mlp.W_out[j]
 
-    hooks = [(f"blocks.{LAYER}.ln2.hook_out", grab_x), (f"blocks.{LAYER}.mlp.hook_post", grab_a),
-             (f"blocks.{LAYER}.hook_mlp_out", add_switch)]  # fmt: skip
+    hooks = [
+        (f"blocks.{LAYER}.ln2.hook_out", grab_x),
+        (f"blocks.{LAYER}.mlp.hook_post", grab_a),
+        (f"blocks.{LAYER}.hook_mlp_out", add_switch),
+    ]
     with model.hooks(fwd_hooks=hooks), torch.no_grad():
         hooked = model(ids.input_ids, **ids.model_kwargs())
-    assert not torch.allclose(folded, model(ids.input_ids, **ids.model_kwargs()), atol=1e-3), "the switch changes nothing"
+    assert not torch.allclose(folded, model(ids.input_ids, **ids.model_kwargs()), atol=1e-3), (
+        "the switch changes nothing"
+    )
     torch.testing.assert_close(folded, hooked, rtol=1e-4, atol=1e-4)
 
 
@@ -190,14 +200,17 @@ def test_switch_and_detector_files_round_trip(model, detector, tmp_path):
     assert sw.fit_switch(model, det, threshold=0.2, strength=1.5).uid == edit.uid
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(width=0.0), "width must be > 0"),
-    (dict(neurons=[3]), "two neuron indices"),
-    (dict(neurons=[3, 3]), "two different indices"),
-    (dict(neurons=[0, 10_000]), "two different indices"),
-    (dict(neurons=[0.5, 2]), "neuron"),
-    (dict(threshold="high"), "threshold"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(width=0.0), "width must be > 0"),
+        (dict(neurons=[3]), "two neuron indices"),
+        (dict(neurons=[3, 3]), "two different indices"),
+        (dict(neurons=[0, 10_000]), "two different indices"),
+        (dict(neurons=[0.5, 2]), "neuron"),
+        (dict(threshold="high"), "threshold"),
+    ],
+)
 def test_bad_switch_settings_are_named(model, detector, kwargs, message):
     with pytest.raises(sw.SwitchError, match=message):
         sw.fit_switch(model, detector, **kwargs)
@@ -210,7 +223,12 @@ def test_bad_detector_inputs_are_named(model):
     with pytest.raises(sw.SwitchError, match="harmful and harmless"):
         sw.fit_detector(model, [p for p in prompts if p.label == "harmful"], layer=1, progress=False)
     with pytest.raises(sw.SwitchError, match="en harmless"):
-        sw.fit_detector(model, [p for p in prompts if not (p.lang == "en" and p.label == "harmless")], layer=1,
-                        answer_tokens=0, progress=False)  # fmt: skip
+        sw.fit_detector(
+            model,
+            [p for p in prompts if not (p.lang == "en" and p.label == "harmless")],
+            layer=1,
+            answer_tokens=0,
+            progress=False,
+        )
     with pytest.raises(sw.SwitchError, match="Prompt records"):
         sw.fit_detector(model, ["How do I make a bomb"], layer=1, progress=False)

@@ -40,8 +40,13 @@ def execute(name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, timeout: 
 
 def _printed(nb: nbformat.NotebookNode) -> str:
     """Everything the executed notebook's code cells printed (their stdout streams)."""
-    return "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
-                   if o.get("output_type") == "stream" and o.get("name") == "stdout")  # fmt: skip
+    return "".join(
+        o.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
 
 
 def _ran_every_cell(nb: nbformat.NotebookNode) -> bool:
@@ -78,10 +83,14 @@ def test_qwen_notebook_has_a_quick_mode(name):
 # The checks each notebook's run must print, the facts the tutorial's text relies on:
 PRINTED = {
     "01_find_safety_neurons.ipynb": ["ranking-qwen → SafetyNeurons("],
-    "02_edit_evaluate_revert.ipynb": ["every tensor bit-identical to before: True", "same uid: True | same fingerprint: True",
-                                      "loaded edit gives bit-identical weights: True", "EditError: edit"],
+    "02_edit_evaluate_revert.ipynb": [
+        "every tensor bit-identical to before: True",
+        "same uid: True | same fingerprint: True",
+        "loaded edit gives bit-identical weights: True",
+        "EditError: edit",
+    ],
     "03_closed_form_step_by_step.ipynb": ["same subspace: True", "ΔW lies in span(U0): True", "ValueError:"],
-}  # fmt: skip
+}
 
 
 def test_every_notebook_prints_the_checks_its_run_looks_for():
@@ -95,8 +104,9 @@ def test_every_notebook_prints_the_checks_its_run_looks_for():
 def test_a_failing_cell_fails_the_run(tmp_path, monkeypatch):
     """The harness itself: a notebook whose second cell raises makes `execute` raise, naming the error."""
     nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
-                                         nbformat.v4.new_code_cell("raise ValueError('broken tutorial')")])  # fmt: skip
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('broken tutorial')")]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     monkeypatch.setattr(nbformat, "read", lambda *args, **kwargs: nb)
     with pytest.raises(nbclient.exceptions.CellExecutionError, match="broken tutorial"):

@@ -17,7 +17,7 @@ import torch
 from safety_neurons import viz
 from safety_neurons.evaluation import Evaluation, LanguageResult
 from safety_neurons.neurons import SafetyNeurons
-from safety_neurons.prompts import LANG_NAMES, LANGS
+from safety_neurons.prompts import LANGS
 
 LANGS3 = ["en", "zh", "bn"]
 
@@ -42,8 +42,9 @@ def make_rows(langs=LANGS3, n=6, m=10, seed=0, pull=0.8):
     return before, after
 
 
-def make_evaluation(asr: dict, over_refusal: dict | None = None, degenerate: dict | None = None,
-                    n: int = 100) -> Evaluation:
+def make_evaluation(
+    asr: dict, over_refusal: dict | None = None, degenerate: dict | None = None, n: int = 100
+) -> Evaluation:
     """Counts out of n harmful and n harmless prompts a language (an asr of None: no harmful prompts)."""
     over_refusal, degenerate = over_refusal or {}, degenerate or {}
     langs = {}
@@ -77,8 +78,10 @@ def test_every_language_has_a_colour_and_a_label():
 
 
 def test_plotting_is_loaded_only_when_asked_for():
-    code = ("import sys, safety_neurons; assert 'plotly' not in sys.modules and 'safety_neurons.viz' not in sys.modules; "
-            "from safety_neurons import viz; assert 'plotly' in sys.modules")  # fmt: skip
+    code = (
+        "import sys, safety_neurons; assert 'plotly' not in sys.modules and 'safety_neurons.viz' not in sys.modules; "
+        "from safety_neurons import viz; assert 'plotly' in sys.modules"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -217,7 +220,9 @@ def make_site_rows(langs=LANGS3, n=5, d=8, seed=0):
         b = {lang: torch.randn(n, d, generator=g) * 0.1 + shift * direction for lang in langs}
         rows["before"][label] = b
         # the edit adds 2 × direction to every non-English harmful row and leaves the harmless rows alone
-        rows["after"][label] = {k: v + (2.0 * direction if label == "harmful" and k != "en" else 0) for k, v in b.items()}
+        rows["after"][label] = {
+            k: v + (2.0 * direction if label == "harmful" and k != "en" else 0) for k, v in b.items()
+        }
     return rows
 
 
@@ -225,8 +230,12 @@ def test_edit_site_change():
     rows = make_site_rows()
     fig = viz.edit_site_change(rows, layer=5)
     moved_h, moved_s, *coords = fig.data
-    assert [t.name for t in coords] == ["harmful, before edit", "harmful, after edit", "harmless, before edit",
-                                        "harmless, after edit"]  # fmt: skip
+    assert [t.name for t in coords] == [
+        "harmful, before edit",
+        "harmful, after edit",
+        "harmless, before edit",
+        "harmless, after edit",
+    ]
     assert list(moved_s.y) == [0.0, 0.0, 0.0] and moved_h.y[0] == 0.0  # English and harmless rows untouched
     b = rows["before"]["harmful"]["zh"]
     np.testing.assert_allclose(moved_h.y[1], 100 * 2.0 / b.norm(dim=1).mean().item(), rtol=1e-6)
@@ -236,8 +245,9 @@ def test_edit_site_change():
     span = (direction @ direction).item()
     np.testing.assert_allclose(coords[0].y[0], 1.0, rtol=1e-9)
     np.testing.assert_allclose(coords[2].y[0], 0.0, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(coords[1].y) - np.asarray(coords[0].y),
-                               [0.0] + [2.0 * direction[0].item() / span] * 2, rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(coords[1].y) - np.asarray(coords[0].y), [0.0] + [2.0 * direction[0].item() / span] * 2, rtol=1e-6
+    )
     np.testing.assert_allclose(coords[3].y, coords[2].y)
     assert "layer 5" in fig.layout.title.text and "residual stream" in fig.layout.title.text
     with pytest.raises(ValueError, match="'before' and 'after'"):
@@ -376,10 +386,12 @@ def test_asr_bars_rejects_bad_input():
 def test_outcome_bars_three_way_with_intervals():
     from safety_neurons.rates import wilson
 
-    before = make_evaluation({"en": 0.4, "zh": 0.5, "bn": 0.1}, {"en": 0.05, "zh": 0.1, "bn": 0.0},
-                             {"zh": 0.2, "bn": 0.7}, n=20)  # fmt: skip
-    after = make_evaluation({"en": 0.6, "zh": 0.2, "bn": 0.0}, {"en": 0.05, "zh": 0.2, "bn": 0.9},
-                            {"zh": 0.1, "bn": 0.1}, n=20)  # fmt: skip
+    before = make_evaluation(
+        {"en": 0.4, "zh": 0.5, "bn": 0.1}, {"en": 0.05, "zh": 0.1, "bn": 0.0}, {"zh": 0.2, "bn": 0.7}, n=20
+    )
+    after = make_evaluation(
+        {"en": 0.6, "zh": 0.2, "bn": 0.0}, {"en": 0.05, "zh": 0.2, "bn": 0.9}, {"zh": 0.1, "bn": 0.1}, n=20
+    )
     fig = viz.outcome_bars(before, after)
     comp, deg, ref, over = fig.data
     assert [t.type for t in fig.data] == ["bar"] * 4 and fig.layout.barmode == "stack"
@@ -404,11 +416,16 @@ def test_outcome_bars_three_way_with_intervals():
 
 def test_outcome_bars_mean_group_is_the_mean_of_the_languages_not_the_pooled_share():
     def ev(zh, bn, en_refused):
-        return Evaluation("phrase", {
-            "en": LanguageResult("en", {"compliance": 1, "refusal": 1}, {"refusal": en_refused, "compliance": 4 - en_refused}),
-            "zh": LanguageResult("zh", {"compliance": zh, "refusal": 10 - zh}, {"refusal": 1, "compliance": 9}),
-            "bn": LanguageResult("bn", {"compliance": bn, "degenerate": 3, "refusal": 27 - bn}, {"compliance": 30}),
-        })  # fmt: skip
+        return Evaluation(
+            "phrase",
+            {
+                "en": LanguageResult(
+                    "en", {"compliance": 1, "refusal": 1}, {"refusal": en_refused, "compliance": 4 - en_refused}
+                ),
+                "zh": LanguageResult("zh", {"compliance": zh, "refusal": 10 - zh}, {"refusal": 1, "compliance": 9}),
+                "bn": LanguageResult("bn", {"compliance": bn, "degenerate": 3, "refusal": 27 - bn}, {"compliance": 30}),
+            },
+        )
 
     fig = viz.outcome_bars(ev(5, 3, 2), ev(1, 0, 0))
     comp, deg, ref, over = fig.data
@@ -428,11 +445,30 @@ def answer_records(state: str) -> list[dict]:
         for i in range(4):
             changed = state == "after" and i in (1, 3)
             out = "refusal" if changed else "compliance"
-            recs.append(dict(id=f"h{i}", lang=lang, label="harmful", prompt=f"<b>request</b> {i}",
-                             answer="I can't help." if changed else f"Sure <script>x()</script> {i}", outcome=out,
-                             kind=None, reason=""))  # fmt: skip
-        recs.append(dict(id="s0", lang=lang, label="harmless", prompt="hello", answer="hi " * 200,
-                         outcome="degenerate" if state == "after" else "compliance", kind="loop", reason=""))  # fmt: skip
+            recs.append(
+                dict(
+                    id=f"h{i}",
+                    lang=lang,
+                    label="harmful",
+                    prompt=f"<b>request</b> {i}",
+                    answer="I can't help." if changed else f"Sure <script>x()</script> {i}",
+                    outcome=out,
+                    kind=None,
+                    reason="",
+                )
+            )
+        recs.append(
+            dict(
+                id="s0",
+                lang=lang,
+                label="harmless",
+                prompt="hello",
+                answer="hi " * 200,
+                outcome="degenerate" if state == "after" else "compliance",
+                kind="loop",
+                reason="",
+            )
+        )
     return recs
 
 
@@ -531,8 +567,9 @@ def test_markdown_table_html():
 def test_write_report(tmp_path):
     figs = [("Attack success rate", viz.asr_bars(ASR_BEFORE, ASR_AFTER)), ("Sweep", viz.sweep_scatter(SWEEP))]
     settings = {"model": "tiny", "layers": [10, 12], "z": torch.tensor([1.5, 2.0]), "path": tmp_path}
-    out = viz.write_report(tmp_path / "sub" / "report.html", title="Safety <edit>", figures=figs,
-                           table_markdown=TABLE, settings=settings)  # fmt: skip
+    out = viz.write_report(
+        tmp_path / "sub" / "report.html", title="Safety <edit>", figures=figs, table_markdown=TABLE, settings=settings
+    )
     assert isinstance(out, Path) and out.exists()
     page = out.read_text(encoding="utf-8")
     assert page.count("plotly.js v") == 1  # the bundle, inlined once
@@ -582,10 +619,20 @@ def find_chromium() -> str | None:
 
 def chromium_cmd(chromium: str, profile: Path, *extra: str) -> list[str]:
     return [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-        f"--user-data-dir={profile}", "--virtual-time-budget=20000", *extra,
-    ]  # fmt: skip
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=20000",
+        *extra,
+    ]
 
 
 def pipeline_report(out: Path) -> Path:
@@ -604,26 +651,50 @@ def pipeline_report(out: Path) -> Path:
             for i in range(6):
                 for label in ("harmful", "harmless"):
                     u = torch.rand(1, generator=g).item()
-                    out = ("compliance" if u < p_comply else "degenerate" if u < p_comply + 0.2 else "refusal"
-                           ) if label == "harmful" else ("refusal" if u < 0.1 else "compliance")  # fmt: skip
-                    recs.append(dict(id=f"{label}-{i}", lang=lang, label=label, prompt=f"<b>request {i}</b> ({lang})",
-                                     answer="I can't help with that." if out == "refusal" else f"Sure: <i>step</i> {i}",
-                                     outcome=out, kind="echo" if out == "degenerate" else None, reason=""))  # fmt: skip
+                    out = (
+                        ("compliance" if u < p_comply else "degenerate" if u < p_comply + 0.2 else "refusal")
+                        if label == "harmful"
+                        else ("refusal" if u < 0.1 else "compliance")
+                    )
+                    recs.append(
+                        dict(
+                            id=f"{label}-{i}",
+                            lang=lang,
+                            label=label,
+                            prompt=f"<b>request {i}</b> ({lang})",
+                            answer="I can't help with that." if out == "refusal" else f"Sure: <i>step</i> {i}",
+                            outcome=out,
+                            kind="echo" if out == "degenerate" else None,
+                            reason="",
+                        )
+                    )
         return Evaluation.from_answers("phrase", recs)
 
     rows = {"before": {}, "after": {}}
     direction = torch.randn(16, generator=g)
     for label, shift in (("harmful", 1.0), ("harmless", 0.0)):
         rows["before"][label] = {x: torch.randn(6, 16, generator=g) + shift * direction for x in langs}
-        rows["after"][label] = {x: v + (0.5 * direction if label == "harmful" else 0) for x, v in
-                                rows["before"][label].items()}  # fmt: skip
+        rows["after"][label] = {
+            x: v + (0.5 * direction if label == "harmful" else 0) for x, v in rows["before"][label].items()
+        }
     kl = {x: 0.01 * (i + 1) for i, x in enumerate(langs)}
     acc = {x: 0.6 for x in langs}
-    result = RunResult(config=RunConfig(), model={"name": "synthetic"}, judge="phrase",
-                       ranking=make_ranking(langs=langs, layers=tuple(range(12)), d_mlp=120), selection=SWEEP, layers=[9],
-                       edit=SimpleNamespace(edits=[SimpleNamespace(layer=9)]), before=evaluation(0.5),
-                       after=evaluation(0.2), kl_first_token=kl, kl_first_4_tokens=kl, mc_before=acc, mc_after=acc,
-                       site_rows=rows)  # fmt: skip
+    result = RunResult(
+        config=RunConfig(),
+        model={"name": "synthetic"},
+        judge="phrase",
+        ranking=make_ranking(langs=langs, layers=tuple(range(12)), d_mlp=120),
+        selection=SWEEP,
+        layers=[9],
+        edit=SimpleNamespace(edits=[SimpleNamespace(layer=9)]),
+        before=evaluation(0.5),
+        after=evaluation(0.2),
+        kl_first_token=kl,
+        kl_first_4_tokens=kl,
+        mc_before=acc,
+        mc_after=acc,
+        site_rows=rows,
+    )
     return _write_report(out, result)
 
 
@@ -638,7 +709,7 @@ VIEWS = [
     ("what-the-edit-changes-at-its-site", 'class="point"', 8 * 6),
     ("plane", 'class="trace scatter', 8 * 2),
     ("layer-selection", 'class="trace scatter', 2),
-]  # fmt: skip
+]
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
@@ -654,12 +725,18 @@ def test_report_renders_in_headless_chromium(tmp_path):
     page = pipeline_report(tmp_path)
     source = page.read_text(encoding="utf-8")
     assert "<script>x" not in source and "&lt;b&gt;request" in source  # answers escaped
-    proc = subprocess.run(chromium_cmd(chromium, tmp_path / "profile-a", "--dump-dom", page.resolve().as_uri()),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        chromium_cmd(chromium, tmp_path / "profile-a", "--dump-dom", page.resolve().as_uri()),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = proc.stdout
     assert "</html>" in dom, f"chromium printed no DOM (rc {proc.returncode}): {proc.stderr[-2000:]}"
-    sections = {m.group(1): body for m, body in zip(re.finditer(r'<section id="([^"]+)"', dom),
-                                                    re.split(r'<section id="[^"]+"', dom)[1:])}  # fmt: skip
+    sections = {
+        m.group(1): body
+        for m, body in zip(re.finditer(r'<section id="([^"]+)"', dom), re.split(r'<section id="[^"]+"', dom)[1:])
+    }
     assert len(sections) == len(VIEWS), list(sections)
     for (word, mark, least), (sid, body) in zip(VIEWS, sections.items()):
         assert word in sid, (word, sid)
@@ -668,9 +745,14 @@ def test_report_renders_in_headless_chromium(tmp_path):
         assert body.count(mark) >= least, (sid, mark, body.count(mark), least)
 
     png = tmp_path / "report.png"
-    proc = subprocess.run(chromium_cmd(chromium, tmp_path / "profile-b", "--window-size=1400,2000",
-                                       f"--screenshot={png}", page.resolve().as_uri()),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        chromium_cmd(
+            chromium, tmp_path / "profile-b", "--window-size=1400,2000", f"--screenshot={png}", page.resolve().as_uri()
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert png.exists(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     assert img.shape[:2] == (2000, 1400)
@@ -681,8 +763,11 @@ def test_report_renders_in_headless_chromium(tmp_path):
         rgb = [int(hex_color[i : i + 2], 16) for i in (1, 3, 5)]
         return int((np.abs(top - rgb) < 18).all(-1).sum())
 
-    for color in (viz.outcome.OUTCOME_COLORS["compliance"], viz.outcome.OUTCOME_COLORS["refusal"],
-                  viz.outcome.OUTCOME_COLORS["degenerate"]):  # fmt: skip
+    for color in (
+        viz.outcome.OUTCOME_COLORS["compliance"],
+        viz.outcome.OUTCOME_COLORS["refusal"],
+        viz.outcome.OUTCOME_COLORS["degenerate"],
+    ):
         assert pixels(color) > 3000, (color, pixels(color))
 
 

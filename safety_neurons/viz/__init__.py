@@ -19,9 +19,25 @@ from .outcome import asr_bars, frontier, outcome_bars, sweep_scatter, utility_pa
 from .report import HtmlSection, answer_examples, markdown_table_html, write_report
 
 __all__ = [
-    "LANGS", "LANG_NAMES", "LANG_COLORS", "lang_label",
-    "layer_language_heatmap", "shared_neurons_heatmap", "neuron_heatmap", "neuron_counts", "jaccard_heatmap",
-    "edit_site_change", "before_after", "representation_map",
-    "outcome_bars", "asr_bars", "utility_panel", "sweep_scatter", "frontier",
-    "write_report", "answer_examples", "HtmlSection", "markdown_table_html",
-]  # fmt: skip
+    "LANGS",
+    "LANG_NAMES",
+    "LANG_COLORS",
+    "lang_label",
+    "layer_language_heatmap",
+    "shared_neurons_heatmap",
+    "neuron_heatmap",
+    "neuron_counts",
+    "jaccard_heatmap",
+    "edit_site_change",
+    "before_after",
+    "representation_map",
+    "outcome_bars",
+    "asr_bars",
+    "utility_panel",
+    "sweep_scatter",
+    "frontier",
+    "write_report",
+    "answer_examples",
+    "HtmlSection",
+    "markdown_table_html",
+]

@@ -14,12 +14,17 @@ import plotly.graph_objects as go
 
 from ..prompts import LANG_NAMES, LANGS
 
-
 # Okabe–Ito-like colour-blind-safe palette, English in black (it is the pivot everywhere).
 LANG_COLORS = {
-    "en": "#111111", "zh": "#D55E00", "vi": "#E69F00", "ja": "#CC79A7",
-    "th": "#009E73", "id": "#56B4E9", "bn": "#0072B2", "he": "#8C6D1F",
-}  # fmt: skip
+    "en": "#111111",
+    "zh": "#D55E00",
+    "vi": "#E69F00",
+    "ja": "#CC79A7",
+    "th": "#009E73",
+    "id": "#56B4E9",
+    "bn": "#0072B2",
+    "he": "#8C6D1F",
+}
 BEFORE_COLOR = "#E4835E"  # muted red-orange: the unedited model
 AFTER_COLOR = "#2F6DB5"  # blue: the edited model
 BEFORE_NAME = "before edit"

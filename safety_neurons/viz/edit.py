@@ -101,9 +101,14 @@ def before_after(
     titles.append(f"Distance to {piv} on the same requests (lower = closer to {LANG_NAMES[pivot]})")
     panel_h, bar_h = 230, 330
     fig = make_subplots(
-        rows=prow + 1, cols=cols, specs=specs, subplot_titles=titles, vertical_spacing=0.32 / (prow + 1),
-        horizontal_spacing=0.08, row_heights=[panel_h] * prow + [bar_h],
-    )  # fmt: skip
+        rows=prow + 1,
+        cols=cols,
+        specs=specs,
+        subplot_titles=titles,
+        vertical_spacing=0.32 / (prow + 1),
+        horizontal_spacing=0.08,
+        row_heights=[panel_h] * prow + [bar_h],
+    )
 
     for k, lang in enumerate(others):
         r, c = k // cols + 1, k % cols + 1
@@ -118,14 +123,23 @@ def before_after(
             shown = name if group.startswith("en") else name.replace("language", lang_label(lang))
             fig.add_trace(
                 go.Scatter(
-                    x=x, y=arr.mean(0)[order], customdata=names, mode=mode, line=line, marker=dict(size=4),
-                    name=shown, legendgroup=group, showlegend=first,
+                    x=x,
+                    y=arr.mean(0)[order],
+                    customdata=names,
+                    mode=mode,
+                    line=line,
+                    marker=dict(size=4),
+                    name=shown,
+                    legendgroup=group,
+                    showlegend=first,
                     hovertemplate="%{customdata}<br>mean activation %{y:.3f}<extra>" + shown + "</extra>",
                 ),
-                row=r, col=c,
-            )  # fmt: skip
-        fig.update_xaxes(title_text=f"safety neuron (sorted by {LANG_NAMES[pivot]} mean)" if r == prow else None,
-                         row=r, col=c)  # fmt: skip
+                row=r,
+                col=c,
+            )
+        fig.update_xaxes(
+            title_text=f"safety neuron (sorted by {LANG_NAMES[pivot]} mean)" if r == prow else None, row=r, col=c
+        )
         fig.update_yaxes(title_text="mean activation" if c == 1 else None, row=r, col=c)
     for tr in fig.data:  # the legend entries come from the first panel: give them the generic names
         if tr.showlegend and tr.legendgroup in ("before", "after"):
@@ -135,30 +149,49 @@ def before_after(
     yb, ya = [dist_b[lang] for lang in others], [dist_a[lang] for lang in others]
     change = [f"{(ya_ - yb_) / yb_:+.0%}" if yb_ > 0 else "" for yb_, ya_ in zip(yb, ya)]
     fig.add_trace(
-        go.Bar(x=labels, y=yb, name=f"distance {BEFORE_NAME}", marker_color=BEFORE_COLOR, legendgroup="before",
-               showlegend=False,
-               hovertemplate="%{x}<br>" + BEFORE_NAME + ": %{y:.3f}<extra></extra>"),
-        row=prow + 1, col=1,
-    )  # fmt: skip
+        go.Bar(
+            x=labels,
+            y=yb,
+            name=f"distance {BEFORE_NAME}",
+            marker_color=BEFORE_COLOR,
+            legendgroup="before",
+            showlegend=False,
+            hovertemplate="%{x}<br>" + BEFORE_NAME + ": %{y:.3f}<extra></extra>",
+        ),
+        row=prow + 1,
+        col=1,
+    )
     fig.add_trace(
-        go.Bar(x=labels, y=ya, name=f"distance {AFTER_NAME}", marker_color=AFTER_COLOR, legendgroup="after",
-               showlegend=False,
-               text=change, textposition="outside", customdata=change,
-               hovertemplate="%{x}<br>" + AFTER_NAME + ": %{y:.3f} (%{customdata} vs before)<extra></extra>"),
-        row=prow + 1, col=1,
-    )  # fmt: skip
+        go.Bar(
+            x=labels,
+            y=ya,
+            name=f"distance {AFTER_NAME}",
+            marker_color=AFTER_COLOR,
+            legendgroup="after",
+            showlegend=False,
+            text=change,
+            textposition="outside",
+            customdata=change,
+            hovertemplate="%{x}<br>" + AFTER_NAME + ": %{y:.3f} (%{customdata} vs before)<extra></extra>",
+        ),
+        row=prow + 1,
+        col=1,
+    )
     fig.update_xaxes(title_text="Language", row=prow + 1, col=1)
     fig.update_yaxes(title_text=f"mean ‖a − a<sub>{pivot}</sub>‖₂", rangemode="tozero", row=prow + 1, col=1)
     n = rows_n[pivot]
     base_layout(
         fig,
-        title=(f"Safety-neuron activations on {n} harmful requests: other languages vs {piv}, before and after "
-               f"the edit<br><sup>{m} safety neurons; after the edit each language should lie on the black "
-               f"{LANG_NAMES[pivot]} line and its distance bar should shrink</sup>"),
+        title=(
+            f"Safety-neuron activations on {n} harmful requests: other languages vs {piv}, before and after "
+            f"the edit<br><sup>{m} safety neurons; after the edit each language should lie on the black "
+            f"{LANG_NAMES[pivot]} line and its distance bar should shrink</sup>"
+        ),
         height=panel_h * prow + bar_h + 260,
-    )  # fmt: skip
-    fig.update_layout(barmode="group", legend=dict(orientation="h", x=0, y=-0.06, yanchor="top"),
-                      margin=dict(t=120, b=110))  # fmt: skip
+    )
+    fig.update_layout(
+        barmode="group", legend=dict(orientation="h", x=0, y=-0.06, yanchor="top"), margin=dict(t=120, b=110)
+    )
     return fig
 
 
@@ -215,10 +248,13 @@ def representation_map(
     ps = proj(fs)
     fig.add_trace(
         go.Scatter(
-            x=ps[:, 0], y=ps[:, 1], mode="markers", name="English harmless (reference)",
+            x=ps[:, 0],
+            y=ps[:, 1],
+            mode="markers",
+            name="English harmless (reference)",
             marker=dict(color="#BBBBBB", size=7, opacity=0.6, symbol="diamond"),
             hovertemplate="English harmless<br>PC1 %{x:.2f}, PC2 %{y:.2f}<extra></extra>",
-        )  # fmt: skip
+        )
     )
     arrows = []
     for lang in langs:
@@ -227,41 +263,77 @@ def representation_map(
         rows = np.arange(len(pb))
         fig.add_trace(
             go.Scatter(
-                x=pb[:, 0], y=pb[:, 1], mode="markers", name=f"{label}, {BEFORE_NAME}", legendgroup=lang,
-                showlegend=False, customdata=rows,
+                x=pb[:, 0],
+                y=pb[:, 1],
+                mode="markers",
+                name=f"{label}, {BEFORE_NAME}",
+                legendgroup=lang,
+                showlegend=False,
+                customdata=rows,
                 marker=dict(symbol="circle-open", color=color, size=8, line=dict(width=1.5)),
                 hovertemplate=f"{label}, {BEFORE_NAME}<br>row %{{customdata}}<br>PC1 %{{x:.2f}}, PC2 %{{y:.2f}}"
                 "<extra></extra>",
-            )  # fmt: skip
+            )
         )
         fig.add_trace(
             go.Scatter(
-                x=pa[:, 0], y=pa[:, 1], mode="markers", name=label, legendgroup=lang, customdata=rows,
+                x=pa[:, 0],
+                y=pa[:, 1],
+                mode="markers",
+                name=label,
+                legendgroup=lang,
+                customdata=rows,
                 marker=dict(symbol="circle", color=color, size=8, opacity=0.85),
                 hovertemplate=f"{label}, {AFTER_NAME}<br>row %{{customdata}}<br>PC1 %{{x:.2f}}, PC2 %{{y:.2f}}"
                 "<extra></extra>",
-            )  # fmt: skip
+            )
         )
         cb, ca = pb.mean(0), pa.mean(0)
         if np.linalg.norm(ca - cb) > 1e-9:
-            arrows.append(dict(x=ca[0], y=ca[1], ax=cb[0], ay=cb[1], xref="x", yref="y", axref="x", ayref="y",
-                               showarrow=True, arrowhead=3, arrowsize=1.3, arrowwidth=2, arrowcolor=color,
-                               text="", opacity=0.9))  # fmt: skip
+            arrows.append(
+                dict(
+                    x=ca[0],
+                    y=ca[1],
+                    ax=cb[0],
+                    ay=cb[1],
+                    xref="x",
+                    yref="y",
+                    axref="x",
+                    ayref="y",
+                    showarrow=True,
+                    arrowhead=3,
+                    arrowsize=1.3,
+                    arrowwidth=2,
+                    arrowcolor=color,
+                    text="",
+                    opacity=0.9,
+                )
+            )
     # legend key for the marker styles
     for name, symbol in ((f"○ hollow = {BEFORE_NAME}", "circle-open"), (f"● filled = {AFTER_NAME}", "circle")):
         fig.add_trace(
-            go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup="key",
-                       marker=dict(symbol=symbol, color="#555555", size=9), hoverinfo="skip")
-        )  # fmt: skip
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=name,
+                legendgroup="key",
+                marker=dict(symbol=symbol, color="#555555", size=9),
+                hoverinfo="skip",
+            )
+        )
     base_layout(
         fig,
-        title=("Harmful requests in the English harmful-vs-harmless PCA plane, before and after the edit"
-               "<br><sup>arrows: each language's centre before → after; harmful (refused) is to the right, "
-               "grey = English harmless</sup>"),
+        title=(
+            "Harmful requests in the English harmful-vs-harmless PCA plane, before and after the edit"
+            "<br><sup>arrows: each language's centre before → after; harmful (refused) is to the right, "
+            "grey = English harmless</sup>"
+        ),
         height=620,
-    )  # fmt: skip
-    fig.update_layout(annotations=arrows, legend=dict(title=dict(text="Language (harmful prompts)")),
-                      margin=dict(t=110))  # fmt: skip
+    )
+    fig.update_layout(
+        annotations=arrows, legend=dict(title=dict(text="Language (harmful prompts)")), margin=dict(t=110)
+    )
     fig.update_xaxes(title_text=f"PC1 ({ratio[0]:.0%} of variance; English harmful → right)", zeroline=True)
     fig.update_yaxes(title_text=f"PC2 ({ratio[1]:.0%} of variance)", zeroline=True)
     return fig
@@ -270,8 +342,10 @@ def representation_map(
 def _site_rows(rows) -> dict:
     """Validate {"before"|"after": {"harmful"|"harmless": {lang: [n, d]}}}; return numpy arrays."""
     if not isinstance(rows, Mapping) or set(rows) != {"before", "after"}:
-        raise ValueError("rows must be a mapping with exactly the keys 'before' and 'after', each "
-                         "{'harmful': {lang: [n, d]}, 'harmless': {lang: [n, d]}}")  # fmt: skip
+        raise ValueError(
+            "rows must be a mapping with exactly the keys 'before' and 'after', each "
+            "{'harmful': {lang: [n, d]}, 'harmless': {lang: [n, d]}}"
+        )
     out = {}
     for label in ("harmful", "harmless"):
         for state in ("before", "after"):
@@ -316,39 +390,82 @@ def edit_site_change(rows, *, layer: int | None = None, pivot: str = "en") -> go
         return float(np.linalg.norm(a - b, axis=1).mean() / max(np.linalg.norm(b, axis=1).mean(), 1e-12))
 
     where = f"after layer {layer}" if layer is not None else "after the edited layer"
-    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2, subplot_titles=(
-        f"How far the edit moves the residual stream {where}: mean ‖after − before‖ / mean ‖before‖",
-        f"Position on the {LANG_NAMES[pivot]} refusal direction {where} (0 = {LANG_NAMES[pivot]} harmless mean, "
-        f"1 = {LANG_NAMES[pivot]} harmful mean)"))  # fmt: skip
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        vertical_spacing=0.2,
+        subplot_titles=(
+            f"How far the edit moves the residual stream {where}: mean ‖after − before‖ / mean ‖before‖",
+            f"Position on the {LANG_NAMES[pivot]} refusal direction {where} (0 = {LANG_NAMES[pivot]} harmless mean, "
+            f"1 = {LANG_NAMES[pivot]} harmful mean)",
+        ),
+    )
     for label, (b, a), color in (("harmful", (hb, ha), "#C8412F"), ("harmless", (sb, sa), "#7FB7A4")):
         ls = [x for x in langs if x in b]
         v = [moved(b[x], a[x]) for x in ls]
-        fig.add_trace(go.Bar(x=[lang_label(x) for x in ls], y=[100 * t for t in v], name=f"{label} prompts: moved",
-                             marker_color=color, text=[f"{100 * t:.0f}%" if t >= 0.01 else f"{100 * t:.1g}%" for t in v], textposition="outside",
-                             cliponaxis=False, legendgroup=label,
-                             customdata=[b[x].shape[0] for x in ls],
-                             hovertemplate="%{x}<br>" + label + ": moved %{y:.2f}% of the norm "
-                             "(%{customdata} prompts)<extra></extra>"), row=1, col=1)  # fmt: skip
-    specs = (("harmful", BEFORE_NAME, hb, "#E9A38A"), ("harmful", AFTER_NAME, ha, "#C8412F"),
-             ("harmless", BEFORE_NAME, sb, "#C3DDD3"), ("harmless", AFTER_NAME, sa, "#3E8A70"))
+        fig.add_trace(
+            go.Bar(
+                x=[lang_label(x) for x in ls],
+                y=[100 * t for t in v],
+                name=f"{label} prompts: moved",
+                marker_color=color,
+                text=[f"{100 * t:.0f}%" if t >= 0.01 else f"{100 * t:.1g}%" for t in v],
+                textposition="outside",
+                cliponaxis=False,
+                legendgroup=label,
+                customdata=[b[x].shape[0] for x in ls],
+                hovertemplate="%{x}<br>" + label + ": moved %{y:.2f}% of the norm "
+                "(%{customdata} prompts)<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    specs = (
+        ("harmful", BEFORE_NAME, hb, "#E9A38A"),
+        ("harmful", AFTER_NAME, ha, "#C8412F"),
+        ("harmless", BEFORE_NAME, sb, "#C3DDD3"),
+        ("harmless", AFTER_NAME, sa, "#3E8A70"),
+    )
     for label, state, m, color in specs:
         ls = [x for x in langs if x in m]
         v = [coord(m[x]) for x in ls]
-        fig.add_trace(go.Bar(x=[lang_label(x) for x in ls], y=v, name=f"{label}, {state}", marker_color=color,
-                             text=[f"{t:.2f}" for t in v], textposition="outside", cliponaxis=False,
-                             hovertemplate="%{x}<br>" + f"{label} prompts, {state}" + ": %{y:.3f}<extra></extra>"),
-                      row=2, col=1)  # fmt: skip
-    fig.add_hline(y=1.0, line=dict(color="#111111", dash="dash", width=1), row=2, col=1,
-                  annotation_text=f"{LANG_NAMES[pivot]} harmful, before", annotation_position="top right")  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=[lang_label(x) for x in ls],
+                y=v,
+                name=f"{label}, {state}",
+                marker_color=color,
+                text=[f"{t:.2f}" for t in v],
+                textposition="outside",
+                cliponaxis=False,
+                hovertemplate="%{x}<br>" + f"{label} prompts, {state}" + ": %{y:.3f}<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    fig.add_hline(
+        y=1.0,
+        line=dict(color="#111111", dash="dash", width=1),
+        row=2,
+        col=1,
+        annotation_text=f"{LANG_NAMES[pivot]} harmful, before",
+        annotation_position="top right",
+    )
     base_layout(
         fig,
-        title=(f"What the edit changes at its site: the residual stream {where}, before vs after<br><sup>the "
-               "edit should move harmful prompts toward the refusal side (up in the lower panel) and leave "
-               "harmless prompts where they were</sup>"),
+        title=(
+            f"What the edit changes at its site: the residual stream {where}, before vs after<br><sup>the "
+            "edit should move harmful prompts toward the refusal side (up in the lower panel) and leave "
+            "harmless prompts where they were</sup>"
+        ),
         height=860,
-    )  # fmt: skip
-    fig.update_layout(barmode="group", bargap=0.22, legend=dict(orientation="h", x=0, y=-0.08, yanchor="top"),
-                      margin=dict(t=130, b=120))  # fmt: skip
+    )
+    fig.update_layout(
+        barmode="group",
+        bargap=0.22,
+        legend=dict(orientation="h", x=0, y=-0.08, yanchor="top"),
+        margin=dict(t=130, b=120),
+    )
     fig.update_yaxes(title_text="moved (% of ‖before‖)", rangemode="tozero", ticksuffix="%", row=1, col=1)
     fig.update_yaxes(title_text="refusal-direction coordinate", row=2, col=1)
     return fig

@@ -72,16 +72,23 @@ def neuron_heatmap(ranking, *, score: str = "z", top: int = 64) -> go.Figure:
         text = np.where(sel[i], "yes", "no")
         fig.add_trace(
             go.Heatmap(
-                z=vals[i], x=ranks, y=layers, customdata=custom, text=text,
-                name=lang_label(lang), visible=i == 0,
-                colorscale="Viridis", zmin=lo, zmax=hi,
+                z=vals[i],
+                x=ranks,
+                y=layers,
+                customdata=custom,
+                text=text,
+                name=lang_label(lang),
+                visible=i == 0,
+                colorscale="Viridis",
+                zmin=lo,
+                zmax=hi,
                 colorbar=dict(title=dict(text=_SCORE_TITLES[score], side="right")),
                 hovertemplate=(
                     "Layer %{y}, rank %{x}<br>Neuron %{customdata[0]}<br>"
                     "Δ = %{customdata[1]:.3f}<br>z = %{customdata[2]:.2f}<br>d = %{customdata[3]:.2f}<br>"
                     "selected: %{text}<extra>" + lang_label(lang) + "</extra>"
                 ),
-            )  # fmt: skip
+            )
         )
         n_sel = int(r["selected"][i].sum())
         titles.append(
@@ -89,18 +96,44 @@ def neuron_heatmap(ranking, *, score: str = "z", top: int = 64) -> go.Figure:
             f"({n_sel} selected in all layers)"
         )
     buttons = [
-        dict(label=lang_label(lang), method="update",
-             args=[{"visible": [j == i for j in range(len(langs))]}, {"title.text": titles[i]}])
+        dict(
+            label=lang_label(lang),
+            method="update",
+            args=[{"visible": [j == i for j in range(len(langs))]}, {"title.text": titles[i]}],
+        )
         for i, lang in enumerate(langs)
-    ]  # fmt: skip
+    ]
     base_layout(fig, title=titles[0], height=max(420, 16 * len(layers) + 220))
     fig.update_layout(
-        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.0, yanchor="bottom",
-                          showactive=True, active=0, pad=dict(b=6))],
+        updatemenus=[
+            dict(
+                buttons=buttons,
+                direction="down",
+                x=1.0,
+                xanchor="right",
+                y=1.0,
+                yanchor="bottom",
+                showactive=True,
+                active=0,
+                pad=dict(b=6),
+            )
+        ],
         margin=dict(r=110),
-        annotations=[dict(text="Language:", x=1.0, xref="paper", y=1.0, yref="paper", xanchor="right",
-                          yanchor="bottom", xshift=-175, yshift=10, showarrow=False)],
-    )  # fmt: skip
+        annotations=[
+            dict(
+                text="Language:",
+                x=1.0,
+                xref="paper",
+                y=1.0,
+                yref="paper",
+                xanchor="right",
+                yanchor="bottom",
+                xshift=-175,
+                yshift=10,
+                showarrow=False,
+            )
+        ],
+    )
     fig.update_xaxes(title_text=f"Rank within layer (1 = highest {score})")
     fig.update_yaxes(title_text="Layer")
     return fig
@@ -114,11 +147,14 @@ def neuron_counts(ranking) -> go.Figure:
     for i, lang in enumerate(r["langs"]):
         fig.add_trace(
             go.Scatter(
-                x=r["layers"], y=counts[i], mode="lines+markers", name=lang_label(lang),
+                x=r["layers"],
+                y=counts[i],
+                mode="lines+markers",
+                name=lang_label(lang),
                 line=dict(color=LANG_COLORS[lang], width=3 if lang == "en" else 2),
                 marker=dict(size=6),
                 hovertemplate="Layer %{x}: %{y} safety neurons<extra>" + lang_label(lang) + "</extra>",
-            )  # fmt: skip
+            )
         )
     rule = getattr(ranking, "settings", {}) or {}
     rule = f" (rule: {rule['rule']})" if isinstance(rule, dict) and rule.get("rule") else ""
@@ -144,46 +180,72 @@ def jaccard_heatmap(ranking) -> go.Figure:
         inter = m @ m.T
         sizes = m.sum(1)
         union = sizes[:, None] + sizes[None, :] - inter
-        jac = to_array(ranking.jaccard(layer), "ranking.jaccard()", ndim=2) if has_method else (
-            np.where(union > 0, inter / np.maximum(union, 1), 1.0))  # fmt: skip
+        jac = (
+            to_array(ranking.jaccard(layer), "ranking.jaccard()", ndim=2)
+            if has_method
+            else (np.where(union > 0, inter / np.maximum(union, 1), 1.0))
+        )
         if jac.shape != (len(langs), len(langs)):
             raise ValueError(f"ranking.jaccard() returned shape {jac.shape}; expected {(len(langs),) * 2}")
-        custom = np.stack([inter, np.broadcast_to(sizes[:, None], inter.shape),
-                           np.broadcast_to(sizes[None, :], inter.shape)], -1)  # fmt: skip
+        custom = np.stack(
+            [inter, np.broadcast_to(sizes[:, None], inter.shape), np.broadcast_to(sizes[None, :], inter.shape)], -1
+        )
         return jac, custom
 
     steps_spec = [(None, "all layers")] + [(layer, f"layer {layer}") for layer in layers]
     off = ~np.eye(len(langs), dtype=bool)
     # colour fitted to the overlaps between different languages (the diagonal, 1, saturates)
-    top_off = max((float(matrix(layer)[0][off].max()) for layer, _ in steps_spec), default=1.0) if len(langs) > 1 else 1.0
+    top_off = (
+        max((float(matrix(layer)[0][off].max()) for layer, _ in steps_spec), default=1.0) if len(langs) > 1 else 1.0
+    )
     zmax = min(1.0, top_off * 1.05) if top_off > 0 else 1.0
     fig = go.Figure()
     for k, (layer, name) in enumerate(steps_spec):
         jac, custom = matrix(layer)
         fig.add_trace(
             go.Heatmap(
-                z=jac, x=labels, y=labels, customdata=custom, name=name, visible=k == 0,
-                zmin=0, zmax=zmax, colorscale="Blues", texttemplate="%{z:.2f}", textfont=dict(size=12),
+                z=jac,
+                x=labels,
+                y=labels,
+                customdata=custom,
+                name=name,
+                visible=k == 0,
+                zmin=0,
+                zmax=zmax,
+                colorscale="Blues",
+                texttemplate="%{z:.2f}",
+                textfont=dict(size=12),
                 colorbar=dict(title=dict(text="Jaccard |A∩B| / |A∪B|", side="right")),
                 hovertemplate=(
                     "%{y} vs %{x}<br>Jaccard = %{z:.3f}<br>shared neurons = %{customdata[0]}<br>"
                     "sizes: %{customdata[1]} and %{customdata[2]}<extra>" + name + "</extra>"
                 ),
-            )  # fmt: skip
+            )
         )
     titles = [f"Overlap of safety-neuron sets between languages ({name})" for _, name in steps_spec]
     steps = [
-        dict(label=name if layer is None else f"L{layer}", method="update",
-             args=[{"visible": [j == k for j in range(len(steps_spec))]}, {"title.text": titles[k]}])
+        dict(
+            label=name if layer is None else f"L{layer}",
+            method="update",
+            args=[{"visible": [j == k for j in range(len(steps_spec))]}, {"title.text": titles[k]}],
+        )
         for k, (layer, name) in enumerate(steps_spec)
-    ]  # fmt: skip
+    ]
     side = 70 * len(langs) + 380
     base_layout(fig, title=titles[0], height=max(480, side), width=None)
     fig.update_layout(
-        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="Showing: ", visible=True),
-                      pad=dict(t=115), x=0.0, len=1.0)],
+        sliders=[
+            dict(
+                active=0,
+                steps=steps,
+                currentvalue=dict(prefix="Showing: ", visible=True),
+                pad=dict(t=115),
+                x=0.0,
+                len=1.0,
+            )
+        ],
         margin=dict(b=200),
-    )  # fmt: skip
+    )
     fig.update_xaxes(title_text="Language B", tickangle=-30)
     fig.update_yaxes(title_text="Language A", autorange="reversed")
     return fig
@@ -213,19 +275,28 @@ def layer_language_heatmap(ranking) -> go.Figure:
     lo, hi = _fitted_range(counts.astype(float))
     fig = go.Figure(
         go.Heatmap(
-            z=counts, x=[lang_label(x) for x in langs], y=[f"L{layer}" for layer in layers],
-            customdata=100 * share, zmin=lo, zmax=hi, colorscale="YlGnBu",
-            texttemplate="%{z}" if len(layers) <= 40 else None, textfont=dict(size=11),
+            z=counts,
+            x=[lang_label(x) for x in langs],
+            y=[f"L{layer}" for layer in layers],
+            customdata=100 * share,
+            zmin=lo,
+            zmax=hi,
+            colorscale="YlGnBu",
+            texttemplate="%{z}" if len(layers) <= 40 else None,
+            textfont=dict(size=11),
             colorbar=dict(title=dict(text="safety neurons", side="right")),
             hovertemplate="%{x}, layer %{y}: %{z} safety neurons (%{customdata:.2f}% of the layer)<extra></extra>",
-        )  # fmt: skip
+        )
     )
     total = int(r["selected"].sum())
     rule = getattr(ranking, "settings", {}) or {}
     rule = f" (rule {rule['rule']})" if isinstance(rule, dict) and rule.get("rule") else ""
-    base_layout(fig, title=f"Safety neurons selected per layer and language<br><sup>{total} (layer, neuron, "
-                f"language) selections in all{rule}; colour fitted to the counts</sup>",
-                height=max(420, 22 * len(layers) + 220))  # fmt: skip
+    base_layout(
+        fig,
+        title=f"Safety neurons selected per layer and language<br><sup>{total} (layer, neuron, "
+        f"language) selections in all{rule}; colour fitted to the counts</sup>",
+        height=max(420, 22 * len(layers) + 220),
+    )
     fig.update_xaxes(side="top")
     fig.update_layout(margin=dict(t=120))
     fig.update_yaxes(title_text="Layer", autorange="reversed", type="category")
@@ -259,23 +330,38 @@ def shared_neurons_heatmap(ranking, *, top: int = 40) -> go.Figure:
     li, ni = np.unravel_index(order, n_langs.shape)
     vals = z[:, li, ni].T  # [top, lang]
     mark = sel[:, li, ni].T
-    kinds = ["all languages" if k == len(langs) else ("only " + langs[int(np.argmax(m))]) if k == 1 else
-             f"{k} languages" for k, m in zip(n_langs[li, ni], mark)]  # fmt: skip
+    kinds = [
+        "all languages" if k == len(langs) else ("only " + langs[int(np.argmax(m))]) if k == 1 else f"{k} languages"
+        for k, m in zip(n_langs[li, ni], mark)
+    ]
     labels = [f"L{layers[a]} N{b} · {k}" for a, b, k in zip(li, ni, kinds)]
     lo, hi = _fitted_range(vals)
     fig = go.Figure(
         go.Heatmap(
-            z=vals, x=[lang_label(x) for x in langs], y=labels, zmin=lo, zmax=hi, colorscale="Viridis",
+            z=vals,
+            x=[lang_label(x) for x in langs],
+            y=labels,
+            zmin=lo,
+            zmax=hi,
+            colorscale="Viridis",
             customdata=np.array([[k] * len(langs) for k in kinds], dtype=object),
             colorbar=dict(title=dict(text="z-score", side="right")),
             hovertemplate="%{y}, %{x}<br>z = %{z:.2f}<br>selected by %{customdata}<extra></extra>",
-        )  # fmt: skip
+        )
     )
     xs = [lang_label(x) for x in langs]
     yy, xx = np.nonzero(mark)
-    fig.add_trace(go.Scatter(x=[xs[j] for j in xx], y=[labels[i] for i in yy], mode="markers", hoverinfo="skip",
-                             name="selected", showlegend=False,
-                             marker=dict(symbol="circle", size=8, color="white", line=dict(color="#111", width=1.5))))
+    fig.add_trace(
+        go.Scatter(
+            x=[xs[j] for j in xx],
+            y=[labels[i] for i in yy],
+            mode="markers",
+            hoverinfo="skip",
+            name="selected",
+            showlegend=False,
+            marker=dict(symbol="circle", size=8, color="white", line=dict(color="#111", width=1.5)),
+        )
+    )
     n_all = int((n_langs == len(langs)).sum())
     n_one = int((n_langs == 1).sum())
     base_layout(
@@ -287,7 +373,6 @@ def shared_neurons_heatmap(ranking, *, top: int = 40) -> go.Figure:
         height=max(440, 19 * len(labels) + 220),
     )
     fig.update_xaxes(side="top")
-    fig.update_yaxes(title_text="Neuron (layer, index)", autorange="reversed", type="category",
-                     tickfont=dict(size=11))  # fmt: skip
+    fig.update_yaxes(title_text="Neuron (layer, index)", autorange="reversed", type="category", tickfont=dict(size=11))
     fig.update_layout(margin=dict(t=150, l=200))
     return fig

@@ -27,8 +27,10 @@ from ._common import (
 )
 
 MEAN_LABEL = "Mean of non-English"
-MEAN_NOTE = ("last group: the mean of the per-language shares (`Evaluation.mean`), harmful answers over the "
-             "non-English languages, over-refusal over every language")
+MEAN_NOTE = (
+    "last group: the mean of the per-language shares (`Evaluation.mean`), harmful answers over the "
+    "non-English languages, over-refusal over every language"
+)
 
 
 def _per_language(x, name: str, field: str) -> dict[str, float]:
@@ -72,10 +74,15 @@ def asr_bars(before, after) -> go.Figure:
     for name, ys, color in ((BEFORE_NAME, yb, BEFORE_COLOR), (AFTER_NAME, ya, AFTER_COLOR)):
         fig.add_trace(
             go.Bar(
-                x=labels, y=[100 * v for v in ys], name=name, marker_color=color,
-                text=[pct(v) for v in ys], textposition="outside", cliponaxis=False,
+                x=labels,
+                y=[100 * v for v in ys],
+                name=name,
+                marker_color=color,
+                text=[pct(v) for v in ys],
+                textposition="outside",
+                cliponaxis=False,
                 hovertemplate="%{x}<br>ASR " + name + ": %{y:.1f}%<extra></extra>",
-            )  # fmt: skip
+            )
         )
     if others:
         fig.add_vline(x=len(langs) - 0.5, line=dict(color="#999999", dash="dot", width=1))
@@ -121,32 +128,52 @@ def utility_panel(kl, accuracy_before, accuracy_after, over_refusal_before, over
     check_same_keys(orb, ora, "over_refusal_before", "over_refusal_after")
 
     fig = make_subplots(
-        rows=3, cols=1, vertical_spacing=0.11,
+        rows=3,
+        cols=1,
+        vertical_spacing=0.11,
         subplot_titles=(
             "Drift on harmless prompts: KL(base ‖ edited) at the first answer token (lower = less change)",
             "Multiple-choice accuracy (higher is better)",
             "Over-refusal: harmless prompts refused (lower is better)",
         ),
-    )  # fmt: skip
+    )
     fig.add_trace(
-        go.Bar(x=[lang_label(lang) for lang in k], y=list(k.values()), name="KL(base ‖ edited)",
-               marker_color="#7A5195", text=[f"{v:.3g}" for v in k.values()], textposition="outside",
-               cliponaxis=False, hovertemplate="%{x}<br>KL = %{y:.4g} nats<extra></extra>"),
-        row=1, col=1,
-    )  # fmt: skip
+        go.Bar(
+            x=[lang_label(lang) for lang in k],
+            y=list(k.values()),
+            name="KL(base ‖ edited)",
+            marker_color="#7A5195",
+            text=[f"{v:.3g}" for v in k.values()],
+            textposition="outside",
+            cliponaxis=False,
+            hovertemplate="%{x}<br>KL = %{y:.4g} nats<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
     for row, (vb, va, what) in enumerate(((accb, acca, "accuracy"), (orb, ora, "over-refusal")), start=2):
         x = [lang_label(lang) for lang in vb]
         for name, vals, color in ((BEFORE_NAME, vb, BEFORE_COLOR), (AFTER_NAME, va, AFTER_COLOR)):
             fig.add_trace(
-                go.Bar(x=x, y=[100 * vals[lang] for lang in vb], name=name, marker_color=color,
-                       legendgroup=name, showlegend=row == 2, text=[pct(vals[lang]) for lang in vb],
-                       textposition="outside", cliponaxis=False,
-                       hovertemplate="%{x}<br>" + what + " " + name + ": %{y:.1f}%<extra></extra>"),
-                row=row, col=1,
-            )  # fmt: skip
+                go.Bar(
+                    x=x,
+                    y=[100 * vals[lang] for lang in vb],
+                    name=name,
+                    marker_color=color,
+                    legendgroup=name,
+                    showlegend=row == 2,
+                    text=[pct(vals[lang]) for lang in vb],
+                    textposition="outside",
+                    cliponaxis=False,
+                    hovertemplate="%{x}<br>" + what + " " + name + ": %{y:.1f}%<extra></extra>",
+                ),
+                row=row,
+                col=1,
+            )
     kmax = max(k.values()) if k else 0
-    fig.update_yaxes(title_text="KL [nats]", rangemode="tozero", range=[0, 1.2 * kmax] if kmax > 0 else None,
-                     row=1, col=1)  # fmt: skip
+    fig.update_yaxes(
+        title_text="KL [nats]", rangemode="tozero", range=[0, 1.2 * kmax] if kmax > 0 else None, row=1, col=1
+    )
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 110], ticksuffix="%", row=2, col=1)
     fig.update_yaxes(title_text="over-refusal (%)", range=[0, 110], ticksuffix="%", row=3, col=1)
     for row in (1, 2, 3):
@@ -182,8 +209,16 @@ def sweep_scatter(records: Sequence[Mapping]) -> go.Figure:
         if kl < 0:
             raise ValueError(f"records[{i}]['kl'] must be ≥ 0, got {kl}")
         extra = [f"{f} = {rec[f]}" for f in ("layer", "rank") if rec.get(f) is not None]
-        rows.append(dict(label=rec["label"], asr=asr, kl=kl, layer=rec.get("layer"), chosen=bool(rec.get("chosen")),
-                         hover="<br>".join([f"<b>{rec['label']}</b>"] + extra)))  # fmt: skip
+        rows.append(
+            dict(
+                label=rec["label"],
+                asr=asr,
+                kl=kl,
+                layer=rec.get("layer"),
+                chosen=bool(rec.get("chosen")),
+                hover="<br>".join([f"<b>{rec['label']}</b>"] + extra),
+            )
+        )
 
     kls = [r["kl"] for r in rows]
     log_x = min(kls) > 0 and max(kls) / min(kls) >= 100
@@ -192,23 +227,38 @@ def sweep_scatter(records: Sequence[Mapping]) -> go.Figure:
 
     def trace(sub, name, marker):
         return go.Scatter(
-            x=[r["kl"] for r in sub], y=[100 * r["asr"] for r in sub], customdata=[r["hover"] for r in sub],
-            mode="markers+text" if show_text else "markers", text=[r["label"] for r in sub],
-            textposition="top center", textfont=dict(size=11), name=name, marker=marker,
+            x=[r["kl"] for r in sub],
+            y=[100 * r["asr"] for r in sub],
+            customdata=[r["hover"] for r in sub],
+            mode="markers+text" if show_text else "markers",
+            text=[r["label"] for r in sub],
+            textposition="top center",
+            textfont=dict(size=11),
+            name=name,
+            marker=marker,
             hovertemplate="%{customdata}<br>KL = %{x:.4g} nats<br>ASR = %{y:.1f}%<extra></extra>",
-        )  # fmt: skip
+        )
 
     marker = dict(size=11, color="#4C78A8", line=dict(width=1, color="white"))
     if by_layer:
-        marker = dict(size=11, color=[r["layer"] for r in rows], colorscale="Viridis", showscale=True,
-                      colorbar=dict(title=dict(text="Layer"), x=1.02), line=dict(width=1, color="white"))  # fmt: skip
+        marker = dict(
+            size=11,
+            color=[r["layer"] for r in rows],
+            colorscale="Viridis",
+            showscale=True,
+            colorbar=dict(title=dict(text="Layer"), x=1.02),
+            line=dict(width=1, color="white"),
+        )
     fig = go.Figure([trace(rows, "configurations", marker)])
     chosen = [r for r in rows if r["chosen"]]
     if chosen and show_text:  # the chosen ones get their label from the star trace
         fig.data[0].text = ["" if r["chosen"] else r["label"] for r in rows]
     if chosen:
-        fig.add_trace(trace(chosen, "chosen", dict(symbol="star", size=20, color="#E45756",
-                                                   line=dict(width=1.5, color="#7F1D1D"))))  # fmt: skip
+        fig.add_trace(
+            trace(
+                chosen, "chosen", dict(symbol="star", size=20, color="#E45756", line=dict(width=1.5, color="#7F1D1D"))
+            )
+        )
         fig.data[-1].textfont = dict(size=13, color="#B22222")
         fig.data[-1].textposition = "bottom center"
     base_layout(
@@ -218,8 +268,11 @@ def sweep_scatter(records: Sequence[Mapping]) -> go.Figure:
         height=520,
     )
     fig.update_layout(legend=dict(orientation="h", x=0, y=-0.18, yanchor="top"), margin=dict(t=110, b=110))
-    fig.update_xaxes(title_text="KL(base ‖ edited) on harmless prompts [nats]" + (" (log scale)" if log_x else ""),
-                     type="log" if log_x else "linear", dtick=1 if log_x else None)  # fmt: skip
+    fig.update_xaxes(
+        title_text="KL(base ‖ edited) on harmless prompts [nats]" + (" (log scale)" if log_x else ""),
+        type="log" if log_x else "linear",
+        dtick=1 if log_x else None,
+    )
     fig.update_yaxes(title_text="Mean non-English ASR, judged answers (%)", range=[-5, 105], ticksuffix="%")
     if not log_x and not math.isclose(max(kls), 0):
         fig.update_xaxes(rangemode="tozero")
@@ -239,31 +292,49 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
     for i, p in enumerate(points):
         if not isinstance(p, Mapping) or not isinstance(p.get("method"), str):
             raise ValueError(f"points[{i}] must be a mapping with a str 'method'")
-        row = {"asr": fraction(p.get("asr"), f"points[{i}]['asr']"),
-               "over": fraction(p.get("over_refusal"), f"points[{i}]['over_refusal']"),
-               "en": None if p.get("en_asr") is None else fraction(p["en_asr"], f"points[{i}]['en_asr']"),
-               "setting": str(p.get("setting", ""))}  # fmt: skip
+        row = {
+            "asr": fraction(p.get("asr"), f"points[{i}]['asr']"),
+            "over": fraction(p.get("over_refusal"), f"points[{i}]['over_refusal']"),
+            "en": None if p.get("en_asr") is None else fraction(p["en_asr"], f"points[{i}]['en_asr']"),
+            "setting": str(p.get("setting", "")),
+        }
         by_method.setdefault(p["method"], []).append(row)
     fig = go.Figure()
     palette = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#9D755D", "#FF9DA6"]
     for k, (method, rows) in enumerate(by_method.items()):
         rows.sort(key=lambda r: r["over"])
         color = palette[k % len(palette)]
-        fig.add_trace(go.Scatter(
-            x=[100 * r["over"] for r in rows], y=[100 * r["asr"] for r in rows], mode="lines+markers", name=method,
-            marker=dict(size=11, color=color), line=dict(color=color), customdata=[r["setting"] for r in rows],
-            hovertemplate=f"<b>{method}</b> %{{customdata}}<br>over-refusal %{{x:.1f}}%<br>non-English compliance "
-                          "%{y:.1f}%<extra></extra>",
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[100 * r["over"] for r in rows],
+                y=[100 * r["asr"] for r in rows],
+                mode="lines+markers",
+                name=method,
+                marker=dict(size=11, color=color),
+                line=dict(color=color),
+                customdata=[r["setting"] for r in rows],
+                hovertemplate=f"<b>{method}</b> %{{customdata}}<br>over-refusal %{{x:.1f}}%<br>non-English compliance "
+                "%{y:.1f}%<extra></extra>",
+            )
+        )
         en = [r for r in rows if r["en"] is not None]
         if en:
-            fig.add_trace(go.Scatter(
-                x=[100 * r["over"] for r in en], y=[100 * r["en"] for r in en], mode="markers", showlegend=False,
-                marker=dict(size=10, symbol="diamond-open", color=color, line=dict(width=2)),
-                hovertemplate=f"<b>{method}</b>: English compliance %{{y:.1f}}%<extra></extra>",
-            ))  # fmt: skip
-    base_layout(fig, title="Compliance at equal over-refusal<br><sup>filled: mean non-English compliance; hollow "
-                "diamond: English compliance, same setting; lower-left is better</sup>", height=520)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=[100 * r["over"] for r in en],
+                    y=[100 * r["en"] for r in en],
+                    mode="markers",
+                    showlegend=False,
+                    marker=dict(size=10, symbol="diamond-open", color=color, line=dict(width=2)),
+                    hovertemplate=f"<b>{method}</b>: English compliance %{{y:.1f}}%<extra></extra>",
+                )
+            )
+    base_layout(
+        fig,
+        title="Compliance at equal over-refusal<br><sup>filled: mean non-English compliance; hollow "
+        "diamond: English compliance, same setting; lower-left is better</sup>",
+        height=520,
+    )
     fig.update_xaxes(title_text="Over-refusal: harmless prompts refused (%)", rangemode="tozero", ticksuffix="%")
     fig.update_yaxes(title_text="Harmful prompts complied with (%)", range=[-5, 105], ticksuffix="%")
     return fig
@@ -275,24 +346,27 @@ OUTCOME_NAMES = {
     "compliance": "compliance (attack succeeded)",
     "degenerate": "degenerate (echo, loop, misreading)",
     "refusal": "refusal",
-}  # fmt: skip
+}
 
 
 def _counts(ev, name: str) -> dict:
     """{lang: (harmful counts, harmless counts)} of an `Evaluation` (its `.languages[lang]`)."""
     langs = getattr(ev, "languages", None)
     if not isinstance(ev, Evaluation) or not isinstance(langs, Mapping):
-        raise ValueError(f"{name} must be an Evaluation (with .languages[lang].harmful / .harmless counts), "
-                         f"got {type(ev).__name__}")  # fmt: skip
+        raise ValueError(
+            f"{name} must be an Evaluation (with .languages[lang].harmful / .harmless counts), got {type(ev).__name__}"
+        )
     check_mapping(langs, f"{name}.languages")
     out = {}
     for lang in sort_langs(langs):
         res = langs[lang]
-        if not (isinstance(getattr(res, "harmful", None), Mapping) and isinstance(getattr(res, "harmless", None),
-                                                                                  Mapping)):  # fmt: skip
+        if not (
+            isinstance(getattr(res, "harmful", None), Mapping) and isinstance(getattr(res, "harmless", None), Mapping)
+        ):
             raise ValueError(f"{name}.languages[{lang!r}] has no harmful / harmless outcome counts")
-        out[lang] = tuple({o: int(getattr(res, label).get(o, 0)) for o in OUTCOME_COLORS}
-                          for label in ("harmful", "harmless"))  # fmt: skip
+        out[lang] = tuple(
+            {o: int(getattr(res, label).get(o, 0)) for o in OUTCOME_COLORS} for label in ("harmful", "harmless")
+        )
     return out
 
 
@@ -319,14 +393,21 @@ def outcome_bars(before, after) -> go.Figure:
             harm, safe = counts[lang]
             n, m = sum(harm.values()), sum(safe.values())
             return {o: (harm[o] / n if n else 0.0, harm[o], n) for o in OUTCOME_COLORS}, (
-                safe["refusal"] / m if m else 0.0, safe["refusal"], m)
-        pooled = {o: sum((ev.languages[x].rate("harmful", o) for x in ev.metric_langs("asr")), Rate(0, 0))
-                  for o in OUTCOME_COLORS}  # fmt: skip
+                safe["refusal"] / m if m else 0.0,
+                safe["refusal"],
+                m,
+            )
+        pooled = {
+            o: sum((ev.languages[x].rate("harmful", o) for x in ev.metric_langs("asr")), Rate(0, 0))
+            for o in OUTCOME_COLORS
+        }
         comp, deg = ev.mean_asr() or 0.0, ev.mean_degenerate() or 0.0
         mean = {"compliance": comp, "degenerate": deg, "refusal": 1.0 - comp - deg if pooled["refusal"].n else 0.0}
         over = sum(ev.rates("over_refusal").values(), Rate(0, 0))
-        return ({o: (mean[o], pooled[o].k, pooled[o].n) for o in OUTCOME_COLORS},
-                (ev.mean_over_refusal() or 0.0, over.k, over.n))
+        return (
+            {o: (mean[o], pooled[o].k, pooled[o].n) for o in OUTCOME_COLORS},
+            (ev.mean_over_refusal() or 0.0, over.k, over.n),
+        )
 
     x_lang, x_state, harm, safe = [], [], [], []
     for label, lang in groups:
@@ -337,12 +418,24 @@ def outcome_bars(before, after) -> go.Figure:
             harm.append(h)
             safe.append(s_)
     x = [x_lang, x_state]
-    fig = make_subplots(rows=2, cols=1, row_heights=[0.64, 0.36], vertical_spacing=0.16, subplot_titles=(
-        "Harmful requests: share of answers that comply, are degenerate, or refuse (bars: 95% interval of compliance)",
-        "Harmless requests: share refused (over-refusal; bars: 95% interval)"))  # fmt: skip
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        row_heights=[0.64, 0.36],
+        vertical_spacing=0.16,
+        subplot_titles=(
+            "Harmful requests: share of answers that comply, are degenerate, or refuse (bars: 95% interval of compliance)",
+            "Harmless requests: share refused (over-refusal; bars: 95% interval)",
+        ),
+    )
+
     def bars(iv, y):  # error bars of intervals around y (a mean may sit outside its pooled interval: clipped)
-        return dict(type="data", symmetric=False, array=[max(0.0, 100 * hi - yi) for (_, hi), yi in zip(iv, y)],
-                    arrayminus=[max(0.0, yi - 100 * lo) for (lo, _), yi in zip(iv, y)])  # fmt: skip
+        return dict(
+            type="data",
+            symmetric=False,
+            array=[max(0.0, 100 * hi - yi) for (_, hi), yi in zip(iv, y)],
+            arrayminus=[max(0.0, yi - 100 * lo) for (lo, _), yi in zip(iv, y)],
+        )
 
     for outcome, color in OUTCOME_COLORS.items():
         n = [c[outcome][2] for c in harm]
@@ -352,25 +445,44 @@ def outcome_bars(before, after) -> go.Figure:
         if outcome == "compliance":
             err = bars([wilson(ki, ni) for ki, ni in zip(k, n)], y) | dict(color="#3A0A04", thickness=1.5, width=4)
         fig.add_trace(
-            go.Bar(x=x, y=y, name=OUTCOME_NAMES[outcome], marker_color=color, error_y=err,
-                   customdata=np.stack([k, n], -1), legendgroup=outcome,
-                   text=[f"{v:.0f}%" if v >= 8 else "" for v in y], textposition="inside", insidetextanchor="middle",
-                   hovertemplate="%{x}<br>" + outcome + ": %{y:.0f}% (%{customdata[0]} of %{customdata[1]} harmful)"
-                   "<extra></extra>"),
-            row=1, col=1,
-        )  # fmt: skip
+            go.Bar(
+                x=x,
+                y=y,
+                name=OUTCOME_NAMES[outcome],
+                marker_color=color,
+                error_y=err,
+                customdata=np.stack([k, n], -1),
+                legendgroup=outcome,
+                text=[f"{v:.0f}%" if v >= 8 else "" for v in y],
+                textposition="inside",
+                insidetextanchor="middle",
+                hovertemplate="%{x}<br>" + outcome + ": %{y:.0f}% (%{customdata[0]} of %{customdata[1]} harmful)"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     n = [c[2] for c in safe]
     k = [c[1] for c in safe]
     y = [100 * c[0] for c in safe]
     fig.add_trace(
-        go.Bar(x=x, y=y, name="over-refusal (harmless refused)", marker_color=[
-               BEFORE_COLOR if s == "before" else AFTER_COLOR for s in x_state], customdata=np.stack([k, n], -1),
-               error_y=bars([wilson(ki, ni) for ki, ni in zip(k, n)], y) | dict(color="#333333", width=4),
-               text=[f"{v:.0f}%" for v in y], textposition="outside", cliponaxis=False, showlegend=False,
-               hovertemplate="%{x}<br>over-refusal: %{y:.0f}% (%{customdata[0]} of %{customdata[1]} harmless "
-               "refused)<extra></extra>"),
-        row=2, col=1,
-    )  # fmt: skip
+        go.Bar(
+            x=x,
+            y=y,
+            name="over-refusal (harmless refused)",
+            marker_color=[BEFORE_COLOR if s == "before" else AFTER_COLOR for s in x_state],
+            customdata=np.stack([k, n], -1),
+            error_y=bars([wilson(ki, ni) for ki, ni in zip(k, n)], y) | dict(color="#333333", width=4),
+            text=[f"{v:.0f}%" for v in y],
+            textposition="outside",
+            cliponaxis=False,
+            showlegend=False,
+            hovertemplate="%{x}<br>over-refusal: %{y:.0f}% (%{customdata[0]} of %{customdata[1]} harmless "
+            "refused)<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
     base_layout(
         fig,
         title="Judged answers per language before and after the edit<br><sup>compliance share of harmful requests "
@@ -378,10 +490,15 @@ def outcome_bars(before, after) -> go.Figure:
         "over-refusal: lower is better<br>" + MEAN_NOTE + " (bars: the pooled count's 95% interval)</sup>",
         height=820,
     )
-    fig.update_layout(barmode="stack", bargap=0.18, legend=dict(orientation="h", x=0, y=-0.1, yanchor="top",
-                      traceorder="normal"), margin=dict(t=130, b=120))  # fmt: skip
+    fig.update_layout(
+        barmode="stack",
+        bargap=0.18,
+        legend=dict(orientation="h", x=0, y=-0.1, yanchor="top", traceorder="normal"),
+        margin=dict(t=130, b=120),
+    )
     fig.update_yaxes(title_text="share of harmful answers (%)", range=[0, 100], ticksuffix="%", row=1, col=1)
-    fig.update_yaxes(title_text="harmless refused (%)", range=[0, max(30, 1.25 * max(y) + 8)], ticksuffix="%",
-                     row=2, col=1)  # fmt: skip
+    fig.update_yaxes(
+        title_text="harmless refused (%)", range=[0, max(30, 1.25 * max(y) + 8)], ticksuffix="%", row=2, col=1
+    )
     fig.update_xaxes(tickfont=dict(size=11))
     return fig

@@ -91,8 +91,7 @@ def markdown_table_html(markdown: str) -> str:
         align = []
         for s in seps:
             s = s.replace(" ", "")
-            align.append("center" if s.startswith(":") and s.endswith(":") else "right" if s.endswith(":")
-                         else "left")  # fmt: skip
+            align.append("center" if s.startswith(":") and s.endswith(":") else "right" if s.endswith(":") else "left")
         rows = []
         i += 2
         while i < len(lines) and "|" in lines[i] and lines[i].strip():
@@ -143,8 +142,9 @@ def settings_json(settings: Mapping) -> str:
     return dump(dict(settings), 0)
 
 
-def _page(title: str, *, table_html: str, sections: Sequence[str], settings_text: str | None,
-          generated: str | None = None) -> str:  # fmt: skip
+def _page(
+    title: str, *, table_html: str, sections: Sequence[str], settings_text: str | None, generated: str | None = None
+) -> str:
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M") if generated is None else generated
     out = [
         "<!DOCTYPE html>",
@@ -186,10 +186,15 @@ def write_report(
     if not figures:
         raise ValueError("figures is empty: give at least one (title, Figure) pair")
     for i, item in enumerate(figures):
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], (go.Figure, HtmlSection))):  # fmt: skip
-            raise ValueError(f"figures[{i}] must be a (str, plotly.graph_objects.Figure or HtmlSection) pair, "
-                             f"got {item!r:.80}")
+        if not (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], (go.Figure, HtmlSection))
+        ):
+            raise ValueError(
+                f"figures[{i}] must be a (str, plotly.graph_objects.Figure or HtmlSection) pair, got {item!r:.80}"
+            )
     if not isinstance(table_markdown, str):
         raise ValueError(f"table_markdown must be a str, got {type(table_markdown).__name__}")
     if settings is not None and not isinstance(settings, Mapping):
@@ -206,20 +211,27 @@ def write_report(
             sections.append(f'<section id="{slug}"><h2>{html.escape(fig_title)}</h2>{fig.html}</section>')
             continue
         div = fig.to_html(
-            full_html=False, include_plotlyjs=i == first_plot, include_mathjax=False, div_id=slug,
-            default_height=f"{fig.layout.height or 500}px", default_width="100%",
+            full_html=False,
+            include_plotlyjs=i == first_plot,
+            include_mathjax=False,
+            div_id=slug,
+            default_height=f"{fig.layout.height or 500}px",
+            default_width="100%",
             config={"displaylogo": False, "responsive": True},
-        )  # fmt: skip
-        sections.append(f'<section id="{slug}-section"><h2>{html.escape(fig_title)}</h2>'
-                        f'<div class="figure">{div}</div></section>')
+        )
+        sections.append(
+            f'<section id="{slug}-section"><h2>{html.escape(fig_title)}</h2><div class="figure">{div}</div></section>'
+        )
     settings_text = None
     if settings is not None:
         settings_text = settings_json(settings)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(title, table_html=table_html, sections=sections, settings_text=settings_text,
-                          generated=generated), encoding="utf-8")  # fmt: skip
+    path.write_text(
+        _page(title, table_html=table_html, sections=sections, settings_text=settings_text, generated=generated),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -238,8 +250,11 @@ def _records(x, name: str) -> list[dict]:
     if isinstance(recs, (str, bytes, Mapping)) or not isinstance(recs, Sequence):
         raise ValueError(f"{name} must be an Evaluation or a list of answer records, got {type(x).__name__}")
     for i, r in enumerate(recs):
-        missing = [f for f in ("id", "lang", "label", "prompt", "answer", "outcome") if not isinstance(r, Mapping)
-                   or f not in r]  # fmt: skip
+        missing = [
+            f
+            for f in ("id", "lang", "label", "prompt", "answer", "outcome")
+            if not isinstance(r, Mapping) or f not in r
+        ]
         if missing:
             raise ValueError(f"{name} answer record {i} is missing {missing}")
     return list(recs)
@@ -268,23 +283,31 @@ def answer_examples(before, after, *, per_lang: int = 3, max_chars: int = 240) -
     def cell(r) -> str:
         kind = f" · {html.escape(str(r['kind']))}" if r.get("kind") else ""
         style = _VERDICT_STYLE.get(r["outcome"], "")
-        return (f'<td><span class="verdict {style}">{html.escape(str(r["outcome"]))}{kind}</span>'
-                f'<div class="answer">{html.escape(clip(r["answer"])) or "<em>(empty)</em>"}</div></td>')
+        return (
+            f'<td><span class="verdict {style}">{html.escape(str(r["outcome"]))}{kind}</span>'
+            f'<div class="answer">{html.escape(clip(r["answer"])) or "<em>(empty)</em>"}</div></td>'
+        )
 
     rows = []
     for lang in sorted(pairs, key=lambda x: LANGS.index(x) if x in LANGS else len(LANGS)):
-        ranked = sorted(pairs[lang], key=lambda p: (p[0]["outcome"] == p[1]["outcome"], p[0]["label"] != "harmful",
-                                                    str(p[0]["id"])))  # fmt: skip
+        ranked = sorted(
+            pairs[lang], key=lambda p: (p[0]["outcome"] == p[1]["outcome"], p[0]["label"] != "harmful", str(p[0]["id"]))
+        )
         chosen = ranked[:per_lang]
         n_changed = sum(p[0]["outcome"] != p[1]["outcome"] for p in pairs[lang])
         name = f"{LANG_NAMES.get(lang, lang)} ({lang})"
         for j, (b, a) in enumerate(chosen):
-            head = (f'<td rowspan="{len(chosen)}" class="lang"><strong>{html.escape(name)}</strong><br>'
-                    f'<span class="small">{n_changed} of {len(pairs[lang])} verdicts changed</span></td>'
-                    if j == 0 else "")  # fmt: skip
+            head = (
+                f'<td rowspan="{len(chosen)}" class="lang"><strong>{html.escape(name)}</strong><br>'
+                f'<span class="small">{n_changed} of {len(pairs[lang])} verdicts changed</span></td>'
+                if j == 0
+                else ""
+            )
             changed = ' class="changed"' if b["outcome"] != a["outcome"] else ""
-            rows.append(f"<tr{changed}>{head}<td>{html.escape(str(b['label']))}</td>"
-                        f'<td class="prompt">{html.escape(clip(b["prompt"]))}</td>{cell(b)}{cell(a)}</tr>')  # fmt: skip
+            rows.append(
+                f"<tr{changed}>{head}<td>{html.escape(str(b['label']))}</td>"
+                f'<td class="prompt">{html.escape(clip(b["prompt"]))}</td>{cell(b)}{cell(a)}</tr>'
+            )
     body = "".join(rows)
     return HtmlSection(
         '<p class="note">Prompts whose verdict changed come first (highlighted), harmful before harmless; answers '
