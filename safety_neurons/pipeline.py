@@ -533,26 +533,22 @@ def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> d
     the edit's site (for the report), each without and with the edit."""
     langs_test = [x for x in LANGS if any(p.lang == x for p in test_h + test_s)]
     questions = load_utility(langs_test, limit=config.mc)
-    before = evaluate(
-        model,
-        test_h + test_s,
-        judge=judge,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        cache=cache,
-        desc="answers before the edit",
-    )
-    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
-    with edit.applied(model):
-        after = evaluate(
+
+    def answers(desc: str, **kwargs) -> Evaluation:
+        return evaluate(
             model,
             test_h + test_s,
             judge=judge,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
-            drafts=before,
-            desc="answers after the edit",
+            desc=desc,
+            **kwargs,
         )
+
+    before = answers("answers before the edit", cache=cache)
+    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
+    with edit.applied(model):
+        after = answers("answers after the edit", drafts=before)
         acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
     kl_rows = kl_divergence(model, edit, test_s, k=4, batch_size=config.batch_size, progress=True)
     langs_s = [x for x in LANGS if any(p.lang == x for p in test_s)]
