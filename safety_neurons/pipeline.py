@@ -21,6 +21,7 @@ from ._checks import (
     as_str_list,
     atomic_dir,
     check_choice,
+    check_int,
     check_model,
     check_number,
     check_out_dir,
@@ -114,6 +115,14 @@ class RunConfig:
     over_refusal_cap: float = 0.05
     kl_cap: float = 1.0
     en_asr_cap: float = 0.05
+    # the kind of edit: "linear" (the closed form above) or "switch" (`EditSpec.switch`: two neurons of
+    # `switch_layer` that add `strength` × the English refusal direction where the harm probe passes
+    # `threshold`; fixed layer, no selection). Defaults: chosen on the validation split of the packaged Qwen
+    # model (benchmarks/harm_switch.py); other models need their own (`benchmarks/harm_switch.py --layer L`)
+    edit: str = "linear"
+    switch_layer: int = 20
+    threshold: float = 0.33
+    strength: float = 8.0
 
     def __post_init__(self):
         if self.quick:
@@ -152,10 +161,21 @@ class RunConfig:
         p.add_argument("--preserve", nargs="+", default=d.preserve, choices=["harmless", "pivot_harmful"])
         p.add_argument("--preserve-positions", default=d.preserve_positions, choices=["last", "all"])
         p.add_argument("--mc-scoring", default=d.mc_scoring, choices=list(MC_SCORING))
+        p.add_argument(
+            "--edit",
+            default=d.edit,
+            choices=["linear", "switch"],
+            help="linear: the closed-form edit; switch: the harm switch (--switch-layer, --threshold, --strength)",
+        )
+        p.add_argument("--switch-layer", type=int, default=d.switch_layer)
+        p.add_argument("--threshold", type=float, default=d.threshold, help="the switch's θ (probe units)")
+        p.add_argument("--strength", type=float, default=d.strength, help="the switch's α (× refusal direction)")
 
     def edit_spec(self, layers, ranking: SafetyNeurons | None = None) -> EditSpec:
         """The edit this run fits at `layers`: `EditSpec.linear` with the recipe fields above, and the neuron
         choice ("en" / "langs": the union of `ranking`'s English / every language's safety neurons)."""
+        if self.edit == "switch":
+            return EditSpec.switch(layer=self.switch_layer, threshold=self.threshold, strength=self.strength)
         neurons, neuron_langs = "all", None
         if self.neurons != "all":
             neurons, neuron_langs = ranking, ["en"] if self.neurons == "en" else list(ranking.langs)
@@ -199,7 +219,13 @@ class RunConfig:
             )
         if self.langs is not None and "en" in check_langs(self.langs):
             raise E("langs: English is the pivot language the edit copies; it cannot be a language to fix")
+        check_choice("edit", self.edit, ("linear", "switch"), E)
+        if self.edit == "switch":
+            check_int("switch_layer", self.switch_layer, E)
+            self.edit_spec([self.switch_layer])  # the switch's settings (an EditError names a bad one)
         layer_sets = [self.layers] if self.layers is not None else self.candidates
+        if self.edit == "switch":
+            layer_sets = [[self.switch_layer]]
         if not layer_sets:
             raise E("candidates is empty: give candidate layer sets or fixed layers")
         layer_sets = [as_int_list("layers" if self.layers is not None else "candidates", ls, E) for ls in layer_sets]
@@ -209,7 +235,11 @@ class RunConfig:
             bad = sorted({layer for ls in layer_sets for layer in ls if not 0 <= layer < n})
             if bad:
                 which = (
-                    "layers" if self.layers is not None else "candidates (the default is for the packaged Qwen model)"
+                    "switch_layer"
+                    if self.edit == "switch"
+                    else "layers"
+                    if self.layers is not None
+                    else "candidates (the default is for the packaged Qwen model)"
                 )
                 raise E(f"{which}: layers {bad} out of range: the model {self.model} has {n} layers (0…{n - 1})")
         if splits is not None:
@@ -252,7 +282,7 @@ def _fit(model, config: RunConfig, anchor, ranking, collection, layers, progress
         model,
         anchor,
         config.edit_spec(layers, ranking),
-        rows=collection,
+        rows=None if config.edit == "switch" else collection,  # the switch streams its own pass
         batch_size=config.batch_size,
         progress=progress,
     )
@@ -516,6 +546,8 @@ def _collect(model, config: RunConfig, anchor):
     """collect: one pass over the anchor prompts (sharded under torchrun) for the statistics that rank the
     neurons and the rows (and Gram matrices) that every candidate's edit is fitted from."""
     layer_sets = [config.layers] if config.layers else config.candidates
+    if config.edit == "switch":  # the switch's detector streams its own pass: the ranking's statistics only
+        layer_sets = []
     row_layers = sorted({layer for layers in layer_sets for layer in layers})
     gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
     return distributed.collect_sharded(
@@ -636,7 +668,9 @@ def run(
     log(f"\n{ranking}\n{ranking.table()}")
     clock.lap("rank")
 
-    if config.layers:
+    if config.edit == "switch":  # one fixed layer, its threshold and strength chosen beforehand
+        records, layers = [], [config.switch_layer]
+    elif config.layers:
         records, layers = [], config.layers
     else:
         log(f"\nchoosing among layer sets {config.candidates} on the validation split (judged answers)…")

@@ -179,6 +179,29 @@ def test_the_selection_caps_are_settings_of_the_run(bridge, tmp_path, monkeypatc
     assert redo["label"] == chosen["label"]
 
 
+def test_a_run_can_fit_the_harm_switch_instead(bridge, tmp_path, monkeypatch):
+    """`--edit switch`: the two-neuron switch at one fixed layer (no selection), saved like any edit."""
+    p = argparse.ArgumentParser()
+    RunConfig.add_arguments(p)
+    args = ["--edit", "switch", "--switch-layer", "1", "--threshold", "0", "--strength", "2"]
+    config = RunConfig.from_args(p.parse_args(args + ["--out", str(tmp_path / "out")]))
+    assert (config.edit, config.switch_layer, config.threshold, config.strength) == ("switch", 1, 0.0, 2.0)
+    assert RunConfig().edit == "linear"
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
+    result = pipeline.run(RunConfig(**{**TINY, **vars(config) | {"quick": False}}), model=bridge, quiet=True)
+    edit = result.edit
+    assert result.selection == [] and result.layers == [1] and set(edit.layers) == {1}
+    assert edit.spec.kind == "switch" and sorted(e.site for e in edit.edits) == ["gate", "up", "w_out"]
+    assert all(len(e.neurons) == 2 for e in edit.edits) and edit.settings["strength"] == 2.0
+    assert sn.WeightEdit.load(tmp_path / "out" / "edit").uid == edit.uid
+    with pytest.raises(pipeline.RunConfigError, match="switch_layer: layers \\[7\\] out of range"):
+        pipeline.run(RunConfig(**TINY, edit="switch", switch_layer=7), model=bridge, write=False, quiet=True)
+    with pytest.raises(pipeline.RunConfigError, match="unknown edit 'both'; choose one of linear, switch"):
+        RunConfig(edit="both").check()
+    with pytest.raises(sn.EditError, match="strength"):
+        RunConfig(edit="switch", strength=float("nan")).check()
+
+
 def test_run_checks_what_it_is_given(bridge):
     with pytest.raises(pipeline.RunConfigError, match="prompts must be a PromptSet"):
         pipeline.run(RunConfig(**TINY), model=bridge, prompts=[], write=False)
