@@ -110,7 +110,7 @@ def test_packaged_qwen(qwen, monkeypatch):
     )
     again = sn.load_model("qwen2.5-coder-0.5b-instruct")
     name = "model.layers.23.mlp.down_proj.weight"
-    assert torch.equal(again.original_model.state_dict()[name][:8], qwen.original_model.state_dict()[name][:8])
+    assert torch.equal(sn.hf_state_dict(again)[name][:8], sn.hf_state_dict(qwen)[name][:8])
     del again
     _check_hook_shapes(qwen)
 
