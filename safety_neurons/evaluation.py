@@ -2,7 +2,8 @@
 generation-free refusal proxy, KL on harmless prompts, and multiple-choice accuracy.
 
 Every function measures the model *as it currently is*; wrap calls in `edit.applied(model)` (or a
-baseline's `applied`) to measure an intervention. `compare` does both sides in one call.
+baseline's `applied`) to measure an intervention; `kl_divergence(model, edit, prompts)` takes the intervention
+itself and measures both sides.
 """
 
 from __future__ import annotations
