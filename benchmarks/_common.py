@@ -94,6 +94,16 @@ def outcome_fields(ev: sn.Evaluation) -> dict:
     }
 
 
+def refused_more(ev: sn.Evaluation, base: sn.Evaluation) -> dict[str, int]:
+    """Per language, how many more harmless prompts are refused than without the edit."""
+    return {x: ev.languages[x].harmless["refusal"] - base.languages[x].harmless["refusal"] for x in sn.LANGS}
+
+
+def as_prompts(records: list[dict]) -> list[sn.Prompt]:
+    """The prompts of saved answer records (`Evaluation.answers`), in their order."""
+    return [sn.Prompt(r["id"], r["lang"], r["label"], r["prompt"]) for r in records]
+
+
 def carried(row: dict) -> dict:
     """The fields of a saved row that do not depend on the judge (settings, KL, MC accuracy, timings)."""
     keys = (

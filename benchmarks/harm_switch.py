@@ -27,7 +27,7 @@ from safety_neurons import switch as sw
 from safety_neurons.evaluation import kl_divergence
 
 import _common as C
-from _common import CAPTION, NON_EN, RESULTS, markdown, outcome_fields
+from _common import CAPTION, NON_EN, RESULTS, as_prompts, markdown, outcome_fields, refused_more
 
 
 def evaluation_of(records: list[dict]) -> sn.Evaluation:
@@ -36,11 +36,6 @@ def evaluation_of(records: list[dict]) -> sn.Evaluation:
 
 def row(name: str, ev: sn.Evaluation, extra: dict | None = None) -> dict:
     return {"condition": name, **outcome_fields(ev), "mean_mc_accuracy": float("nan"), **(extra or {})}
-
-
-def refused_more(ev: sn.Evaluation, base: sn.Evaluation) -> dict[str, int]:
-    """Per language, how many more harmless prompts are refused than without the edit."""
-    return {x: ev.languages[x].harmless["refusal"] - base.languages[x].harmless["refusal"] for x in sn.LANGS}
 
 
 def main() -> None:
@@ -148,7 +143,7 @@ def main() -> None:
     # --- test: the chosen setting, and a θ sweep at the chosen α (frontier points) ----------------------
     none = json.loads((RESULTS / "efficacy_none_3way.json").read_text())
     base_test = evaluation_of(none["answers"]["none"])
-    test_prompts = [sn.Prompt(r["id"], r["lang"], r["label"], r["prompt"]) for r in none["answers"]["none"]]
+    test_prompts = as_prompts(none["answers"]["none"])
     rows, sweep, kept = [row("no edit", base_test)], [], {}
     for g in sorted({g["threshold"] for g in grid} | {best["threshold"]}):
         edit = sw.fit_switch(model, det, threshold=g, strength=best["strength"])

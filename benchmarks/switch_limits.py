@@ -25,24 +25,12 @@ from safety_neurons import switch as sw
 from safety_neurons.evaluation import kl_divergence
 
 import _common as C
-from _common import CAPTION, NON_EN, RESULTS, markdown, outcome_fields
+from _common import CAPTION, NON_EN, RESULTS, as_prompts, markdown, outcome_fields, refused_more
 
 DETECTOR = C.HERE.parent / "tests" / "data" / "switch_detector_qwen_L20"
 
 CHOSEN = {"threshold": 0.3265041241645813, "strength": 8.0}  # harm_switch.json "chosen" (validation)
 FORCED_ON = -100.0  # a threshold every score passes: the switch on wherever its place signal is
-
-
-def records_of(ev: sn.Evaluation) -> list[dict]:
-    return ev.answers
-
-
-def as_prompts(records: list[dict]) -> list[sn.Prompt]:
-    return [sn.Prompt(r["id"], r["lang"], r["label"], r["prompt"]) for r in records]
-
-
-def refused_more(ev: sn.Evaluation, base: sn.Evaluation, langs) -> dict[str, int]:
-    return {x: ev.languages[x].harmless["refusal"] - base.languages[x].harmless["refusal"] for x in langs}
 
 
 def stage_base(model, out: dict) -> None:
@@ -81,7 +69,7 @@ def stage_sweep(model, det, base, out: dict, thresholds, strengths) -> None:
             "strength": alpha,
             "seconds": time.perf_counter() - t0,
             **outcome_fields(ev),
-            "refused_more": refused_more(ev, base, sn.LANGS),
+            "refused_more": refused_more(ev, base),
             "en_asr": ev.languages["en"].asr,
         }
         if (theta, alpha) == (CHOSEN["threshold"], CHOSEN["strength"]):
