@@ -229,6 +229,7 @@ ARTIFACTS = {
     "NeuronScaling": "scaling",
     "HarmDetector": "detector",
     "Evaluation": "evaluation",
+    "Collection": "collection",
 }
 """kind → the file stem of its folder."""
 

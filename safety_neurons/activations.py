@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
@@ -300,13 +300,75 @@ class _StopForward(Exception):
 
 
 @dataclass
-class Collection:
+class Collection(Artifact):
+    """What one pass over the prompts recorded: statistics, per-prompt rows and Gram matrices. Saved as one
+    artifact folder (collection.json + collection.safetensors): `safety-neurons run` keeps the unedited
+    model's collection so that a second run with other edit settings does not collect again."""
+
     stats: ActivationStats | None
     rows: ActivationRows
     gram: dict[tuple[str, int], Float[Tensor, "d d"]] = field(default_factory=dict)
     """Σ xᵀx over the real tokens of every prompt (`gram_positions`), per requested (site, layer) (float64)."""
     n_tokens: int = 0  # tokens summed into each Gram matrix
     gram_positions: str = "all"
+
+    # --- files (`_checks.Artifact`): tensors named "stats.mean", "rows.act.21", "gram.act.21", … -----------
+    _ERROR = ActivationError
+    _FIELDS = ("stats", "position", "prompts", "model", "rows", "gram", "n_tokens", "gram_positions")
+
+    def _saved(self) -> tuple[dict, dict]:
+        tensors = {f"rows.{s}.{layer}": x for (s, layer), x in self.rows.rows.items()}
+        tensors |= {f"gram.{s}.{layer}": g for (s, layer), g in self.gram.items()}
+        stats = None
+        if self.stats is not None:
+            st = self.stats
+            tensors |= {"stats.count": st.count, "stats.mean": st.mean, "stats.m2": st.m2}
+            stats = {"site": st.site, "position": st.position, "layers": st.layers, "groups": st.groups}
+        fields = {
+            "stats": stats,
+            "position": self.rows.position,
+            "prompts": [asdict(p) for p in self.rows.prompts],
+            "model": self.rows.model,
+            "rows": [[s, layer] for s, layer in self.rows.rows],
+            "gram": [[s, layer] for s, layer in self.gram],
+            "n_tokens": self.n_tokens,
+            "gram_positions": self.gram_positions,
+        }
+        return tensors, fields
+
+    @classmethod
+    def _shapes(cls, fields: dict) -> dict:
+        n, st = len(fields["prompts"]), fields["stats"]
+        shapes = {f"rows.{s}.{layer}": [n, None] for s, layer in fields["rows"]}
+        shapes |= {f"gram.{s}.{layer}": [None, None] for s, layer in fields["gram"]}
+        if st is not None:
+            g, L = len(st["groups"]), len(st["layers"])
+            shapes |= {"stats.count": [g], "stats.mean": [g, L, None], "stats.m2": [g, L, None]}
+        return shapes
+
+    @classmethod
+    def _from_saved(cls, fields: dict, tensors: dict) -> Collection:
+        st = fields["stats"]
+        stats = None
+        if st is not None:
+            stats = ActivationStats(
+                st["site"],
+                st["position"],
+                st["layers"],
+                [tuple(g) for g in st["groups"]],
+                tensors["stats.count"],
+                tensors["stats.mean"],
+                tensors["stats.m2"],
+            )
+        rows = {(s, layer): tensors[f"rows.{s}.{layer}"] for s, layer in fields["rows"]}
+        prompts = [Prompt(**p) for p in fields["prompts"]]
+        return cls(
+            stats,
+            ActivationRows(fields["position"], prompts, rows, fields["model"]),
+            {(s, layer): tensors[f"gram.{s}.{layer}"] for s, layer in fields["gram"]},
+            fields["n_tokens"],
+            fields["gram_positions"],
+        )
 
 
 def _rows_key(prompts: Sequence[Prompt]) -> None:

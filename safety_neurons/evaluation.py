@@ -9,6 +9,7 @@ itself and measures both sides.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -262,11 +263,17 @@ def _has_user_hooks(model) -> bool:
 
 
 class AnswerCache:
-    """Greedy answers on disk, keyed by a hash of every weight of the model, the prompts and the decoding
-    settings: a second run with other edit settings regenerates only the edited model's answers.
+    """What the unedited model computes, on disk, keyed by a hash of every weight of the model, the inputs
+    and the settings: greedy answers (`generate(cache=)`), any JSON result (`memo`: multiple-choice
+    accuracy) and activation collections (`collection`). A second run with other edit settings then
+    computes only the edited model's side.
 
-    Greedy decoding is deterministic for given weights, so a hit is the answer the model would give
-    again. A model with a hook attached (a hook-based baseline) is never cached."""
+    Greedy decoding and a forward pass are deterministic for given weights, inputs and batches, so a hit
+    is what the model would compute again. A model with a hook attached (a hook-based baseline) is never
+    cached. Collections are large (hundreds of MB at the packaged model's default run: Gram matrices of
+    d_mlp²): only the `keep_collections` newest are kept."""
+
+    keep_collections = 3
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -281,7 +288,7 @@ class AnswerCache:
                 continue
             seen.add((t.data_ptr(), t.shape))
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy
         return h.hexdigest()
 
     def key(self, model, texts: Sequence[str], **settings) -> str | None:
@@ -301,11 +308,50 @@ class AnswerCache:
         path = self.folder / f"{key}.json"
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
-    def put(self, key: str, answers: list[str]) -> None:
+    def put(self, key: str, value) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{key}.tmp"
-        tmp.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
         tmp.replace(self.folder / f"{key}.json")
+
+    def memo(self, model, what: str, inputs: Sequence[str], compute, **settings):
+        """`compute()`'s JSON result for the model's weights, `inputs` and `settings`: read from disk when
+        this cache holds it, else computed and stored."""
+        key = self.key(model, inputs, what=what, **settings)
+        if key is not None and (hit := self.get(key)) is not None:
+            return hit
+        out = compute()
+        if key is not None:
+            self.put(key, out)
+        return out
+
+    def collection(self, model, prompts: Sequence[Prompt], **kwargs):
+        """`collect_activations(model, prompts, **kwargs)`, read from `folder/collections` when this cache
+        holds the same weights, prompts (ids, languages, labels, texts) and settings."""
+        from .activations import Collection, collect_activations
+
+        inputs = [json.dumps([p.lang, p.label, p.id, p.text], ensure_ascii=False) for p in prompts]
+        settings = {  # what the result depends on (not `progress`), as JSON
+            k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+            for k, v in kwargs.items()
+            if k != "progress"
+        }
+        key = self.key(model, inputs, what="collection", **settings)
+        folder = self.folder / "collections" / str(key)
+        if key is not None and folder.is_dir():
+            try:
+                hit = Collection.load(folder)
+                folder.touch()  # the newest use: kept longest
+                return hit
+            except ValueError:  # damaged (an interrupted write, a full disk): collect again
+                pass
+        out = collect_activations(model, prompts, **kwargs)
+        if key is not None:
+            out.save(folder)
+            kept = sorted((self.folder / "collections").iterdir(), key=lambda f: f.stat().st_mtime, reverse=True)
+            for old in kept[self.keep_collections :]:
+                shutil.rmtree(old, ignore_errors=True)
+        return out
 
 
 # --- the generation-free proxy ---------------------------------------------------------------------------

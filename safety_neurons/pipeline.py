@@ -84,6 +84,7 @@ class RunConfig:
     batch_size: int = 16
     out: str = "results/run"
     quick: bool = False
+    cache: bool = True  # keep the unedited model's answers, MC accuracy and collection for the next run
     # data (per language)
     anchor: int = 30  # harmful and harmless anchor prompts to rank neurons and fit the edit
     val: int = 8  # harmful validation prompts to choose the layers (half as many harmless)
@@ -136,6 +137,13 @@ class RunConfig:
         d = cls()
         p.add_argument("--out", default=d.out, help="results folder")
         p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in a few minutes")
+        p.add_argument(
+            "--no-cache",
+            dest="cache",
+            action="store_false",
+            help="compute the unedited model's side again (default: reuse what an earlier run of it computed, "
+            "kept in $SAFETY_NEURONS_CACHE or ~/.cache/safety_neurons)",
+        )
         for name in ("anchor", "val", "test", "test_harmless", "mc", "max_new_tokens", "select_tokens", "rank"):
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
         for name in ("gamma", "ridge", "refusal_boost", "position_weight", "over_refusal_cap", "kl_cap"):
@@ -542,22 +550,24 @@ def _load(config: RunConfig):
     )
 
 
-def _collect(model, config: RunConfig, anchor):
+def _collect(model, config: RunConfig, anchor, cache: AnswerCache | None):
     """collect: one pass over the anchor prompts (sharded under torchrun) for the statistics that rank the
-    neurons and the rows (and Gram matrices) that every candidate's edit is fitted from."""
+    neurons and the rows (and Gram matrices) that every candidate's edit is fitted from; read from `cache`
+    when an earlier run of the same model collected the same (not under torchrun)."""
     layer_sets = [config.layers] if config.layers else config.candidates
     if config.edit == "switch":  # the switch's detector streams its own pass: the ranking's statistics only
         layer_sets = []
     row_layers = sorted({layer for layers in layer_sets for layer in layers})
     gram = [(KEY_SITE[config.site], layer) for layer in row_layers] if config.preserve_positions == "all" else []
-    return distributed.collect_sharded(
-        model,
-        anchor,
+    kwargs = dict(
         rows_at=[(s, layer) for layer in row_layers for s in _row_sites(config)],
         gram_at=gram,
         gram_positions="preserved",
         batch_size=config.batch_size,
     )
+    if cache is None or distributed.is_distributed():
+        return distributed.collect_sharded(model, anchor, **kwargs)
+    return cache.collection(model, anchor, **kwargs)
 
 
 def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> dict:
@@ -578,7 +588,15 @@ def _evaluate(model, config: RunConfig, edit, test_h, test_s, judge, cache) -> d
         )
 
     before = answers("answers before the edit", cache=cache)
-    acc_b = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
+
+    def mc_before():
+        return mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
+
+    if cache is None:
+        acc_b = mc_before()
+    else:
+        texts = [json.dumps([q.lang, q.id, q.question, q.choices, q.answer], ensure_ascii=False) for q in questions]
+        acc_b = cache.memo(model, "mc", texts, mc_before, scoring=config.mc_scoring, batch_size=config.batch_size)
     with edit.applied(model):
         after = answers("answers after the edit", drafts=before)
         acc_a = mc_accuracy(model, questions, scoring=config.mc_scoring, batch_size=config.batch_size, progress=True)
@@ -646,7 +664,8 @@ def run(
             f"prompts must be a PromptSet with anchor, val and test splits, got {type(prompts).__name__}"
         )
     main = distributed.is_main()  # under torchrun every rank collects its shard; rank 0 does the rest
-    answer_cache = AnswerCache(cache_dir() / "answers")  # the unedited model's answers, reused across runs
+    # the unedited model's answers, MC accuracy and collection, reused by a later run with other edit settings
+    answer_cache = AnswerCache(cache_dir() / "answers") if config.cache else None
     if main:
         log(
             f"safety-neurons run: model {config.model}, results in {config.out}"
@@ -660,7 +679,7 @@ def run(
     anchor, val_h, val_s, test_h, test_s = (splits[k] for k in ("anchor", "val_h", "val_s", "test_h", "test_s"))
     clock.lap("splits")
 
-    collection = _collect(model, config, anchor)
+    collection = _collect(model, config, anchor, answer_cache)
     clock.lap("collect")
     if not main:
         return None

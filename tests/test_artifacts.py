@@ -39,6 +39,9 @@ def made():
         "NeuronScaling": sn.NeuronScaling({2: [5, 1], 0: [7]}, alpha=-1.5),
         "HarmDetector": sn.fit_detector(bridge, prompts, layer=1, answer_tokens=0, progress=False),
         "Evaluation": sn.evaluate(bridge, prompts, max_new_tokens=2, progress=False),
+        "Collection": sn.collect_activations(
+            bridge, prompts, rows_at=[("act", 1), ("resid", 0)], gram_at=[("act", 1)], progress=False
+        ),
     }
 
 
@@ -51,6 +54,7 @@ ERRORS = {
     "NeuronScaling": sn.BaselineError,
     "HarmDetector": sn.SwitchError,
     "Evaluation": sn.EvaluationError,
+    "Collection": sn.ActivationError,
 }
 KINDS = list(ARTIFACTS)
 
@@ -158,6 +162,7 @@ FIELD = {
     "NeuronScaling": "alpha",
     "HarmDetector": "model",
     "Evaluation": "judge",
+    "Collection": "n_tokens",
 }
 OTHER = {
     "fingerprint": "0" * 64,
@@ -167,6 +172,7 @@ OTHER = {
     "alpha": 3.0,
     "model": "x",
     "judge": "guard",
+    "n_tokens": 10**6,
 }
 
 

@@ -255,6 +255,39 @@ def test_answer_cache_hits_for_the_same_weights_and_misses_after_an_edit(tiny, t
     assert cache.key(bridge, ["x"], max_new_tokens=4, system=None, stop=lambda i, t: False) is None
 
 
+def test_answer_cache_keeps_collections_and_json_results_of_the_same_weights(tiny, tmp_path, monkeypatch):
+    bridge, _, _ = tiny
+    prompts = make_prompts(2)
+    cache = ev.AnswerCache(tmp_path)
+    plan = dict(rows_at=[("act", 1)], gram_at=[("act", 1)], progress=False)
+    first = cache.collection(bridge, prompts, **plan)
+    calls = []
+    real = sn.activations.collect_activations
+    monkeypatch.setattr(sn.activations, "collect_activations", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = cache.collection(bridge, prompts, **plan, batch_size=16)  # the default spelt out: another key
+    assert calls == [1]
+    hit = cache.collection(bridge, prompts, **{**plan, "progress": True})  # progress is not part of the key
+    assert calls == [1] and torch.equal(hit.gram[("act", 1)], first.gram[("act", 1)])
+    assert hit.rows.prompts == first.rows.prompts and torch.equal(hit.stats.m2, first.stats.m2)
+    assert torch.equal(again.rows.rows[("act", 1)], first.rows.rows[("act", 1)])
+    cache.collection(bridge, prompts[::-1], **plan)  # other prompts (order included): collected
+    w = bridge.original_model.model.layers[0].mlp.up_proj.weight
+    with torch.no_grad():
+        w[0, 0] += 1.0
+    try:
+        changed = cache.collection(bridge, prompts, **plan)  # other weights: collected
+    finally:
+        with torch.no_grad():
+            w[0, 0] -= 1.0
+    assert len(calls) == 3 and not torch.equal(changed.stats.mean, first.stats.mean)
+    assert len(list((tmp_path / "collections").iterdir())) == cache.keep_collections  # the oldest pruned
+    values = []
+    assert cache.memo(bridge, "mc", ["q"], lambda: values.append(1) or {"en": 0.25}) == {"en": 0.25}
+    assert cache.memo(bridge, "mc", ["q"], lambda: values.append(1) or {"en": 0.5}) == {"en": 0.25}
+    assert cache.memo(bridge, "mc", ["q"], lambda: values.append(1) or {"en": 0.5}, scoring="letter") == {"en": 0.5}
+    assert values == [1, 1]
+
+
 def test_english_references_use_the_parallel_english_prompt_only_for_the_bundled_text():
     bundled = sn.load_prompts()
     bn = next(iter(bundled.filter(lang="bn", label="harmful")))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import safety_neurons as sn
 from safety_neurons import pipeline
@@ -200,6 +201,34 @@ def test_a_run_can_fit_the_harm_switch_instead(bridge, tmp_path, monkeypatch):
         RunConfig(edit="both").check()
     with pytest.raises(sn.EditError, match="strength"):
         RunConfig(edit="switch", strength=float("nan")).check()
+
+
+def test_a_second_run_with_other_edit_settings_reuses_the_unedited_side(bridge, tmp_path, monkeypatch):
+    """The unedited model's collection, answers and MC accuracy come from the cache, with the numbers a run
+    without the cache computes."""
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path / "cache"))
+    config = dict(TINY, layers=[2])
+    first = pipeline.run(RunConfig(**config), model=bridge, write=False, quiet=True)
+    collected = []
+    real_collect = sn.activations.collect_activations
+    monkeypatch.setattr(
+        sn.activations, "collect_activations", lambda *a, **k: collected.append(1) or real_collect(*a, **k)
+    )
+    monkeypatch.setattr(pipeline, "collect_activations", lambda *a, **k: collected.append(2) or real_collect(*a, **k))
+    monkeypatch.setattr(
+        sn.distributed, "collect_activations", lambda *a, **k: collected.append(1) or real_collect(*a, **k)
+    )
+    second = pipeline.run(RunConfig(**config, refusal_boost=0.5), model=bridge, write=False, quiet=True)
+    assert collected == [2, 2]  # only the report's site rows (before and after), not the anchors
+    fresh = pipeline.run(RunConfig(**config, refusal_boost=0.5, cache=False), model=bridge, write=False, quiet=True)
+    assert collected.count(1) == 1  # --no-cache: the anchors collected again
+    for a, b in ((first, second), (second, fresh)):
+        assert a.before.to_dict() == b.before.to_dict() and a.mc_before == b.mc_before
+    assert second.after.to_dict() == fresh.after.to_dict() and second.edit.settings == fresh.edit.settings
+    assert all(torch.equal(x.delta, y.delta) for x, y in zip(second.edit.edits, fresh.edit.edits)), (
+        "the cached collection fits the same edit"
+    )
+    assert first.edit.settings["refusal_boost"] != second.edit.settings["refusal_boost"]
 
 
 def test_run_checks_what_it_is_given(bridge):
