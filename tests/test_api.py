@@ -3,6 +3,9 @@ for the user, and every listed name exists."""
 
 import ast
 import importlib
+import inspect
+import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,64 @@ def test_every_public_class_and_function_of_the_package_is_listed():
 
     offered = {n for n in dir(sn) if not n.startswith("_") and not isinstance(getattr(sn, n), types.ModuleType)}
     assert offered - set(sn.__all__) == set()
+
+
+# --- docstrings name only what exists ------------------------------------------------------------------------
+EXTERNAL = {  # callables of other libraries (and Python's) that docstrings may name
+    "print",
+    "from_pretrained",
+    "can_generate",
+    "sqrt",
+    "tr",
+    "LanguageModel",
+    "set_default_api_key",
+    "apply_chat_template",
+    "run_with_cache",
+    "matrix_rank",
+    "generate",
+    "hooks",
+}
+CALLED = re.compile(r"`([A-Za-z_][\w.]*)\(|`([A-Za-z_][\w.]*)` (?:does|returns|takes|computes|measures|gives)\b")
+
+
+def _documented():
+    """(where, docstring, names of its parameters) of every module, class, function and method of the package."""
+    mods = [importlib.import_module(f"safety_neurons.{m.name}") for m in pkgutil.walk_packages(sn.__path__)]
+    for m in [sn, *mods]:
+        yield m.__name__, inspect.getdoc(m) or "", set()
+        for n, o in vars(m).items():
+            if (inspect.isclass(o) or inspect.isfunction(o)) and o.__module__ == m.__name__:
+                members = [(n, o)] + ([(f"{n}.{k}", getattr(o, k)) for k in vars(o)] if inspect.isclass(o) else [])
+                for where, f in members:
+                    if callable(f) and (doc := inspect.getdoc(f)) and (inspect.isfunction(f) or inspect.ismethod(f)):
+                        yield f"{m.__name__}.{where}", doc, set(inspect.signature(f).parameters)
+                    elif inspect.isclass(f):
+                        try:  # a class's docstring may name its constructor's parameters
+                            params = set(inspect.signature(f).parameters)
+                        except (TypeError, ValueError):
+                            params = set()
+                        yield f"{m.__name__}.{where}", inspect.getdoc(f) or "", params
+
+
+def test_docstrings_call_only_functions_that_exist():
+    """A docstring that sends the reader to `compare(...)` or says "`compare` does both sides" names something
+    the package defines (a function, class, method or attribute), a parameter of its own function or one of a
+    few other libraries' callables."""
+    defined = set(EXTERNAL)
+    for m in [sn, *(importlib.import_module(f"safety_neurons.{x.name}") for x in pkgutil.walk_packages(sn.__path__))]:
+        for n, o in vars(m).items():
+            defined.add(n)
+            if inspect.isclass(o):
+                defined |= set(vars(o)) | {f.name for f in getattr(o, "__dataclass_fields__", {}).values()}
+    unknown = [
+        (where, name)
+        for where, doc, params in _documented()
+        for match in CALLED.finditer(doc)
+        if (name := (match[1] or match[2]).split(".")[-1]) not in defined | params
+    ]
+    assert unknown == []
+
+
+def test_the_docstring_check_finds_a_missing_function():
+    assert CALLED.search("`compare` does both sides in one call")[2] == "compare"
+    assert CALLED.search("see `sn.evaluate(model, prompts)`")[1] == "sn.evaluate"
