@@ -53,6 +53,19 @@ def main() -> None:
     )
     p.add_argument("--rejudge", metavar="FILE", help="judge the answers saved in FILE again and write --out")
     p.add_argument("--misread", action="store_true", help="also find misreadings (loads the model: RelevanceCheck)")
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="measure each weight edit at these strengths (`WeightEdit.scaled`) instead of at 1: a frontier sweep",
+    )
+    p.add_argument(
+        "--drafts",
+        metavar="FILE",
+        help="saved unedited answers to these test prompts (JSON records): each edited answer is verified against "
+        "them in one pass and decoded on only where it differs (the same answers, faster)",
+    )
     args = p.parse_args()
     if args.table:
         print(markdown([row for f in args.table for row in saved_rows(Path(f))]) + "\n\n" + CAPTION)
@@ -123,20 +136,25 @@ def main() -> None:
         raise SystemExit(f"unknown condition(s) {sorted(unknown)}; choose from {list(conditions)}")
     print(f"set-up (collect, rank): {time.perf_counter() - start:.0f} s", flush=True)
     judge = sn.PhraseJudge(relevance=sn.RelevanceCheck(model) if args.misread else None)
+    drafts = None
+    if args.drafts:
+        saved_answers = {
+            (r["lang"], r["id"], r["label"]): r["answer"] for r in json.loads(Path(args.drafts).read_text())
+        }
+        drafts = [saved_answers.get((q.lang, q.id, q.label), "") for q in test_h + test_s]
     rows, answers = [], {}
-    for key in only:
-        label, make = conditions[key]
-        t = time.perf_counter()
-        try:
-            intervention = make()
-        except ValueError as err:  # e.g. a null space with no room to edit: record it, go on
-            print(json.dumps({"key": key, "condition": label, "error": str(err)}), flush=True)
-            rows.append({"key": key, "condition": label, "error": str(err)})
-            continue
-        fit_s = time.perf_counter() - t
+
+    def measure(key: str, label: str, intervention, fit_s: float, t: float) -> None:
         ctx = intervention.applied(model) if intervention is not None else torch.no_grad()
         with ctx:
-            ev = sn.evaluate(model, test_h + test_s, judge=judge, max_new_tokens=args.max_new_tokens, desc=label[:30])
+            ev = sn.evaluate(
+                model,
+                test_h + test_s,
+                judge=judge,
+                max_new_tokens=args.max_new_tokens,
+                drafts=drafts if intervention is not None else None,
+                desc=label[:30],
+            )
             acc = mc_accuracy(model, questions)
         kl = {"first": torch.zeros(1), "mean_k": torch.zeros(1)}
         if intervention is not None:
@@ -156,6 +174,22 @@ def main() -> None:
         answers[key] = ev.answers
         print(json.dumps({k: v for k, v in row.items() if k not in ("over_refusal", "mc_accuracy")}), flush=True)
         save(args, judge, rows, answers)  # after every condition: a stopped run keeps what it measured
+
+    for key in only:
+        label, make = conditions[key]
+        t = time.perf_counter()
+        try:
+            fitted = make()
+        except ValueError as err:  # e.g. a null space with no room to edit: record it, go on
+            print(json.dumps({"key": key, "condition": label, "error": str(err)}), flush=True)
+            rows.append({"key": key, "condition": label, "error": str(err)})
+            continue
+        fit_s = time.perf_counter() - t
+        variants = [(key, label, fitted)]
+        if args.scales and isinstance(fitted, sn.WeightEdit):
+            variants = [(f"{key}@{x:g}", f"{label}, ×{x:g}", fitted.scaled(x)) for x in args.scales]
+        for name, text, intervention in variants:
+            measure(name, text, intervention, fit_s, time.perf_counter())
     save(args, judge, rows, answers)
     print("\n" + markdown(rows) + "\n\n" + CAPTION)
     print(

@@ -40,6 +40,7 @@ from ._checks import (
     as_records,
     check_choice,
     check_model,
+    check_number,
     check_out_dir,
     check_positive_int,
 )
@@ -134,6 +135,31 @@ class WeightEdit(Artifact):
                 + (f" null_dim={sol['null_dim']}" if sol.get("null_dim") is not None else "")
             )
         return "\n".join(lines)
+
+    def scaled(self, strength: float) -> WeightEdit:
+        """The same change at `strength` times its size (every delta, and a ``neurons`` target's map, times
+        `strength`: 0 is the unedited model, 1 this edit), a new edit with its own uid. The strength knob of a
+        frontier sweep for the additive edits (linear, null-space, paper); a harm switch replaces its neurons'
+        weights instead, so scaling it is refused: refit it with another ``strength``."""
+        strength = check_number("strength", strength, EditError)
+        if self.settings.get("kind") == "harm_switch":
+            raise EditError(
+                "a harm switch is not additive (it replaces two neurons' weights): scaling its delta does not scale "
+                "its effect; fit it again with fit_switch(..., strength=...)"
+            )
+        edits = [
+            LayerEdit(
+                e.layer,
+                e.site,
+                e.neurons.clone(),
+                e.delta * strength,
+                None if e.neuron_map is None else e.neuron_map * strength,
+                dict(e.solution),
+            )
+            for e in self.edits
+        ]
+        settings = {**self.settings, "scale": strength * self.settings.get("scale", 1.0)}
+        return WeightEdit(edits, settings, dict(self.fitted_on), self.fingerprint, spec=self.spec)
 
     # --- base-model checks -----------------------------------------------------------------------
     def model_fingerprint(self, model) -> str:

@@ -86,6 +86,31 @@ def test_revert_is_bit_exact_and_apply_touches_only_the_site(tiny, prompts, site
     assert all(torch.equal(v, before[k]) for k, v in all_params(bridge).items())
 
 
+def test_a_scaled_edit_moves_the_weights_that_share_of_the_way_and_reverts_exactly(tiny, prompts):
+    bridge, _, _ = tiny
+    before = all_params(bridge)
+    spec = sn.EditSpec.paper(layers=2, neurons={2: S}, site="w_out", rank=3)
+    edit = sn.fit_edit(bridge, prompts, spec, progress=False)
+    with edit.applied(bridge):
+        full = all_params(bridge)
+    half = edit.scaled(0.5)
+    assert half.uid != edit.uid and half.settings["scale"] == 0.5 and half.scaled(2.0).settings["scale"] == 1.0
+    assert torch.equal(half.edits[0].neuron_map, 0.5 * edit.edits[0].neuron_map)
+    with half.applied(bridge):  # the fingerprint of the unedited slice still matches
+        mid = all_params(bridge)
+    for k in before:  # every weight halfway between the unedited and the fully edited model
+        assert torch.allclose(mid[k], (before[k] + full[k]) / 2, atol=1e-6)
+    assert any(not torch.equal(mid[k], before[k]) for k in before)
+    assert all(torch.equal(v, before[k]) for k, v in all_params(bridge).items())  # reverted bit for bit
+    with edit.scaled(0.0).applied(bridge):
+        assert all(torch.equal(v, before[k]) for k, v in all_params(bridge).items())
+    with pytest.raises(sn.EditError, match="strength must be finite"):
+        edit.scaled(float("nan"))
+    switch = sn.WeightEdit(edit.edits, {"kind": "harm_switch"})
+    with pytest.raises(sn.EditError, match="not additive"):
+        switch.scaled(0.5)
+
+
 def test_apply_twice_and_wrong_model_are_refused(tiny, prompts):
     bridge, hf, _ = tiny
     edit = sn.fit_edit(bridge, prompts, sn.EditSpec.paper(layers=1, neurons={1: S}, rank=2), progress=False)
