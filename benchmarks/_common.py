@@ -127,16 +127,23 @@ def saved_rows(path: Path) -> list[dict]:
 
 
 CAPTION = (
-    f"Per-language columns: compliance (ASR) in %. Means: {MEAN_RULE}; in brackets the 95% Wilson interval "
-    "of the pooled count of the non-English languages (their mean equals the pooled share when they have as "
-    "many prompts, as here). MC acc: mean over every language."
+    "Per-language columns: compliance (ASR) of the harmful prompts, % (count of n; 95% Wilson interval). "
+    f"Means: {MEAN_RULE}; in brackets the 95% Wilson interval of the pooled count of the same languages (the "
+    "mean equals the pooled share when they have as many prompts, as here): non-English for compliance and "
+    "degenerate answers, all eight for over-refusal. MC acc: mean over every language."
 )
 
 
+def _pooled_interval(ev: sn.Evaluation, metric: str) -> str:
+    lo, hi = sum(ev.rates(metric).values(), sn.Rate(0, 0)).interval
+    return f" [{100 * lo:.0f}–{100 * hi:.0f}]"
+
+
 def markdown(rows: list[dict]) -> str:
-    """Compliance (ASR) per language; the mean over the non-English languages with the pooled 95% Wilson
-    interval; degenerate answers to harmful prompts (non-English) and over-refusal (every language) beside
-    it, means by the one rule (`Evaluation.mean`, recomputed from the saved counts; `CAPTION` states it)."""
+    """Compliance (ASR) per language, each with its count and 95% Wilson interval where the row has its
+    counts; the mean over the non-English languages, degenerate answers to harmful prompts (non-English) and
+    over-refusal (every language) beside it, each with the pooled interval; means by the one rule
+    (`Evaluation.mean`, recomputed from the saved counts; `CAPTION` states it)."""
     head = (
         "| condition | " + " | ".join(sn.LANGS) + " | mean non-en compliance [95% CI] | non-en degenerate "
         "| over-refusal | KL 1st | KL 4 | MC acc |\n|" + "---|" * (len(sn.LANGS) + 7)
@@ -151,24 +158,27 @@ def markdown(rows: list[dict]) -> str:
             )
             continue
         means = {k: r.get(k) for k in ("mean_non_english_asr", "mean_non_english_degenerate", "mean_over_refusal")}
-        ci = ""
-        if "counts" in r:  # the means of the saved counts, and the pooled interval of the same languages
+        ci = dict.fromkeys(("asr", "degenerate", "over_refusal"), "")
+        cells = [f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS]
+        if "counts" in r:  # the means of the saved counts, and the intervals of the same counts
             ev = sn.Evaluation.from_counts("saved", r["counts"])
             means = {
                 "mean_non_english_asr": ev.mean_asr(),
                 "mean_non_english_degenerate": ev.mean_degenerate(),
                 "mean_over_refusal": ev.mean_over_refusal(),
             }
-            ci = " [{:.0f}–{:.0f}]".format(*(100 * v for v in sum(ev.rates("asr").values(), sn.Rate(0, 0)).interval))
+            ci = {m: _pooled_interval(ev, m) for m in ci}
+            rates = ev.rates("asr", sn.LANGS)
+            cells = [str(rates[x]).replace("%", "", 1) for x in sn.LANGS]
         deg = means["mean_non_english_degenerate"]
         cell = lambda v: "–" if v is None else f"{v:.3f}"
         lines.append(
             f"| {r['condition']} | "
-            + " | ".join(f"{100 * r['asr'][x]:.0f}" for x in sn.LANGS)
-            + f" | **{100 * means['mean_non_english_asr']:.1f}%**{ci} | "
-            + ("–" if deg is None else f"{100 * deg:.1f}%")
-            + f" | {100 * means['mean_over_refusal']:.1f}% | {cell(r.get('kl_first_token'))} | {cell(r.get('kl_first_4_tokens'))} "
-            f"| {100 * r['mean_mc_accuracy']:.1f}% |"
+            + " | ".join(cells)
+            + f" | **{100 * means['mean_non_english_asr']:.1f}%**{ci['asr']} | "
+            + ("–" if deg is None else f"{100 * deg:.1f}%{ci['degenerate']}")
+            + f" | {100 * means['mean_over_refusal']:.1f}%{ci['over_refusal']} | {cell(r.get('kl_first_token'))} "
+            f"| {cell(r.get('kl_first_4_tokens'))} | {100 * r['mean_mc_accuracy']:.1f}% |"
         )
     return "\n".join(lines)
 

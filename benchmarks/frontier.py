@@ -22,7 +22,7 @@ import safety_neurons as sn
 from safety_neurons import viz
 from safety_neurons.evaluation import MEAN_RULE
 
-from _common import RESULTS
+from _common import CAPTION, RESULTS, markdown, outcome_fields
 
 METHOD = {
     "none": "no edit",
@@ -36,6 +36,12 @@ METHOD = {
 
 
 def point(method: str, setting: str, ev: sn.Evaluation) -> dict:
+    """One setting of one method: its means (`Evaluation.mean`), the pooled 95% Wilson intervals of the same
+    counts, and the counts themselves (for the per-language table)."""
+
+    def pooled(metric):
+        return sum(ev.rates(metric).values(), sn.Rate(0, 0)).interval
+
     return {
         "method": method,
         "setting": setting,
@@ -43,6 +49,9 @@ def point(method: str, setting: str, ev: sn.Evaluation) -> dict:
         "over_refusal": ev.mean_over_refusal(),
         "en_asr": ev.languages["en"].asr,
         "degenerate": ev.mean_degenerate(),
+        "asr_interval": pooled("asr"),
+        "over_refusal_interval": pooled("over_refusal"),
+        "counts": {x: {"harmful": r.harmful, "harmless": r.harmless} for x, r in ev.languages.items()},
     }
 
 
@@ -55,31 +64,34 @@ def points() -> list[dict]:
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:
         out.append(point(METHOD.get(r["key"], r["key"]), r["condition"], judged(rejudged["answers"][r["key"]])))
+        out[-1]["label"] = r["condition"]  # the condition's own name says it all
+    sweep = RESULTS / "efficacy_linear_sweep.json"  # the linear edit at other strengths (`efficacy.py --scales`)
+    if sweep.exists():
+        saved = json.loads(sweep.read_text())
+        for r in saved["rows"]:
+            key, _, scale = r["key"].partition("@")
+            out.append(point(METHOD.get(key, key), f"strength ×{scale}", judged(saved["answers"][r["key"]])))
     limits = json.loads((RESULTS / "switch_limits.json").read_text())
     for r in limits.get("sweep", []):
-        out.append(
-            {
-                "method": "harm switch",
-                "setting": f"θ={r['threshold']:.2f}, α={r['strength']:g}",
-                "asr": r["mean_non_english_asr"],
-                "over_refusal": r["mean_over_refusal"],
-                "en_asr": r["en_asr"],
-                "degenerate": r["mean_non_english_degenerate"],
-            }
-        )
+        ev = sn.Evaluation.from_counts("phrase", r["counts"])
+        out.append(point("harm switch", f"θ={r['threshold']:.2f}, α={r['strength']:g}", ev))
     for r in limits.get("oracle", []):
-        out.append(
-            {
-                "method": "switch with an oracle detector (reference)",
-                "setting": f"α={r['strength']:g}",
-                "asr": r["mean_non_english_asr"],
-                "over_refusal": r["mean_over_refusal"],
-                "en_asr": r["asr"]["en"],
-                "degenerate": r["mean_non_english_degenerate"],
-            }
-        )
+        ev = sn.Evaluation.from_counts("phrase", r["counts"])
+        out.append(point("switch with an oracle detector (reference)", f"α={r['strength']:g}", ev))
     # every method's line starts at the unedited model (strength 0)
     return out + [{**out[0], "method": m} for m in dict.fromkeys(p["method"] for p in out[1:])]
+
+
+def per_language(pts: list[dict]) -> str:
+    """Every setting run, per language, with counts and intervals (`_common.markdown`)."""
+    rows = []
+    for p in pts:
+        if p["method"] != "no edit" and p["setting"] == "no edit":
+            continue  # the line's starting point, already the first row
+        ev = sn.Evaluation.from_counts("phrase", p["counts"])
+        name = p.get("label") or (p["method"] if p["method"] == "no edit" else f"{p['method']}: {p['setting']}")
+        rows.append({"condition": name, **outcome_fields(ev), "mean_mc_accuracy": float("nan")})
+    return markdown(rows).replace("nan%", "–")
 
 
 def main() -> None:
@@ -123,6 +135,8 @@ def main() -> None:
         f"\n(no edit: {100 * base['asr']:.1f}% non-English, over-refusal {100 * base['over_refusal']:.1f}%; "
         f"means: {MEAN_RULE}; figure: results/frontier.html)"
     )
+    print("\n## Every setting, per language (full test split, 30 + 30 prompts a language)\n")
+    print(per_language(pts) + "\n\n" + CAPTION + " KL and MC accuracy: see the efficacy tables.")
 
 
 if __name__ == "__main__":

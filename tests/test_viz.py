@@ -788,3 +788,20 @@ def test_frontier_draws_one_line_per_method_with_english_marked():
         viz.frontier([])
     with pytest.raises(ValueError, match="asr"):
         viz.frontier([{"method": "m", "asr": 1.5, "over_refusal": 0.1}])
+    with_bars = viz.frontier(
+        [
+            {
+                "method": "m",
+                "asr": 0.4,
+                "over_refusal": 0.1,
+                "asr_interval": (0.3, 0.5),
+                "over_refusal_interval": (0.05, 0.2),
+            }
+        ]
+    )
+    line = with_bars.data[0]
+    assert list(line.error_y.array) == pytest.approx([10.0]) and list(line.error_y.arrayminus) == pytest.approx([10.0])
+    assert list(line.error_x.array) == pytest.approx([10.0]) and list(line.error_x.arrayminus) == pytest.approx([5.0])
+    assert list(lines[0].error_y.array) == [0.0, 0.0]  # no interval given: no bar
+    with pytest.raises(ValueError, match="asr_interval"):
+        viz.frontier([{"method": "m", "asr": 0.4, "over_refusal": 0.1, "asr_interval": (0.5, 0.3)}])

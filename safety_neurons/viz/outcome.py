@@ -283,9 +283,32 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
     """Methods compared at equal over-refusal: x = over-refusal, y = mean non-English compliance (both %).
 
     Each point: `method` (str), `asr` and `over_refusal` (0–1), optional `en_asr` (0–1, drawn as a hollow
-    diamond above or below its point, joined to it) and `setting` (str, on hover). One line per method through
+    diamond at the same over-refusal), `setting` (str, on hover) and `asr_interval` / `over_refusal_interval`
+    ((low, high), 0–1: drawn as error bars, e.g. the pooled 95% Wilson intervals). One line per method through
     its settings in order of over-refusal; lower-left is better.
     """
+
+    def interval(p, key, value, where):
+        iv = p.get(key)
+        if iv is None:
+            return value, value
+        if isinstance(iv, (str, bytes)) or not isinstance(iv, Sequence) or len(iv) != 2:
+            raise ValueError(f"{where}['{key}'] must be a (low, high) pair, got {iv!r}")
+        lo, hi = fraction(iv[0], f"{where}['{key}'][0]"), fraction(iv[1], f"{where}['{key}'][1]")
+        if not lo <= hi:
+            raise ValueError(f"{where}['{key}'] must have low <= high, got {iv!r}")
+        return lo, hi
+
+    def bars(rows, key, value):  # error bars from each row's interval (a mean outside its pooled one: clipped)
+        return dict(
+            type="data",
+            symmetric=False,
+            array=[max(0.0, 100 * (r[key][1] - r[value])) for r in rows],
+            arrayminus=[max(0.0, 100 * (r[value] - r[key][0])) for r in rows],
+            thickness=1,
+            width=3,
+        )
+
     if isinstance(points, (str, bytes, Mapping)) or not isinstance(points, Sequence) or not points:
         raise ValueError("points must be a non-empty sequence of mappings with method, asr and over_refusal")
     by_method: dict[str, list[dict]] = {}
@@ -298,6 +321,8 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
             "en": None if p.get("en_asr") is None else fraction(p["en_asr"], f"points[{i}]['en_asr']"),
             "setting": str(p.get("setting", "")),
         }
+        row["asr_iv"] = interval(p, "asr_interval", row["asr"], f"points[{i}]")
+        row["over_iv"] = interval(p, "over_refusal_interval", row["over"], f"points[{i}]")
         by_method.setdefault(p["method"], []).append(row)
     fig = go.Figure()
     palette = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#9D755D", "#FF9DA6"]
@@ -312,6 +337,8 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
                 name=method,
                 marker=dict(size=11, color=color),
                 line=dict(color=color),
+                error_x=bars(rows, "over_iv", "over") | dict(color=color),
+                error_y=bars(rows, "asr_iv", "asr") | dict(color=color),
                 customdata=[r["setting"] for r in rows],
                 hovertemplate=f"<b>{method}</b> %{{customdata}}<br>over-refusal %{{x:.1f}}%<br>non-English compliance "
                 "%{y:.1f}%<extra></extra>",
@@ -331,8 +358,8 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
             )
     base_layout(
         fig,
-        title="Compliance at equal over-refusal<br><sup>filled: mean non-English compliance; hollow "
-        "diamond: English compliance, same setting; lower-left is better</sup>",
+        title="Compliance at equal over-refusal<br><sup>filled: mean non-English compliance (bars: 95% intervals); "
+        "hollow diamond: English compliance, same setting; lower-left is better</sup>",
         height=520,
     )
     fig.update_xaxes(title_text="Over-refusal: harmless prompts refused (%)", rangemode="tozero", ticksuffix="%")
