@@ -60,7 +60,11 @@ def points() -> list[dict]:
         return sn.Evaluation.from_answers("phrase", records)
 
     base = judged(json.loads((RESULTS / "test_base_answers.json").read_text()))
-    out = [point("no edit", "no edit", base)]
+    out = [point("no edit", "no edit", base)]  # the switch first: the first colour of the figure
+    limits = json.loads((RESULTS / "switch_limits.json").read_text())
+    for r in limits.get("sweep", []):
+        ev = sn.Evaluation.from_counts("phrase", r["counts"])
+        out.append(point("harm switch", f"θ={r['threshold']:.2f}, α={r['strength']:g}", ev))
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:
         out.append(point(METHOD.get(r["key"], r["key"]), r["condition"], judged(rejudged["answers"][r["key"]])))
@@ -71,15 +75,40 @@ def points() -> list[dict]:
         for r in saved["rows"]:
             key, _, scale = r["key"].partition("@")
             out.append(point(METHOD.get(key, key), f"strength ×{scale}", judged(saved["answers"][r["key"]])))
-    limits = json.loads((RESULTS / "switch_limits.json").read_text())
-    for r in limits.get("sweep", []):
-        ev = sn.Evaluation.from_counts("phrase", r["counts"])
-        out.append(point("harm switch", f"θ={r['threshold']:.2f}, α={r['strength']:g}", ev))
     for r in limits.get("oracle", []):
         ev = sn.Evaluation.from_counts("phrase", r["counts"])
-        out.append(point("switch with an oracle detector (reference)", f"α={r['strength']:g}", ev))
+        out.append(
+            point("switch with an oracle detector (reference)", f"α={r['strength']:g}", ev) | {"reference": True}
+        )
     # every method's line starts at the unedited model (strength 0)
     return out + [{**out[0], "method": m} for m in dict.fromkeys(p["method"] for p in out[1:])]
+
+
+def share(value: float, interval) -> str:
+    return f"{100 * value:.1f}% [{100 * interval[0]:.0f}–{100 * interval[1]:.0f}]"
+
+
+def english(p: dict) -> str:
+    return str(sn.Evaluation.from_counts("phrase", p["counts"]).languages["en"].rate("harmful", "compliance"))
+
+
+def summary(pts: list[dict]) -> str:
+    """One line per setting run: the means with their pooled intervals, English with its count."""
+    lines = [
+        "| method | setting | mean non-English compliance [95% CI] | English compliance | non-English degenerate "
+        "[95% CI] | over-refusal, 8 languages [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in pts:
+        if p["method"] != "no edit" and p["setting"] == "no edit":
+            continue
+        ev = sn.Evaluation.from_counts("phrase", p["counts"])
+        deg = sum(ev.rates("degenerate").values(), sn.Rate(0, 0)).interval
+        lines.append(
+            f"| {p['method']} | {p['setting']} | **{share(p['asr'], p['asr_interval'])}** | {english(p)} "
+            f"| {share(p['degenerate'], deg)} | {share(p['over_refusal'], p['over_refusal_interval'])} |"
+        )
+    return "\n".join(lines)
 
 
 def per_language(pts: list[dict]) -> str:
@@ -99,7 +128,8 @@ def main() -> None:
     pts = points()
     base = next(p for p in pts if p["method"] == "no edit")
     print(
-        "| method | settings run | mean non-English compliance at over-refusal ≤ +5 points | its over-refusal | English |"
+        "| method | settings run | mean non-English compliance at over-refusal ≤ +5 points [95% CI] "
+        "| its over-refusal [95% CI] | English compliance [95% CI] |"
     )
     print("|---|---|---|---|---|")
     for method in dict.fromkeys(p["method"] for p in pts):
@@ -109,10 +139,13 @@ def main() -> None:
         if best is None:
             print(f"| {method} | {len(mine)} | none within the budget | – | – |")
         else:
+            where = "" if "label" in best or best["setting"] == "no edit" else f" ({best['setting']})"
             print(
-                f"| {method} | {len(mine)} | {100 * best['asr']:.1f}% | {100 * best['over_refusal']:.1f}% "
-                f"| {100 * best['en_asr']:.0f}% |"
+                f"| {method}{where} | {len(mine)} | {share(best['asr'], best['asr_interval'])} "
+                f"| {share(best['over_refusal'], best['over_refusal_interval'])} | {english(best)} |"
             )
+    print("\n## Every setting run\n")
+    print(summary(pts))
     fig = viz.frontier(pts)
     fig.write_html(RESULTS / "frontier.html", include_plotlyjs=True)  # self-contained: opens offline
     shot = subprocess.run(

@@ -803,5 +803,17 @@ def test_frontier_draws_one_line_per_method_with_english_marked():
     assert list(line.error_y.array) == pytest.approx([10.0]) and list(line.error_y.arrayminus) == pytest.approx([10.0])
     assert list(line.error_x.array) == pytest.approx([10.0]) and list(line.error_x.arrayminus) == pytest.approx([5.0])
     assert list(lines[0].error_y.array) == [0.0, 0.0]  # no interval given: no bar
+    styled = viz.frontier(
+        [
+            {"method": "no edit", "asr": 0.57, "over_refusal": 0.05},
+            {"method": "switch", "asr": 0.46, "over_refusal": 0.05},
+            {"method": "oracle", "asr": 0.22, "over_refusal": 0.05, "reference": True},
+        ]
+    )
+    base, switch, oracle = (t for t in styled.data if t.name)
+    assert base.mode == "markers" and base.marker.symbol == "star" and base.marker.color == "#000000"
+    assert oracle.line.dash == "dot" and switch.line.dash is None and switch.marker.color != base.marker.color
+    assert [s.x0 for s in styled.layout.shapes] == pytest.approx([10.0])  # the budget: unedited + 5 points
+    assert not viz.frontier(points, budget=None).layout.shapes
     with pytest.raises(ValueError, match="asr_interval"):
         viz.frontier([{"method": "m", "asr": 0.4, "over_refusal": 0.1, "asr_interval": (0.5, 0.3)}])

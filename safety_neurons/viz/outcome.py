@@ -279,13 +279,15 @@ def sweep_scatter(records: Sequence[Mapping]) -> go.Figure:
     return fig
 
 
-def frontier(points: Sequence[Mapping]) -> go.Figure:
+def frontier(points: Sequence[Mapping], *, baseline: str | None = "no edit", budget: float | None = 0.05) -> go.Figure:
     """Methods compared at equal over-refusal: x = over-refusal, y = mean non-English compliance (both %).
 
     Each point: `method` (str), `asr` and `over_refusal` (0–1), optional `en_asr` (0–1, drawn as a hollow
-    diamond at the same over-refusal), `setting` (str, on hover) and `asr_interval` / `over_refusal_interval`
-    ((low, high), 0–1: drawn as error bars, e.g. the pooled 95% Wilson intervals). One line per method through
-    its settings in order of over-refusal; lower-left is better.
+    diamond at the same over-refusal), `setting` (str, on hover), `asr_interval` / `over_refusal_interval`
+    ((low, high), 0–1: drawn as error bars, e.g. the pooled 95% Wilson intervals) and `reference` (True: a
+    bound, not a method, drawn dotted in grey). One line per method through its settings in order of
+    over-refusal; lower-left is better. The `baseline` method (the unedited model) is a black star, and a dashed
+    line marks its over-refusal plus `budget` (the over-refusal budget methods are compared within).
     """
 
     def interval(p, key, value, where):
@@ -311,7 +313,10 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
 
     if isinstance(points, (str, bytes, Mapping)) or not isinstance(points, Sequence) or not points:
         raise ValueError("points must be a non-empty sequence of mappings with method, asr and over_refusal")
+    if budget is not None:
+        budget = fraction(budget, "budget")
     by_method: dict[str, list[dict]] = {}
+    references: set[str] = set()
     for i, p in enumerate(points):
         if not isinstance(p, Mapping) or not isinstance(p.get("method"), str):
             raise ValueError(f"points[{i}] must be a mapping with a str 'method'")
@@ -324,19 +329,28 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
         row["asr_iv"] = interval(p, "asr_interval", row["asr"], f"points[{i}]")
         row["over_iv"] = interval(p, "over_refusal_interval", row["over"], f"points[{i}]")
         by_method.setdefault(p["method"], []).append(row)
+        if p.get("reference"):
+            references.add(p["method"])
     fig = go.Figure()
-    palette = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#9D755D", "#FF9DA6"]
-    for k, (method, rows) in enumerate(by_method.items()):
+    palette = ["#E45756", "#4C78A8", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#9D755D", "#FF9DA6", "#EECA3B"]
+    colors = iter(palette * (1 + len(by_method) // len(palette)))
+    for method, rows in by_method.items():
         rows.sort(key=lambda r: r["over"])
-        color = palette[k % len(palette)]
+        if method == baseline:
+            color, marker, line = "#000000", dict(size=16, symbol="star", color="#000000"), dict(width=0)
+        elif method in references:
+            color, marker, line = "#7F7F7F", dict(size=10, color="#7F7F7F"), dict(color="#7F7F7F", dash="dot")
+        else:
+            color = next(colors)
+            marker, line = dict(size=11, color=color), dict(color=color)
         fig.add_trace(
             go.Scatter(
                 x=[100 * r["over"] for r in rows],
                 y=[100 * r["asr"] for r in rows],
-                mode="lines+markers",
+                mode="markers" if method == baseline else "lines+markers",
                 name=method,
-                marker=dict(size=11, color=color),
-                line=dict(color=color),
+                marker=marker,
+                line=line,
                 error_x=bars(rows, "over_iv", "over") | dict(color=color),
                 error_y=bars(rows, "asr_iv", "asr") | dict(color=color),
                 customdata=[r["setting"] for r in rows],
@@ -362,6 +376,14 @@ def frontier(points: Sequence[Mapping]) -> go.Figure:
         "hollow diamond: English compliance, same setting; lower-left is better</sup>",
         height=520,
     )
+    if budget is not None and baseline in by_method:
+        at = 100 * (by_method[baseline][0]["over"] + budget)
+        fig.add_vline(
+            x=at,
+            line=dict(color="#555555", dash="dash", width=1),
+            annotation_text=f"unedited + {100 * budget:g} points",
+            annotation_position="top right",
+        )
     fig.update_xaxes(title_text="Over-refusal: harmless prompts refused (%)", rangemode="tozero", ticksuffix="%")
     fig.update_yaxes(title_text="Harmful prompts complied with (%)", range=[-5, 105], ticksuffix="%")
     return fig
