@@ -211,6 +211,9 @@ class RunConfig:
         check_number("position_weight", self.position_weight, E, minimum=0, strict=True)
         check_number("kl_cap", self.kl_cap, E, minimum=0, strict=True)
         check_number("en_asr_cap", self.en_asr_cap, E, minimum=0)
+        for name in ("quick", "cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise E(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_choice("site", self.site, KEY_SITE, E)
         check_choice("target", self.target, TARGETS, E)
         check_choice("neurons", self.neurons, ("all", "en", "langs"), E)

@@ -162,6 +162,8 @@ def test_the_selection_caps_are_settings_of_the_run(bridge, tmp_path, monkeypatc
     assert RunConfig().en_asr_cap == 0.05
     with pytest.raises(pipeline.RunConfigError, match="en_asr_cap must be ≥ 0"):
         RunConfig(en_asr_cap=-1).check()
+    with pytest.raises(pipeline.RunConfigError, match="cache must be True or False, got 'no'"):
+        RunConfig(cache="no").check()  # a non-empty string would otherwise read as True
     seen = {}
 
     def spy(*args, **kwargs):
