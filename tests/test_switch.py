@@ -63,11 +63,19 @@ def test_a_detector_solved_from_some_languages_sums_equals_one_fitted_on_them_al
     prompts = bomb_and_cake(4, langs=("en", "vi"), seed=3) + bomb_and_cake(3, langs=("zh",), seed=4)
     answers = {(p.lang, p.id): "w3 w4 w5" for p in prompts if p.label == "harmless"}
     aligned = [answers.get((p.lang, p.id)) if p.label == "harmless" else None for p in prompts]
-    sums = sw._detector_sums(model, prompts, aligned, LAYER, 2, "en", 3, False)
+    # one prompt a batch on both sides: the same rows bit for bit (batches of other prompts pad differently,
+    # and float32 kernels of other shapes round differently on some CPUs)
+    sums = sw._detector_sums(model, prompts, aligned, LAYER, 2, "en", 1, False)
     kw = dict(layer=LAYER, ridge=0.05, trigger=2, pivot="en", answer_tokens=32)
     left = sw._detector_from_sums(model, sums, prompts, aligned, langs=["en", "vi"], **kw)
     alone = sw.fit_detector(
-        model, [p for p in prompts if p.lang != "zh"], layer=LAYER, answers=answers, ridge=0.05, progress=False
+        model,
+        [p for p in prompts if p.lang != "zh"],
+        layer=LAYER,
+        answers=answers,
+        ridge=0.05,
+        batch_size=1,
+        progress=False,
     )
     for name in sw.HarmDetector._TENSORS:
         torch.testing.assert_close(getattr(left, name), getattr(alone, name), rtol=1e-9, atol=1e-10)
