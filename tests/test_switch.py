@@ -90,7 +90,8 @@ def test_probe_place_and_constant_are_the_weighted_least_squares_solutions(model
     """Brute force: the weighted design matrices built row by row, the normal equations solved."""
     prompts = bomb_and_cake(4)
     answers = {(p.lang, p.id): "w3 w4 w5" for p in prompts if p.label == "harmless"}
-    det = sw.fit_detector(model, prompts, layer=LAYER, answers=answers, ridge=0.05, progress=False)
+    # batches of 3 as `_rows` reads them: the same rows bit for bit (other batches pad differently)
+    det = sw.fit_detector(model, prompts, layer=LAYER, answers=answers, ridge=0.05, batch_size=3, progress=False)
     aligned = [answers.get((p.lang, p.id)) if p.label == "harmless" else None for p in prompts]
     X, kinds, owner = _rows(model, prompts, aligned)
     count = {}
