@@ -71,14 +71,11 @@ def stage_sweep(model, det, base, out: dict, thresholds, strengths) -> None:
             **outcome_fields(ev),
             "refused_more": refused_more(ev, base),
             "en_asr": ev.languages["en"].asr,
+            "answers": ev.answers,
         }
         if (theta, alpha) == (CHOSEN["threshold"], CHOSEN["strength"]):
             kl = kl_divergence(model, edit, harmless, k=4)
-            rec |= {
-                "kl_first_token": float(kl["first"].mean()),
-                "kl_first_4_tokens": float(kl["mean_k"].mean()),
-                "answers": ev.answers,
-            }
+            rec |= {"kl_first_token": float(kl["first"].mean()), "kl_first_4_tokens": float(kl["mean_k"].mean())}
         out.setdefault("sweep", []).append(rec)
         save(out)
         print(
