@@ -6,9 +6,11 @@ method. No model is loaded.
 
     python benchmarks/frontier.py          # prints the table, writes results/frontier.html and .png (Chromium)
 
-Each method has the settings that were run: the switch's threshold and strength sweep; one setting for most
-linear methods (their strength sweeps on 30 + 30 prompts cost half an hour of CPU each and are not done), so
-their line is the segment from the unedited model to that setting. The oracle (the switch forced on for every
+Each method has the settings that were run: the switch's threshold sweep (`switch_limits.py --stage sweep`), the
+linear edit's strength sweep (×0.35, ×0.6, ×1: `efficacy.py --only ours_no_bn --scales 0.35 0.6`, saved in
+`results/efficacy_linear_sweep.json`), one setting for the other linear methods (a sweep costs about half an
+hour of CPU a setting on 30 + 30 prompts a language and is not done), so their line is the segment from the
+unedited model to that setting. The oracle (the switch forced on for every
 harmful prompt, off for every harmless one) is drawn as a reference, not a method.
 """
 
@@ -68,7 +70,8 @@ def points() -> list[dict]:
     rejudged = json.loads((RESULTS / "efficacy_rest_3way.json").read_text())
     for r in rejudged["rows"]:
         out.append(point(METHOD.get(r["key"], r["key"]), r["condition"], judged(rejudged["answers"][r["key"]])))
-        out[-1]["label"] = r["condition"]  # the condition's own name says it all
+        # the condition's own name says it all; the linear edit's says which point of its strength sweep it is
+        out[-1]["label"] = r["condition"] + (", strength ×1" if r["key"] == "ours_no_bn" else "")
     sweep = RESULTS / "efficacy_linear_sweep.json"  # the linear edit at other strengths (`efficacy.py --scales`)
     if sweep.exists():
         saved = json.loads(sweep.read_text())
@@ -105,7 +108,7 @@ def summary(pts: list[dict]) -> str:
         ev = sn.Evaluation.from_counts("phrase", p["counts"])
         deg = sum(ev.rates("degenerate").values(), sn.Rate(0, 0)).interval
         lines.append(
-            f"| {p['method']} | {p['setting']} | **{share(p['asr'], p['asr_interval'])}** | {english(p)} "
+            f"| {p['method']} | {p.get('label', p['setting'])} | **{share(p['asr'], p['asr_interval'])}** | {english(p)} "
             f"| {share(p['degenerate'], deg)} | {share(p['over_refusal'], p['over_refusal_interval'])} |"
         )
     return "\n".join(lines)

@@ -261,8 +261,9 @@ def main() -> None:
         default=["base", "sweep", "oracle", "lolo"],
         choices=["base", "sweep", "oracle", "lolo", "table"],
     )
-    p.add_argument("--thresholds", type=float, nargs="+", default=[-0.3, 0.0, CHOSEN["threshold"], 0.6])
-    p.add_argument("--strengths", type=float, nargs="*", default=[16.0])
+    # the defaults are the frontier's points (results/switch_limits.json): θ at α = 8; --strengths adds α at θ = 0.33
+    p.add_argument("--thresholds", type=float, nargs="+", default=[CHOSEN["threshold"], 0.15, 0.0, -0.3])
+    p.add_argument("--strengths", type=float, nargs="*", default=[])
     p.add_argument("--oracle-strengths", type=float, nargs="*", default=[8.0, 16.0])
     args = p.parse_args()
     path = RESULTS / "switch_limits.json"
