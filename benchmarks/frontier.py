@@ -78,7 +78,10 @@ def points() -> list[dict]:
         for r in saved["rows"]:
             key, _, scale = r["key"].partition("@")
             out.append(point(METHOD.get(key, key), f"strength ×{scale}", judged(saved["answers"][r["key"]])))
-    for r in limits.get("oracle", []):
+    swept = {r["strength"] for r in limits.get("sweep", [])}
+    for r in limits.get("oracle", []):  # at the switch's own strength; stronger ones are in switch_limits.md
+        if r["strength"] not in swept:
+            continue
         ev = sn.Evaluation.from_counts("phrase", r["counts"])
         out.append(
             point("switch with an oracle detector (reference)", f"α={r['strength']:g}", ev) | {"reference": True}
