@@ -30,8 +30,6 @@ from safety_neurons import switch as sw
 import _common as C
 from _common import NON_EN, RESULTS, as_prompts
 
-LAYER = 20
-
 
 @torch.no_grad()
 def refuse_direction(model, det, min_each: int, tokens: int) -> tuple[torch.Tensor, dict]:
@@ -40,10 +38,11 @@ def refuse_direction(model, det, min_each: int, tokens: int) -> tuple[torch.Tens
     verdict = {(r["lang"], r["id"]): r["outcome"] for r in ev.answers}
     sums: dict[tuple[str, str], torch.Tensor] = {}
     counts: dict[tuple[str, str], int] = {}
+    point = ("resid", det.layer)
     for cur, kinds, idx in sw._positions(
-        model, anchor, None, [("resid", LAYER)], det.trigger, 16, True, "anchor harmful, trigger residuals"
+        model, anchor, None, [point], det.trigger, 16, True, "anchor harmful, trigger residuals"
     ):
-        x = cur[("resid", LAYER)].double().cpu()
+        x = cur[point].double().cpu()
         for r, i in enumerate(idx):
             p = anchor[i]
             key = (p.lang, verdict[(p.lang, p.id)])
@@ -71,14 +70,16 @@ def refuse_direction(model, det, min_each: int, tokens: int) -> tuple[torch.Tens
 
 def row(condition: str, ev: sn.Evaluation) -> dict:
     """Compliance counts per language, the non-English mean with its pooled interval, degenerate share."""
-    n = {x: ev.languages[x].harmful for x in sn.LANGS}
-    comp = sum(n[x]["compliance"] for x in NON_EN)
-    total = sum(sum(n[x].values()) for x in NON_EN)
-    lo, hi = sn.Rate(comp, total).interval
-    degenerate = sum(n[x]["degenerate"] for x in NON_EN) / total
-    cells = " | ".join(str(n[x]["compliance"]) for x in sn.LANGS)
-    line = f"| {condition} | {cells} | {100 * comp / total:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] | {100 * degenerate:.1f}% |"
-    return {"condition": condition, "counts": n, "non_en_compliance": comp / total, "line": line}
+    lo, hi = ev.pooled("harmful", "compliance", NON_EN).interval
+    cells = " | ".join(str(ev.languages[x].harmful["compliance"]) for x in sn.LANGS)
+    asr = ev.mean_asr(NON_EN)
+    line = f"| {condition} | {cells} | {100 * asr:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] | {100 * ev.mean_degenerate():.1f}% |"
+    return {
+        "condition": condition,
+        "counts": {x: ev.languages[x].harmful for x in sn.LANGS},
+        "non_en_compliance": asr,
+        "line": line,
+    }
 
 
 def main() -> None:
